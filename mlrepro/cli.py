@@ -1,0 +1,164 @@
+"""The command line: parse, call the library, print. Exit codes are decided here and only here.
+
+Exit codes, like ``cmp``:
+    0  success; for compare, the runs are identical
+    1  compare: the runs differ
+    2  bad input or an unusable store: a one-line message on stderr, nothing half-written
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, NoReturn
+
+import click
+from pydantic import ValidationError
+
+from mlrepro.compare import FieldDifference, RunComparison
+from mlrepro.errors import MlreproError, describe_validation_error
+from mlrepro.spec import BaseSpec, build_spec, parse_assignments, parse_spec, read_spec_file
+
+EXIT_OK = 0
+EXIT_DIFFERENT = 1
+EXIT_ERROR = 2
+
+TrainFunction = Callable[[Any, Any], None]
+
+
+def fail(message: str) -> NoReturn:
+    click.echo(f"mlrepro: error: {message}", err=True)
+    sys.exit(EXIT_ERROR)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn every user-facing failure into one line on stderr and exit code 2."""
+    try:
+        yield
+    except ValidationError as err:
+        fail(f"invalid input: {describe_validation_error(err)}")
+    except MlreproError as err:
+        fail(str(err))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """mlrepro: bit-for-bit repeatable PyTorch runs, tracked in MLflow."""
+
+
+@main.command()
+@click.argument("run_a")
+@click.argument("run_b")
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as one JSON object.")
+def compare(run_a: str, run_b: str, as_json: bool) -> None:
+    """Check two runs' per-step losses for bitwise equality (exit 0 identical, 1 different, 2 error).
+
+    The tracking store is MLflow's: MLFLOW_TRACKING_URI, else ./mlflow.db.
+    """
+    from mlrepro.runs import compare_runs  # imports MLflow: keep `mlrepro --help` quick
+
+    with user_errors():
+        comparison = compare_runs(run_a, run_b)
+    click.echo(comparison.model_dump_json(indent=2) if as_json else format_comparison(comparison))
+    sys.exit(EXIT_OK if comparison.identical else EXIT_DIFFERENT)
+
+
+def format_comparison(comparison: RunComparison) -> str:
+    """The verdict first, then the evidence, then the likely causes."""
+    losses = comparison.losses
+    a, b = comparison.run_a, comparison.run_b
+    if losses.identical:
+        lines = [f"identical: runs {a} and {b} logged the same {losses.steps_in_both} losses, bit for bit"]
+    else:
+        lines = [
+            f"different: runs {a} and {b} first differ at step {losses.first_divergent_step}",
+            f"  A: {_value(losses.value_a)}",
+            f"  B: {_value(losses.value_b)}",
+            f"  {losses.divergent_steps} of {losses.steps_in_both} common steps differ;"
+            f" {_only(losses.only_in_a.count, losses.only_in_a.first, losses.only_in_a.last)} only in A;"
+            f" {_only(losses.only_in_b.count, losses.only_in_b.first, losses.only_in_b.last)} only in B",
+        ]
+    differences = [("spec", d) for d in comparison.spec_differences]
+    differences += [("env", d) for d in comparison.environment_differences]
+    if differences:
+        lines.append("what differs between the runs (A | B):" if losses.identical else "likely causes (A | B):")
+        lines += _side_by_side(differences)
+    else:
+        lines.append("spec and environment: the same in both runs")
+    return "\n".join(lines)
+
+
+def _value(value: float | None) -> str:
+    # repr is the shortest text that reads back to the same float; hex shows the bits.
+    return "(no such step)" if value is None else f"{value!r}  [{value.hex()}]"
+
+
+def _only(count: int, first: int | None, last: int | None) -> str:
+    if count == 0:
+        return "no steps"
+    if count == 1:
+        return f"step {first}"
+    return f"{count} steps ({first}..{last})"
+
+
+def _side_by_side(differences: list[tuple[str, FieldDifference]]) -> list[str]:
+    width = max(len(d.key) for _, d in differences)
+    return [
+        f"  {kind:<4} {d.key:<{width}}  {_missing(d.value_a)} | {_missing(d.value_b)}" for kind, d in differences
+    ]
+
+
+def _missing(value: str | None) -> str:
+    return "(absent)" if value is None else value
+
+
+# --- job entry points ---------------------------------------------------------
+
+
+def load_job_spec(spec_type: type[BaseSpec], spec_file: str | None, assignments: tuple[str, ...]) -> BaseSpec:
+    """A spec from an optional YAML/JSON file, with ``field=value`` words on top."""
+    values: dict[str, Any] = dict(read_spec_file(spec_file)) if spec_file else {}
+    values.update(parse_assignments(assignments))
+    return build_spec(spec_type, values)
+
+
+def run_job(spec: BaseSpec, train: TrainFunction) -> None:
+    """Open the tracked, seeded run for ``spec`` and hand it to the job's training function."""
+    from mlrepro.tracking import start_run
+
+    with start_run(spec) as run:
+        train(spec, run)
+
+
+def job_command(spec_type: type[BaseSpec], train: TrainFunction) -> click.Command:
+    """The command line of one job: ``python -m projects.<job> [--spec FILE] [field=value ...]``."""
+    job = spec_type.model_fields["job"].default
+    fields = ", ".join(name for name in spec_type.model_fields if name != "job")
+
+    @click.command(name=job, help=f"Run the {job} job, seeded and tracked in MLflow. Fields: {fields}.")
+    @click.option("--spec", "spec_file", metavar="FILE", help="YAML or JSON spec; field=value words override it.")
+    @click.argument("assignments", nargs=-1, metavar="[FIELD=VALUE]...")
+    def command(spec_file: str | None, assignments: tuple[str, ...]) -> None:
+        with user_errors():
+            spec = load_job_spec(spec_type, spec_file, assignments)
+            run_job(spec, train)
+
+    return command
+
+
+def spec_file_command(trainers: dict[str, Callable[[], TrainFunction]]) -> click.Command:
+    """``python -m projects --spec FILE``: the file's ``job`` field picks the job."""
+
+    @click.command(name="projects", help="Run the job a spec file names in its `job` field.")
+    @click.option("--spec", "spec_file", metavar="FILE", required=True, help="YAML or JSON spec with a job field.")
+    @click.argument("assignments", nargs=-1, metavar="[FIELD=VALUE]...")
+    def command(spec_file: str, assignments: tuple[str, ...]) -> None:
+        with user_errors():
+            values = dict(read_spec_file(spec_file))
+            values.update(parse_assignments(assignments))
+            spec = parse_spec(values)
+            run_job(spec, trainers[spec.job]())
+
+    return command

@@ -1,0 +1,176 @@
+"""Bitwise comparison of two runs' losses, and what differs between their specs and environments.
+
+Pure: arrays and records in, typed verdicts out. Loading runs from MLflow is
+``mlrepro.runs``'s job.
+
+"Identical" means the same bits at every step: ``0.1 + 0.2`` and ``0.3`` differ,
+``+0.0`` and ``-0.0`` differ, and a NaN equals a NaN only with the same payload.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, computed_field
+
+from mlrepro.spec import BaseSpec
+
+
+@dataclass(frozen=True)
+class LossSeries:
+    """One value per step, sorted by step; float64 holds every float32 loss exactly."""
+
+    steps: np.ndarray
+    values: np.ndarray
+
+    @classmethod
+    def from_steps_and_values(cls, steps: object, values: object) -> LossSeries:
+        """Sort by step; where a step was logged twice, the last value logged wins."""
+        steps_array = np.asarray(steps, dtype=np.int64)
+        values_array = np.asarray(values, dtype=np.float64)
+        if steps_array.shape != values_array.shape or steps_array.ndim != 1:
+            raise ValueError("steps and values must be 1-d arrays of the same length")
+        order = np.argsort(steps_array, kind="stable")
+        steps_array, values_array = steps_array[order], values_array[order]
+        last_of_each = np.append(steps_array[1:] != steps_array[:-1], True) if len(steps_array) else []
+        return cls(steps=steps_array[last_of_each], values=values_array[last_of_each])
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+
+class StepRange(BaseModel):
+    """Steps present in one run only, summarised: a million of them must not flood a terminal."""
+
+    model_config = ConfigDict(frozen=True)
+
+    count: int
+    first: int | None
+    last: int | None
+
+
+class LossComparison(BaseModel):
+    """The verdict on two loss sequences."""
+
+    model_config = ConfigDict(frozen=True, ser_json_inf_nan="strings")
+
+    identical: bool
+    steps_in_a: int
+    steps_in_b: int
+    steps_in_both: int
+    divergent_steps: int
+    first_divergent_step: int | None
+    value_a: float | None  # at first_divergent_step; None where run A has no such step
+    value_b: float | None
+    only_in_a: StepRange
+    only_in_b: StepRange
+
+
+def _step_range(steps: np.ndarray) -> StepRange:
+    if len(steps) == 0:
+        return StepRange(count=0, first=None, last=None)
+    return StepRange(count=len(steps), first=int(steps[0]), last=int(steps[-1]))
+
+
+def compare_losses(a: LossSeries, b: LossSeries) -> LossComparison:
+    """Compare step by step, bit for bit; the first divergence may be a step only one run has."""
+    common, index_a, index_b = np.intersect1d(a.steps, b.steps, assume_unique=True, return_indices=True)
+    bits_a = a.values[index_a].view(np.uint64)
+    bits_b = b.values[index_b].view(np.uint64)
+    differs = bits_a != bits_b
+    only_a = np.setdiff1d(a.steps, b.steps, assume_unique=True)
+    only_b = np.setdiff1d(b.steps, a.steps, assume_unique=True)
+
+    candidates = [int(common[differs][0])] if differs.any() else []
+    candidates += [int(steps[0]) for steps in (only_a, only_b) if len(steps)]
+    first = min(candidates) if candidates else None
+    return LossComparison(
+        identical=first is None and len(a) > 0,
+        steps_in_a=len(a),
+        steps_in_b=len(b),
+        steps_in_both=len(common),
+        divergent_steps=int(differs.sum()),
+        first_divergent_step=first,
+        value_a=_value_at(a, first),
+        value_b=_value_at(b, first),
+        only_in_a=_step_range(only_a),
+        only_in_b=_step_range(only_b),
+    )
+
+
+def _value_at(series: LossSeries, step: int | None) -> float | None:
+    if step is None:
+        return None
+    position = int(np.searchsorted(series.steps, step))
+    if position < len(series) and series.steps[position] == step:
+        return float(series.values[position])
+    return None
+
+
+class FieldDifference(BaseModel):
+    """One spec field or environment fact whose value differs; ``None`` where a run lacks it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    key: str
+    value_a: str | None
+    value_b: str | None
+
+
+def diff_fields(a: Mapping[str, str], b: Mapping[str, str]) -> list[FieldDifference]:
+    """Every key whose value differs between the two mappings, sorted by key."""
+    return [
+        FieldDifference(key=key, value_a=a.get(key), value_b=b.get(key))
+        for key in sorted(set(a) | set(b))
+        if a.get(key) != b.get(key)
+    ]
+
+
+@dataclass(frozen=True)
+class LoggedRun:
+    """A finished (or failed) run as compare sees it: what it was asked, what it ran on, what it got."""
+
+    run_id: str
+    status: str
+    spec: BaseSpec | None  # None for a run not logged through mlrepro
+    spec_fields: dict[str, str]
+    environment: dict[str, str]
+    losses: LossSeries
+    metric: str
+    loss_source: str  # where the losses came from: the exact artifact or the metric history
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+class RunComparison(BaseModel):
+    """What ``mlrepro compare`` prints: the verdict and the likely causes of a difference."""
+
+    model_config = ConfigDict(frozen=True, ser_json_inf_nan="strings")
+
+    run_a: str
+    run_b: str
+    losses: LossComparison
+    spec_differences: list[FieldDifference]
+    environment_differences: list[FieldDifference]
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def identical(self) -> bool:
+        return self.losses.identical
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def first_divergent_step(self) -> int | None:
+        return self.losses.first_divergent_step
+
+
+def compare_logged_runs(a: LoggedRun, b: LoggedRun) -> RunComparison:
+    """Compare two loaded runs: losses bit for bit, and the spec and environment side by side."""
+    return RunComparison(
+        run_a=a.run_id,
+        run_b=b.run_id,
+        losses=compare_losses(a.losses, b.losses),
+        spec_differences=diff_fields(a.spec_fields, b.spec_fields),
+        environment_differences=diff_fields(a.environment, b.environment),
+    )

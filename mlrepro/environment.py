@@ -1,0 +1,230 @@
+"""What a run ran on, as a registry of tiny collectors (after Sacred's ``host_info``).
+
+Each collector gathers one fact as text, never changes process state (no CUDA
+context is created just to read a GPU's name) and never raises: a fact it cannot
+read is reported as ``unavailable``. Environment variables come from an
+allow-list, so secrets in the environment never reach the tracking store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import warnings
+from collections.abc import Callable, Mapping
+from importlib import metadata
+
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from mlrepro.seeding import DeterminismState, read_determinism_state
+
+UNAVAILABLE = "unavailable"
+UNSET = "unset"
+
+# Variables that change numerics or which device/threads are used. Anything not
+# named here is never read.
+ENVIRONMENT_VARIABLES = (
+    "PYTHONHASHSEED",
+    "CUBLAS_WORKSPACE_CONFIG",
+    "CUDA_VISIBLE_DEVICES",
+    "CUDA_LAUNCH_BLOCKING",
+    "NVIDIA_TF32_OVERRIDE",
+    "TORCH_ALLOW_TF32_CUBLAS_OVERRIDE",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "OPENBLAS_CORETYPE",
+    "MKL_CBWR",
+    "KMP_DETERMINISTIC_REDUCTION",
+)
+
+PACKAGES = ("torch", "torchvision", "numpy", "mlflow", "pydantic", "mlrepro")
+
+Collector = Callable[[], str]
+COLLECTORS: dict[str, Collector] = {}
+
+
+def collector(name: str) -> Callable[[Collector], Collector]:
+    """Register a function as the collector of the fact ``name``."""
+
+    def register(function: Collector) -> Collector:
+        COLLECTORS[name] = function
+        return function
+
+    return register
+
+
+class EnvironmentRecord(BaseModel):
+    """Facts about the machine, the software and the switches, keyed by dotted names."""
+
+    model_config = ConfigDict(frozen=True)
+
+    facts: dict[str, str]
+
+    @property
+    def hash(self) -> str:
+        """A stable hash of all facts: equal hashes mean nothing recorded differs."""
+        canonical = json.dumps(self.facts, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def capture_environment(extra: Mapping[str, str] | None = None) -> EnvironmentRecord:
+    """Run every collector; ``extra`` adds facts only the caller knows (the device a run used)."""
+    facts = {name: _collect(function) for name, function in COLLECTORS.items()}
+    facts.update(extra or {})
+    return EnvironmentRecord(facts=dict(sorted(facts.items())))
+
+
+def _collect(function: Collector) -> str:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            value = function()
+    except Exception:  # a collector must never break a run; the fact is just unknown
+        return UNAVAILABLE
+    return UNAVAILABLE if value is None or value == "" else str(value)
+
+
+def _run(*command: str) -> str | None:
+    """stdout of a short command, or None when it is missing or fails."""
+    if shutil.which(command[0]) is None:
+        return None
+    result = subprocess.run(command, capture_output=True, text=True, timeout=10, check=False)
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+# --- code ---------------------------------------------------------------------
+
+
+@collector("git.commit")
+def _git_commit() -> str | None:
+    return _run("git", "rev-parse", "HEAD")
+
+
+@collector("git.dirty")
+def _git_dirty() -> str | None:
+    status = _run("git", "status", "--porcelain")
+    return None if status is None else str(bool(status)).lower()
+
+
+# --- software -----------------------------------------------------------------
+
+
+@collector("python.version")
+def _python_version() -> str:
+    return f"{platform.python_implementation()} {platform.python_version()}"
+
+
+@collector("os.platform")
+def _os_platform() -> str:
+    return platform.platform()
+
+
+def _package_version(distribution: str) -> Collector:
+    return lambda: metadata.version(distribution)
+
+
+for _package in PACKAGES:
+    collector(f"{_package}.version")(_package_version(_package))
+
+
+# --- hardware -----------------------------------------------------------------
+
+
+@collector("cpu.model")
+def _cpu_model() -> str | None:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+@collector("cpu.count")
+def _cpu_count() -> str | None:
+    count = os.cpu_count()
+    return None if count is None else str(count)
+
+
+@collector("cuda.available")
+def _cuda_available() -> str:
+    return str(torch.cuda.is_available()).lower()
+
+
+@collector("cuda.version")
+def _cuda_version() -> str | None:
+    return torch.version.cuda  # the CUDA torch was built with; None on CPU builds
+
+
+@collector("cudnn.version")
+def _cudnn_version() -> str | None:
+    version = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    return None if version is None else str(version)
+
+
+def _gpu_query(field: str) -> str | None:
+    """GPU facts, one per device. torch's own queries would create a CUDA context,
+    which must not happen as a side effect of recording (it would come before
+    CUBLAS_WORKSPACE_CONFIG, or before DataLoader workers fork), so a process
+    without one asks nvidia-smi instead."""
+    if torch.cuda.is_initialized():
+        devices = range(torch.cuda.device_count())
+        if field == "name":
+            return ", ".join(torch.cuda.get_device_name(i) for i in devices)
+        if field == "compute_cap":
+            return ", ".join("%d.%d" % torch.cuda.get_device_capability(i) for i in devices)
+        return None
+    output = _run("nvidia-smi", f"--query-gpu={field}", "--format=csv,noheader")
+    return None if output is None else ", ".join(line.strip() for line in output.splitlines())
+
+
+@collector("gpu.name")
+def _gpu_name() -> str | None:
+    return _gpu_query("name")
+
+
+@collector("gpu.capability")
+def _gpu_capability() -> str | None:
+    return _gpu_query("compute_cap")
+
+
+@collector("gpu.driver")
+def _gpu_driver() -> str | None:
+    output = _run("nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader")
+    return None if output is None else output.splitlines()[0].strip()
+
+
+# --- determinism switches and threads ----------------------------------------
+
+
+def _switch(field: str) -> Collector:
+    def read() -> str:
+        value = getattr(read_determinism_state(), field)
+        return UNSET if value is None else json.dumps(value).strip('"')
+
+    return read
+
+
+# The two variables in the state are recorded once, with the other variables below.
+_SWITCHES = [name for name in DeterminismState.model_fields if name not in ("cublas_workspace_config", "python_hash_seed")]
+for _field in _SWITCHES:
+    collector(f"determinism.{_field}")(_switch(_field))
+
+
+# --- environment variables (allow-list) --------------------------------------
+
+
+def _variable(name: str) -> Collector:
+    return lambda: os.environ.get(name, UNSET)
+
+
+for _name in ENVIRONMENT_VARIABLES:
+    collector(f"env.{_name}")(_variable(_name))
