@@ -18,7 +18,9 @@ from pydantic import ValidationError
 
 from mlrepro.compare import FieldDifference, RunComparison
 from mlrepro.errors import MlreproError, describe_validation_error
+from mlrepro.runs import compare_runs
 from mlrepro.spec import BaseSpec, build_spec, parse_assignments, parse_spec, read_spec_file
+from mlrepro.tracking import start_run, tag_launcher_run_failure
 
 EXIT_OK = 0
 EXIT_DIFFERENT = 1
@@ -33,14 +35,15 @@ def fail(message: str) -> NoReturn:
 
 
 @contextmanager
-def user_errors() -> Iterator[None]:
+def user_errors(on_error: Callable[[str], None] | None = None) -> Iterator[None]:
     """Turn every user-facing failure into one line on stderr and exit code 2."""
     try:
         yield
-    except ValidationError as err:
-        fail(f"invalid input: {describe_validation_error(err)}")
-    except MlreproError as err:
-        fail(str(err))
+    except (ValidationError, MlreproError) as err:
+        message = f"invalid input: {describe_validation_error(err)}" if isinstance(err, ValidationError) else str(err)
+        if on_error is not None:
+            on_error(message)
+        fail(message)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -57,8 +60,6 @@ def compare(run_a: str, run_b: str, as_json: bool) -> None:
 
     The tracking store is MLflow's: MLFLOW_TRACKING_URI, else ./mlflow.db.
     """
-    from mlrepro.runs import compare_runs  # imports MLflow: keep `mlrepro --help` quick
-
     with user_errors():
         comparison = compare_runs(run_a, run_b)
     click.echo(comparison.model_dump_json(indent=2) if as_json else format_comparison(comparison))
@@ -126,8 +127,6 @@ def load_job_spec(spec_type: type[BaseSpec], spec_file: str | None, assignments:
 
 def run_job(spec: BaseSpec, train: TrainFunction) -> None:
     """Open the tracked, seeded run for ``spec`` and hand it to the job's training function."""
-    from mlrepro.tracking import start_run
-
     with start_run(spec) as run:
         train(spec, run)
 
@@ -141,7 +140,7 @@ def job_command(spec_type: type[BaseSpec], train: TrainFunction) -> click.Comman
     @click.option("--spec", "spec_file", metavar="FILE", help="YAML or JSON spec; field=value words override it.")
     @click.argument("assignments", nargs=-1, metavar="[FIELD=VALUE]...")
     def command(spec_file: str | None, assignments: tuple[str, ...]) -> None:
-        with user_errors():
+        with user_errors(on_error=tag_launcher_run_failure):
             spec = load_job_spec(spec_type, spec_file, assignments)
             run_job(spec, train)
 
@@ -155,7 +154,7 @@ def spec_file_command(trainers: dict[str, Callable[[], TrainFunction]]) -> click
     @click.option("--spec", "spec_file", metavar="FILE", required=True, help="YAML or JSON spec with a job field.")
     @click.argument("assignments", nargs=-1, metavar="[FIELD=VALUE]...")
     def command(spec_file: str, assignments: tuple[str, ...]) -> None:
-        with user_errors():
+        with user_errors(on_error=tag_launcher_run_failure):
             values = dict(read_spec_file(spec_file))
             values.update(parse_assignments(assignments))
             spec = parse_spec(values)

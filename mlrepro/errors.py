@@ -43,9 +43,12 @@ def describe_validation_error(err: ValidationError, model: type[BaseModel] | Non
     problems = []
     for error in err.errors(include_url=False):
         path = ".".join(str(part) for part in error["loc"]) or "spec"
+        bounds = _bounds(model, error["loc"]) if error["type"] in _RANGE_ERRORS else None
         if error["type"] == "extra_forbidden":
             allowed = ", ".join(sorted(model.model_fields)) if model is not None else ""
             message = f"unknown field (allowed: {allowed})" if allowed else "unknown field"
+        elif bounds:
+            message = f"must be {bounds} (got {error['input']!r})"
         else:
             message = error["msg"]
             if "input" in error and error["type"] != "missing":
@@ -54,7 +57,45 @@ def describe_validation_error(err: ValidationError, model: type[BaseModel] | Non
     return "; ".join(problems)
 
 
+_RANGE_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
+
+
+def _bounds(model: type[BaseModel] | None, loc: tuple[int | str, ...]) -> str | None:
+    """A field's whole allowed range, e.g. ``from 0 to 4294967295``: pydantic names only the bound crossed."""
+    if model is None or len(loc) != 1 or loc[0] not in model.model_fields:
+        return None
+    limits = {
+        name: getattr(constraint, name)
+        for constraint in model.model_fields[str(loc[0])].metadata
+        for name in ("ge", "gt", "le", "lt")
+        if hasattr(constraint, name)
+    }
+    low = f"from {limits['ge']}" if "ge" in limits else f"greater than {limits['gt']}" if "gt" in limits else ""
+    high = f"to {limits['le']}" if "le" in limits else f"less than {limits['lt']}" if "lt" in limits else ""
+    if low.startswith("from") and high.startswith("to"):
+        return f"{low} {high}"
+    if low and high:
+        return f"{low} and {high}"
+    if "le" in limits:
+        return f"at most {limits['le']}"
+    return low or high or None
+
+
 def first_line(err: BaseException) -> str:
     """The first line of an error's text: MLflow's errors carry whole server responses."""
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
+
+
+_UNREACHABLE_SIGNS = ("Max retries exceeded", "Connection refused", "Failed to establish a new connection")
+
+
+def describe_store_failure(tracking_uri: str, err: BaseException) -> str:
+    """Say "cannot reach" plainly; MLflow's own text for it is a page of urllib3 internals."""
+    text = str(err)
+    if any(sign in text for sign in _UNREACHABLE_SIGNS):
+        return (
+            f"cannot reach the tracking server at {tracking_uri}: is `mlflow server` running "
+            "and MLFLOW_TRACKING_URI right?"
+        )
+    return f"tracking store {tracking_uri} failed: {first_line(err)}"

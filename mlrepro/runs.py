@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from mlrepro import keys
 from mlrepro.compare import LoggedRun, LossSeries, RunComparison, compare_logged_runs
-from mlrepro.errors import first_line, NoLossesError, RunNotFoundError, TrackingError
+from mlrepro.errors import NoLossesError, RunNotFoundError, TrackingError, describe_store_failure
 from mlrepro.spec import parse_spec
 
 # Tags that describe the record itself rather than the environment it ran in.
@@ -45,12 +45,10 @@ def load_run(run_id: str, client: MlflowClient | None = None) -> LoggedRun:
                     [point.step for point in history], [point.value for point in history]
                 )
                 source = "metric history"
-    except MlflowException as err:
-        if err.error_code in _NOT_FOUND_CODES:
-            raise RunNotFoundError(f"no run {run_id!r} in the tracking store {_store(client)}") from err
-        raise TrackingError(f"tracking store {_store(client)} failed: {first_line(err)}") from err
-    except OSError as err:  # connection refused, DNS, a vanished artifact folder
-        raise TrackingError(f"tracking store {_store(client)} unreachable: {first_line(err)}") from err
+    except (MlflowException, OSError) as err:  # OSError: DNS, a vanished artifact folder
+        if getattr(err, "error_code", None) in _NOT_FOUND_CODES:
+            raise RunNotFoundError(f"no run {run_id!r} in the tracking store {client.tracking_uri}") from err
+        raise TrackingError(describe_store_failure(client.tracking_uri, err)) from err
 
     if len(losses) == 0:
         raise NoLossesError(f"run {run_id} logged no {metric!r} metric to compare")
@@ -90,7 +88,3 @@ def _environment_from_tags(tags: dict[str, str]) -> dict[str, str]:
         for key, value in tags.items()
         if key.startswith(keys.ENV_TAG_PREFIX) and key not in _BOOKKEEPING_TAGS
     }
-
-
-def _store(client: MlflowClient) -> str:
-    return client.tracking_uri

@@ -113,7 +113,7 @@ def build_spec(spec_type: type[BaseSpec], values: Mapping[str, Any]) -> BaseSpec
 def parse_spec(values: Mapping[str, Any]) -> BaseSpec:
     """Validate a spec whose ``job`` field says which job it is for (a spec file, a logged spec)."""
     job = values.get("job")
-    if job not in SPEC_TYPES:
+    if not isinstance(job, str) or job not in SPEC_TYPES:
         raise SpecError(f"job: must be one of {', '.join(sorted(SPEC_TYPES))} (got {job!r})")
     try:
         return _ANY_SPEC.validate_python(dict(values))

@@ -18,13 +18,14 @@ import mlflow
 import numpy as np
 import torch
 from mlflow.entities import Metric
+from mlflow.environment_variables import MLFLOW_RUN_ID
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from mlrepro import keys
 from mlrepro.device import resolve_device
 from mlrepro.environment import EnvironmentRecord, capture_environment
-from mlrepro.errors import first_line, MlreproError, TrackingError
+from mlrepro.errors import MlreproError, TrackingError, describe_store_failure
 from mlrepro.seeding import SeedRecord, seed_everything, seed_generators
 from mlrepro.spec import BaseSpec
 
@@ -95,7 +96,7 @@ def start_run(spec: BaseSpec, *, run_name: str | None = None) -> Iterator[Tracke
     try:
         active = mlflow.start_run(run_name=run_name)
     except (MlflowException, OSError) as err:
-        raise TrackingError(f"cannot open a run at {mlflow.get_tracking_uri()}: {first_line(err)}") from err
+        raise TrackingError(describe_store_failure(mlflow.get_tracking_uri(), err)) from err
 
     with active:
         run_id = active.info.run_id
@@ -116,6 +117,22 @@ def start_run(spec: BaseSpec, *, run_name: str | None = None) -> Iterator[Tracke
         finally:
             tracked.flush()
             tracked.save_exact_losses()
+
+
+def tag_launcher_run_failure(message: str) -> None:
+    """Say on the run ``mlflow run`` opened why the job stopped before training.
+
+    The launcher creates the run before the job can validate its spec; it marks
+    it FAILED when the job exits, and this tag tells why. Best effort: a store
+    that cannot be reached must not hide the original error.
+    """
+    run_id = MLFLOW_RUN_ID.get()
+    if not run_id:
+        return
+    try:
+        MlflowClient().set_tag(run_id, keys.TAG_ERROR, message[:5000])
+    except (MlflowException, OSError):
+        pass
 
 
 def _record(

@@ -1,0 +1,61 @@
+"""Shared fixtures: a real MLflow SQLite store in a temporary folder, and job subprocesses."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A fresh SQLite tracking store; artifacts land under tmp_path too (MLflow puts them in ./mlruns)."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    mlflow.set_tracking_uri(uri)
+    yield uri
+    while mlflow.active_run() is not None:
+        mlflow.end_run()
+    mlflow.set_tracking_uri(None)
+
+
+def run_command(args: list[str], store_uri: str, cwd: Path, **extra_env: str) -> subprocess.CompletedProcess[str]:
+    """Run a command in its own process against the store, as a user would."""
+    env = dict(os.environ, MLFLOW_TRACKING_URI=store_uri, PYTHONPATH=str(REPO), **extra_env)
+    env.pop("MLFLOW_RUN_ID", None)
+    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600, check=False)
+
+
+def run_linefit(store_uri: str, cwd: Path, *assignments: str) -> subprocess.CompletedProcess[str]:
+    """The line-fit job in a fresh Python process, as MLproject starts it."""
+    return run_command(
+        [sys.executable, "-m", "projects.linefit", *assignments], store_uri, cwd, PYTHONHASHSEED="0"
+    )
+
+
+def mlrepro_cli(store_uri: str, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return run_command([sys.executable, "-m", "mlrepro", *args], store_uri, cwd)
+
+
+def only_run_id(store_uri: str) -> str:
+    runs = mlflow.MlflowClient(store_uri).search_runs(experiment_ids=["0"], order_by=["attributes.start_time DESC"])
+    return runs[0].info.run_id
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    """A user error: exit 2, one line on stderr starting 'mlrepro: error:', no traceback."""
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("mlrepro: error:")]
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
