@@ -13,10 +13,10 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
 
 from mlrepro.errors import SpecError, describe_validation_error
@@ -90,9 +90,6 @@ class LineFitSpec(BaseSpec):
 
 SPEC_TYPES: dict[str, type[BaseSpec]] = {"linefit": LineFitSpec}
 
-AnySpec = Annotated[Union[LineFitSpec], Field(discriminator="job")]
-_ANY_SPEC = TypeAdapter(AnySpec)
-
 
 def _param_text(value: Any) -> str:
     return json.dumps(value) if isinstance(value, (bool, dict, list)) or value is None else str(value)
@@ -115,10 +112,7 @@ def parse_spec(values: Mapping[str, Any]) -> BaseSpec:
     job = values.get("job")
     if not isinstance(job, str) or job not in SPEC_TYPES:
         raise SpecError(f"job: must be one of {', '.join(sorted(SPEC_TYPES))} (got {job!r})")
-    try:
-        return _ANY_SPEC.validate_python(dict(values))
-    except ValidationError as err:
-        raise SpecError(f"invalid {job} spec: {describe_validation_error(err, SPEC_TYPES[job])}") from err
+    return build_spec(SPEC_TYPES[job], values)
 
 
 def read_spec_file(path: str | Path) -> dict[str, Any]:

@@ -1,0 +1,64 @@
+"""load_run and compare_runs: typed records from any MLflow run, and the errors a user can hit."""
+
+from __future__ import annotations
+
+import mlflow
+import pytest
+
+from mlrepro import compare_runs, load_run, start_run
+from mlrepro.errors import NoLossesError, RunNotFoundError, TrackingError
+from mlrepro.spec import LineFitSpec
+
+
+def logged_run(seed: int, losses: list[float]) -> str:
+    with start_run(LineFitSpec(seed=seed, steps=len(losses))) as run:
+        for value in losses:
+            run.log_loss(value)
+    return run.run_id
+
+
+def test_load_run_gives_the_spec_environment_and_losses(store: str) -> None:
+    run_id = logged_run(4, [3.0, 2.0, 1.0])
+    run = load_run(run_id)
+    assert run.run_id == run_id and run.status == "FINISHED"
+    assert run.spec == LineFitSpec(seed=4, steps=3)
+    assert run.spec_fields["seed"] == "4"
+    assert run.environment["run.device"] == "cpu" and "torch.version" in run.environment
+    assert run.losses.values.tolist() == [3.0, 2.0, 1.0] and run.loss_source == "artifact"
+
+
+def test_a_plain_mlflow_run_is_read_from_its_metric_history(store: str) -> None:
+    with mlflow.start_run() as plain:
+        mlflow.log_param("seed", "1")
+        for step, value in enumerate([0.5, 0.25]):
+            mlflow.log_metric("loss", value, step=step)
+    run = load_run(plain.info.run_id)
+    assert run.spec is None and run.spec_fields == {"seed": "1"}
+    assert run.loss_source == "metric history" and run.losses.values.tolist() == [0.5, 0.25]
+
+
+def test_compare_runs_takes_ids_or_records(store: str) -> None:
+    a, b, c = logged_run(1, [1.0, 2.0]), logged_run(1, [1.0, 2.0]), logged_run(2, [1.0, 2.5])
+    assert compare_runs(a, b).identical
+    verdict = compare_runs(load_run(a), c)
+    assert not verdict.identical and verdict.first_divergent_step == 1
+    assert [(d.key, d.value_a, d.value_b) for d in verdict.spec_differences] == [("seed", "1", "2")]
+
+
+def test_an_unknown_run_is_named(store: str) -> None:
+    with pytest.raises(RunNotFoundError, match="no run 'deadbeef'"):
+        load_run("deadbeef")
+
+
+def test_a_run_without_losses_is_refused(store: str) -> None:
+    with mlflow.start_run() as empty:
+        mlflow.log_param("seed", "1")
+    with pytest.raises(NoLossesError, match="logged no 'loss' metric"):
+        load_run(empty.info.run_id)
+
+
+def test_an_unreachable_server_is_a_tracking_error(monkeypatch) -> None:
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    with pytest.raises(TrackingError, match="cannot reach the tracking server"):
+        load_run("abc", client=mlflow.MlflowClient("http://127.0.0.1:9"))
