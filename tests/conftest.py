@@ -30,7 +30,9 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
 
 def run_command(args: list[str], store_uri: str, cwd: Path, **extra_env: str) -> subprocess.CompletedProcess[str]:
     """Run a command in its own process against the store, as a user would."""
-    env = dict(os.environ, MLFLOW_TRACKING_URI=store_uri, PYTHONPATH=str(REPO), **extra_env)
+    # This interpreter's scripts first: `mlflow run` starts `python`, the compare entry point `mlrepro`.
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    env = dict(os.environ, MLFLOW_TRACKING_URI=store_uri, PYTHONPATH=str(REPO), PATH=path, **extra_env)
     env.pop("MLFLOW_RUN_ID", None)
     return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600, check=False)
 

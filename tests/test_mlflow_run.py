@@ -1,0 +1,53 @@
+"""The README's path end to end: `mlflow run` the project twice, compare, then another seed."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import mlflow
+
+from tests.conftest import REPO, mlrepro_cli, only_run_id, run_command
+
+MLFLOW = [sys.executable, "-m", "mlflow"]
+
+
+def mlflow_run(store: str, cwd: Path, *params: str) -> str:
+    args = [*MLFLOW, "run", str(REPO), "--env-manager", "local"]
+    for param in params:
+        args += ["-P", param]
+    result = run_command(args, store, cwd)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return only_run_id(store)
+
+
+def test_mlflow_run_twice_is_identical_and_another_seed_differs_from_step_0(tmp_path: Path, store: str) -> None:
+    first = mlflow_run(store, tmp_path)
+    second = mlflow_run(store, tmp_path)
+    other_seed = mlflow_run(store, tmp_path, "seed=4")
+
+    run = mlflow.MlflowClient().get_run(first)
+    assert run.data.tags["mlflow.project.entryPoint"] == "main"
+    assert run.data.params["seed"] == "3"
+    assert run.data.tags["mlrepro.env.PYTHONHASHSEED"] == "0"  # fixed by the MLproject command
+    assert run.data.tags["mlrepro.determinism.hash_randomization"] == "false"
+
+    same = mlrepro_cli(store, tmp_path, "compare", first, second)
+    assert same.returncode == 0 and same.stdout.startswith("identical:"), same.stdout + same.stderr
+    assert "1000 losses" in same.stdout
+
+    different = mlrepro_cli(store, tmp_path, "compare", first, other_seed)
+    assert different.returncode == 1
+    assert "first differ at step 0" in different.stdout
+
+
+def test_a_bad_parameter_fails_the_launched_run_and_says_why(tmp_path: Path, store: str) -> None:
+    args = [*MLFLOW, "run", str(REPO), "--env-manager", "local", "-P", "lr=-1"]
+    result = run_command(args, store, tmp_path)
+    assert result.returncode != 0
+    assert "mlrepro: error: invalid linefit spec: lr: must be greater than 0" in result.stderr
+    assert "Traceback" not in result.stderr
+    run = mlflow.MlflowClient().get_run(only_run_id(store))
+    assert run.info.status == "FAILED"
+    assert run.data.tags["mlrepro.error"].startswith("invalid linefit spec: lr:")
+    assert mlflow.MlflowClient().get_metric_history(run.info.run_id, "loss") == []
