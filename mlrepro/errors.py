@@ -22,6 +22,10 @@ class DeviceError(MlreproError):
     """The spec asks for a device this machine does not have."""
 
 
+class DatasetError(MlreproError):
+    """The training data cannot be had: neither on disk nor by download."""
+
+
 class RunNotFoundError(MlreproError, LookupError):
     """No run with that id exists in the tracking store."""
 
@@ -70,15 +74,10 @@ def _bounds(model: type[BaseModel] | None, loc: tuple[int | str, ...]) -> str | 
         for name in ("ge", "gt", "le", "lt")
         if hasattr(constraint, name)
     }
-    low = f"from {limits['ge']}" if "ge" in limits else f"greater than {limits['gt']}" if "gt" in limits else ""
-    high = f"to {limits['le']}" if "le" in limits else f"less than {limits['lt']}" if "lt" in limits else ""
-    if low.startswith("from") and high.startswith("to"):
-        return f"{low} {high}"
-    if low and high:
-        return f"{low} and {high}"
-    if "le" in limits:
-        return f"at most {limits['le']}"
-    return low or high or None
+    if "ge" in limits and "le" in limits:
+        return f"from {limits['ge']} to {limits['le']}"
+    words = {"ge": "at least", "gt": "greater than", "le": "at most", "lt": "less than"}
+    return " and ".join(f"{words[name]} {value}" for name, value in limits.items()) or None
 
 
 def first_line(err: BaseException) -> str:

@@ -65,6 +65,10 @@ class TrackedRun:
         if len(self._losses) - self._flushed >= MAX_METRICS_PER_BATCH:
             self.flush()
 
+    def log_metric(self, key: str, value: float, step: int) -> None:
+        """Any other metric (test accuracy per epoch, say), written at once."""
+        self._client.log_metric(self.run_id, key, value, step=step)
+
     def flush(self) -> None:
         """Send every loss not yet in MLflow, so a live run's chart follows the training."""
         timestamp = int(time.time() * 1000)

@@ -12,4 +12,7 @@ def _trainer(module: str) -> Callable[[], Callable[[Any, Any], None]]:
     return lambda: import_module(module).train
 
 
-TRAINERS = {"linefit": _trainer("projects.linefit.train")}
+TRAINERS = {
+    "linefit": _trainer("projects.linefit.train"),
+    "cifar10": _trainer("projects.cifar10.train"),
+}
