@@ -5,50 +5,47 @@
     with mlrepro.start_run(spec) as run:      # seeded, switches set, recorded
         ...; run.log_loss(loss)                # every step, as metric `loss`
     mlrepro.compare_runs(run_a_id, run_b_id)   # bitwise verdict and likely causes
+
+Names are imported on first use: MLflow loads ``mlrepro.plugin`` while it is
+itself being imported, so this package must not import MLflow (or torch) then.
 """
 
-from mlrepro.compare import LoggedRun, LossComparison, LossSeries, RunComparison, compare_logged_runs, compare_losses
-from mlrepro.environment import EnvironmentRecord, capture_environment
-from mlrepro.errors import (
-    DeviceError,
-    MlreproError,
-    NoLossesError,
-    RunNotFoundError,
-    SpecError,
-    TrackingError,
-)
-from mlrepro.runs import compare_runs, load_run
-from mlrepro.seeding import DeterminismState, SeedRecord, make_generator, seed_everything, seed_worker
-from mlrepro.spec import BaseSpec, LineFitSpec, build_spec, parse_spec, read_spec_file
-from mlrepro.tracking import TrackedRun, start_run
+from __future__ import annotations
 
-__all__ = [
-    "BaseSpec",
-    "DeterminismState",
-    "DeviceError",
-    "EnvironmentRecord",
-    "LineFitSpec",
-    "LoggedRun",
-    "LossComparison",
-    "LossSeries",
-    "MlreproError",
-    "NoLossesError",
-    "RunComparison",
-    "RunNotFoundError",
-    "SeedRecord",
-    "SpecError",
-    "TrackedRun",
-    "TrackingError",
-    "build_spec",
-    "capture_environment",
-    "compare_logged_runs",
-    "compare_losses",
-    "compare_runs",
-    "load_run",
-    "make_generator",
-    "parse_spec",
-    "read_spec_file",
-    "seed_everything",
-    "seed_worker",
-    "start_run",
-]
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "mlrepro.compare": ["LoggedRun", "LossComparison", "LossSeries", "RunComparison", "compare_logged_runs", "compare_losses"],
+    "mlrepro.environment": ["EnvironmentRecord", "capture_environment"],
+    "mlrepro.errors": ["DatasetError", "DeviceError", "MlreproError", "NoLossesError", "RunNotFoundError", "SpecError", "TrackingError"],
+    "mlrepro.runs": ["compare_runs", "load_run"],
+    "mlrepro.seeding": ["DeterminismState", "SeedRecord", "make_generator", "seed_everything", "seed_worker"],
+    "mlrepro.spec": ["BaseSpec", "Cifar10Spec", "LineFitSpec", "build_spec", "parse_spec", "read_spec_file"],
+    "mlrepro.tracking": ["TrackedRun", "start_run"],
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module 'mlrepro' has no attribute {name!r}")
+    value = getattr(import_module(_MODULE_OF[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:
+    from mlrepro.compare import LoggedRun, LossComparison, LossSeries, RunComparison, compare_logged_runs, compare_losses
+    from mlrepro.environment import EnvironmentRecord, capture_environment
+    from mlrepro.errors import DatasetError, DeviceError, MlreproError, NoLossesError, RunNotFoundError, SpecError, TrackingError
+    from mlrepro.runs import compare_runs, load_run
+    from mlrepro.seeding import DeterminismState, SeedRecord, make_generator, seed_everything, seed_worker
+    from mlrepro.spec import BaseSpec, Cifar10Spec, LineFitSpec, build_spec, parse_spec, read_spec_file
+    from mlrepro.tracking import TrackedRun, start_run

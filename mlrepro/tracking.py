@@ -139,6 +139,13 @@ def tag_launcher_run_failure(message: str) -> None:
         pass
 
 
+def environment_tags(environment: EnvironmentRecord) -> dict[str, str]:
+    """The record as MLflow tags: one ``mlrepro.<fact>`` per fact, and its hash."""
+    tags = {keys.ENV_TAG_PREFIX + fact: value for fact, value in environment.facts.items()}
+    tags[keys.TAG_ENV_HASH] = environment.hash
+    return tags
+
+
 def _record(
     client: MlflowClient, run_id: str, spec: BaseSpec, seed_record: SeedRecord, environment: EnvironmentRecord
 ) -> None:
@@ -148,8 +155,7 @@ def _record(
     # error in MLflow, so only the fields it did not log are added.
     already_logged = client.get_run(run_id).data.params
     params = {key: value for key, value in spec.to_params().items() if key not in already_logged}
-    tags = {keys.TAG_JOB: spec.job, keys.TAG_SPEC_HASH: spec.hash, keys.TAG_ENV_HASH: environment.hash}
-    tags.update({keys.ENV_TAG_PREFIX + fact: value for fact, value in environment.facts.items()})
+    tags = {keys.TAG_JOB: spec.job, keys.TAG_SPEC_HASH: spec.hash, **environment_tags(environment)}
     mlflow.log_params(params)
     mlflow.set_tags(tags)
     mlflow.log_dict(spec.model_dump(mode="json"), keys.SPEC_ARTIFACT)

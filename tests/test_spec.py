@@ -84,8 +84,8 @@ def test_spec_files_in_yaml_and_json(tmp_path: Path) -> None:
         (None, "spec file not found"),
         ("seed: [1\n", "is not valid YAML or JSON at line"),
         ("- 1\n- 2\n", "must hold a mapping of field: value, not list"),
-        ("seed: 3\n", "job: must be one of linefit (got None)"),
-        ("job: resnet\n", "job: must be one of linefit (got 'resnet')"),
+        ("seed: 3\n", "job: must be one of cifar10, linefit (got None)"),
+        ("job: resnet\n", "job: must be one of cifar10, linefit (got 'resnet')"),
         ("job: linefit\nsteps: -5\n", "invalid linefit spec: steps: must be from 1"),
     ],
 )
