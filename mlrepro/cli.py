@@ -16,7 +16,8 @@ from typing import Any, NoReturn
 import click
 from pydantic import ValidationError
 
-from mlrepro.compare import FieldDifference, RunComparison
+from mlrepro.compare import RunComparison, StepRange
+from mlrepro.diagnosis import Difference
 from mlrepro.errors import MlreproError, describe_validation_error
 from mlrepro.runs import compare_runs
 from mlrepro.spec import BaseSpec, build_spec, parse_assignments, parse_spec, read_spec_file
@@ -67,7 +68,7 @@ def compare(run_a: str, run_b: str, as_json: bool) -> None:
 
 
 def format_comparison(comparison: RunComparison) -> str:
-    """The verdict first, then the evidence, then the likely causes."""
+    """The verdict first, then the evidence, then the differences, most likely cause first."""
     losses = comparison.losses
     a, b = comparison.run_a, comparison.run_b
     if losses.identical:
@@ -78,16 +79,18 @@ def format_comparison(comparison: RunComparison) -> str:
             f"  A: {_value(losses.value_a)}",
             f"  B: {_value(losses.value_b)}",
             f"  {losses.divergent_steps} of {losses.steps_in_both} common steps differ;"
-            f" {_only(losses.only_in_a.count, losses.only_in_a.first, losses.only_in_a.last)} only in A;"
-            f" {_only(losses.only_in_b.count, losses.only_in_b.first, losses.only_in_b.last)} only in B",
+            f" {_only(losses.only_in_a)} only in A; {_only(losses.only_in_b)} only in B",
+            comparison.diagnosis,
         ]
-    differences = [("spec", d) for d in comparison.spec_differences]
-    differences += [("env", d) for d in comparison.environment_differences]
-    if differences:
-        lines.append("what differs between the runs (A | B):" if losses.identical else "likely causes (A | B):")
-        lines += _side_by_side(differences)
-    else:
+    if not comparison.differences:
         lines.append("spec and environment: the same in both runs")
+    else:
+        lines.append(
+            "differences (A | B), none changed the losses:"
+            if losses.identical
+            else "differences (A | B), most likely cause first:"
+        )
+        lines += _side_by_side(comparison.differences)
     return "\n".join(lines)
 
 
@@ -96,19 +99,26 @@ def _value(value: float | None) -> str:
     return "(no such step)" if value is None else f"{value!r}  [{value.hex()}]"
 
 
-def _only(count: int, first: int | None, last: int | None) -> str:
-    if count == 0:
+def _only(steps: StepRange) -> str:
+    if steps.count == 0:
         return "no steps"
-    if count == 1:
-        return f"step {first}"
-    return f"{count} steps ({first}..{last})"
+    if steps.count == 1:
+        return f"step {steps.first}"
+    return f"{steps.count} steps ({steps.first}..{steps.last})"
 
 
-def _side_by_side(differences: list[tuple[str, FieldDifference]]) -> list[str]:
-    width = max(len(d.key) for _, d in differences)
-    return [
-        f"  {kind:<4} {d.key:<{width}}  {_missing(d.value_a)} | {_missing(d.value_b)}" for kind, d in differences
-    ]
+def _side_by_side(differences: list[Difference]) -> list[str]:
+    """One line each; an explanation is printed once for a run of lines that share it."""
+    key_width = max(len(d.key) for d in differences)
+    values = [f"{_missing(d.value_a)} | {_missing(d.value_b)}" for d in differences]
+    value_width = max(len(v) for v in values)
+    lines, previous = [], None
+    for difference, value in zip(differences, values):
+        source = "spec" if difference.source == "spec" else "env"
+        explanation = "" if difference.explanation == previous else difference.explanation
+        previous = difference.explanation
+        lines.append(f"  {source:<4} {difference.key:<{key_width}}  {value:<{value_width}}  {explanation}".rstrip())
+    return lines
 
 
 def _missing(value: str | None) -> str:

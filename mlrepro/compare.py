@@ -9,12 +9,12 @@ Pure: arrays and records in, typed verdicts out. Loading runs from MLflow is
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, computed_field
 
+from mlrepro.diagnosis import Difference, diagnose, differences
 from mlrepro.spec import BaseSpec
 
 
@@ -109,25 +109,6 @@ def _value_at(series: LossSeries, step: int | None) -> float | None:
     return None
 
 
-class FieldDifference(BaseModel):
-    """One spec field or environment fact whose value differs; ``None`` where a run lacks it."""
-
-    model_config = ConfigDict(frozen=True)
-
-    key: str
-    value_a: str | None
-    value_b: str | None
-
-
-def diff_fields(a: Mapping[str, str], b: Mapping[str, str]) -> list[FieldDifference]:
-    """Every key whose value differs between the two mappings, sorted by key."""
-    return [
-        FieldDifference(key=key, value_a=a.get(key), value_b=b.get(key))
-        for key in sorted(set(a) | set(b))
-        if a.get(key) != b.get(key)
-    ]
-
-
 @dataclass(frozen=True)
 class LoggedRun:
     """A finished (or failed) run as compare sees it: what it was asked, what it ran on, what it got."""
@@ -151,8 +132,8 @@ class RunComparison(BaseModel):
     run_a: str
     run_b: str
     losses: LossComparison
-    spec_differences: list[FieldDifference]
-    environment_differences: list[FieldDifference]
+    differences: list[Difference]  # spec fields and environment facts, most likely cause first
+    diagnosis: str
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -167,10 +148,12 @@ class RunComparison(BaseModel):
 
 def compare_logged_runs(a: LoggedRun, b: LoggedRun) -> RunComparison:
     """Compare two loaded runs: losses bit for bit, and the spec and environment side by side."""
+    losses = compare_losses(a.losses, b.losses)
+    ranked = differences(a.spec_fields, b.spec_fields, a.environment, b.environment)
     return RunComparison(
         run_a=a.run_id,
         run_b=b.run_id,
-        losses=compare_losses(a.losses, b.losses),
-        spec_differences=diff_fields(a.spec_fields, b.spec_fields),
-        environment_differences=diff_fields(a.environment, b.environment),
+        losses=losses,
+        differences=ranked,
+        diagnosis=diagnose(losses.identical, ranked, a.environment, b.environment),
     )

@@ -48,7 +48,7 @@ def test_mlflow_run_on_fake_data_repeats_and_another_seed_differs(tmp_path: Path
     assert compare(store, tmp_path, first, second)[0] == 0
     code, verdict = compare(store, tmp_path, first, other)
     assert code == 1 and verdict["first_divergent_step"] == 0
-    assert {"key": "seed", "value_a": "3", "value_b": "5"} in verdict["spec_differences"]
+    assert [(d["key"], d["value_a"], d["value_b"]) for d in verdict["differences"]] == [("seed", "3", "5")]
 
 
 def test_the_real_loader_on_pickle_format_files_repeats_through_data_dir(tmp_path: Path, store: str) -> None:
@@ -76,15 +76,22 @@ def test_the_shuffle_order_does_not_depend_on_the_number_of_workers(tmp_path: Pa
     without = cifar10(store, tmp_path, "dataset=fake", *SMALL[:-1], "num_workers=0")
     code, verdict = compare(store, tmp_path, with_workers, without)
     assert code == 0, verdict
-    assert [d["key"] for d in verdict["spec_differences"]] == ["num_workers"]
+    assert [d["key"] for d in verdict["differences"]] == ["num_workers"]
 
 
-def test_compare_names_the_thread_count(tmp_path: Path, store: str) -> None:
+def test_runs_that_differ_only_in_thread_count_name_it_first_with_its_explanation(tmp_path: Path, store: str) -> None:
     one = cifar10(store, tmp_path, "dataset=fake", *SMALL, "threads=1")
     two = cifar10(store, tmp_path, "dataset=fake", *SMALL, "threads=2")
     _, verdict = compare(store, tmp_path, one, two)
-    assert {"key": "threads", "value_a": "1", "value_b": "2"} in verdict["spec_differences"]
-    assert {"key": "determinism.intra_op_threads", "value_a": "1", "value_b": "2"} in verdict["environment_differences"]
+    named = [(d["source"], d["key"], d["value_a"], d["value_b"]) for d in verdict["differences"]]
+    assert named == [("spec", "threads", "1", "2"), ("environment", "determinism.intra_op_threads", "1", "2")]
+    assert verdict["differences"][0]["explanation"].startswith("CPU kernels split reductions across threads")
+    if not verdict["identical"]:  # on this machine's CPU they differ; the diagnosis then names the cause
+        assert verdict["diagnosis"].startswith("most likely cause: threads (1 | 2): CPU kernels split")
+
+    text = mlrepro_cli(store, tmp_path, "compare", one, two).stdout.splitlines()
+    first_difference = text.index(next(line for line in text if line.startswith("differences"))) + 1
+    assert text[first_difference].split()[:5] == ["spec", "threads", "1", "|", "2"]
 
 
 def test_missing_data_says_what_to_do_and_the_run_ends_failed(tmp_path: Path, store: str) -> None:

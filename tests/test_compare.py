@@ -8,7 +8,7 @@ import struct
 import numpy as np
 import pytest
 
-from mlrepro.compare import LossSeries, compare_losses, diff_fields
+from mlrepro.compare import LossSeries, compare_losses
 
 
 def series(values, steps=None) -> LossSeries:
@@ -78,12 +78,3 @@ def test_a_million_steps_compare_exactly() -> None:
     other[765_432] = np.nextafter(other[765_432], 2.0)
     assert compare_losses(series(values), series(values.copy())).identical
     assert compare_losses(series(values), series(other)).first_divergent_step == 765_432
-
-
-def test_field_differences_list_changed_missing_and_added_keys() -> None:
-    differences = diff_fields({"seed": "3", "lr": "0.1", "gone": "x"}, {"seed": "4", "lr": "0.1", "new": "y"})
-    assert [(d.key, d.value_a, d.value_b) for d in differences] == [
-        ("gone", "x", None),
-        ("new", None, "y"),
-        ("seed", "3", "4"),
-    ]

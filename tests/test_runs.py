@@ -42,7 +42,7 @@ def test_compare_runs_takes_ids_or_records(store: str) -> None:
     assert compare_runs(a, b).identical
     verdict = compare_runs(load_run(a), c)
     assert not verdict.identical and verdict.first_divergent_step == 1
-    assert [(d.key, d.value_a, d.value_b) for d in verdict.spec_differences] == [("seed", "1", "2")]
+    assert [(d.key, d.value_a, d.value_b) for d in verdict.differences] == [("seed", "1", "2")]
 
 
 def test_an_unknown_run_is_named(store: str) -> None:

@@ -1,0 +1,153 @@
+"""Why two runs differ: rank what differs between them by how likely it is to break bitwise equality.
+
+Pure: two runs' spec fields and environment facts in, ranked and explained differences out. The order is
+the order in which a person should look: a different device or GPU model makes
+equal bits unlikely on its own; another library version changes kernels; then
+the determinism switches, the thread count, the seed, the other spec fields,
+and last the rest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from enum import IntEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+
+
+class Category(IntEnum):
+    """Lower is more likely to break bitwise equality."""
+
+    DEVICE = 0
+    VERSIONS = 1
+    DETERMINISM = 2
+    THREADS = 3
+    SEED = 4
+    SPEC = 5
+    CODE = 6
+    OTHER = 7
+
+
+_TF32 = "TF32 rounds float32 matmul and convolution inputs to 10 mantissa bits on Ampere and newer GPUs"
+_THREADS = "CPU kernels split reductions across threads, so another thread count sums in another order"
+_KERNELS = "another release may change kernels and the order in which they reduce"
+
+# (source, key, category, what it does). A key ending in "." matches every key it starts.
+_RULES: list[tuple[str, str, Category, str]] = [
+    ("spec", "device", Category.DEVICE, "CPU and GPU kernels compute in different orders"),
+    ("environment", "run.device", Category.DEVICE, "CPU and GPU kernels compute in different orders"),
+    ("environment", "gpu.name", Category.DEVICE, "another GPU model runs other kernels, and cuDNN chooses by model"),
+    ("environment", "gpu.capability", Category.DEVICE, "another GPU architecture runs other kernels"),
+    ("environment", "env.CUDA_VISIBLE_DEVICES", Category.DEVICE, "the run may have used another GPU"),
+    ("environment", "cpu.model", Category.DEVICE, "another CPU may run other vector kernels (AVX2, AVX-512) that round differently"),
+    ("environment", "torch.version", Category.VERSIONS, f"torch: {_KERNELS}"),
+    ("environment", "cuda.version", Category.VERSIONS, f"CUDA: {_KERNELS}"),
+    ("environment", "cudnn.version", Category.VERSIONS, f"cuDNN: {_KERNELS}"),
+    ("environment", "gpu.driver", Category.VERSIONS, "the GPU driver compiles and schedules kernels"),
+    ("environment", "torchvision.version", Category.VERSIONS, "torchvision: data transforms and models may compute differently"),
+    ("environment", "numpy.version", Category.VERSIONS, "NumPy: random streams and data preparation may change"),
+    ("spec", "deterministic", Category.DETERMINISM, "deterministic=false leaves cuDNN and torch free to pick nondeterministic kernels"),
+    ("environment", "determinism.cudnn_benchmark", Category.DETERMINISM,
+     "cudnn.benchmark picks kernels by timing them on first use, so the choice (and the bits) can change from run to run"),
+    ("environment", "determinism.cudnn_deterministic", Category.DETERMINISM,
+     "with cudnn.deterministic off, cuDNN may use algorithms that accumulate with atomics in a varying order"),
+    ("environment", "determinism.deterministic_algorithms", Category.DETERMINISM,
+     "without torch.use_deterministic_algorithms(True), ops such as index_add and scatter_add on CUDA add in a varying order"),
+    ("environment", "determinism.deterministic_warn_only", Category.DETERMINISM,
+     "warn-only mode lets nondeterministic ops run with a warning instead of stopping them"),
+    ("environment", "determinism.cudnn_allow_tf32", Category.DETERMINISM, _TF32),
+    ("environment", "determinism.cuda_matmul_allow_tf32", Category.DETERMINISM, _TF32),
+    ("environment", "determinism.float32_matmul_precision", Category.DETERMINISM, _TF32),
+    ("environment", "env.NVIDIA_TF32_OVERRIDE", Category.DETERMINISM, _TF32),
+    ("environment", "env.TORCH_ALLOW_TF32_CUBLAS_OVERRIDE", Category.DETERMINISM, _TF32),
+    ("environment", "env.CUBLAS_WORKSPACE_CONFIG", Category.DETERMINISM,
+     "without a fixed cuBLAS workspace (:4096:8 or :16:8) cuBLAS may split reductions differently"),
+    ("environment", "env.OPENBLAS_CORETYPE", Category.DETERMINISM, "selects OpenBLAS's kernel family, which rounds differently"),
+    ("environment", "env.MKL_CBWR", Category.DETERMINISM, "MKL's conditional bitwise reproducibility mode selects its kernel path"),
+    ("environment", "env.KMP_DETERMINISTIC_REDUCTION", Category.DETERMINISM, "OpenMP reductions in a fixed or a free order"),
+    ("spec", "threads", Category.THREADS, _THREADS),
+    ("environment", "determinism.intra_op_threads", Category.THREADS, _THREADS),
+    ("environment", "env.OMP_NUM_THREADS", Category.THREADS, _THREADS),
+    ("environment", "env.MKL_NUM_THREADS", Category.THREADS, _THREADS),
+    ("environment", "env.OPENBLAS_NUM_THREADS", Category.THREADS, _THREADS),
+    ("environment", "determinism.interop_threads", Category.THREADS,
+     "inter-op threads run independent ops side by side; this rarely changes bits"),
+    ("spec", "seed", Category.SEED, "another seed draws other initial weights, dropout masks and shuffle order"),
+    ("environment", "env.PYTHONHASHSEED", Category.SEED, "string hashing orders sets and dicts of strings, and what is built from them"),
+    ("environment", "determinism.hash_randomization", Category.SEED,
+     "string hashing orders sets and dicts of strings, and what is built from them"),
+    ("spec", "num_workers", Category.SPEC,
+     "the shuffle order does not depend on it, but randomness drawn inside workers does"),
+    ("spec", "metric", Category.OTHER, "only the name the losses are logged under"),
+    ("spec", "", Category.SPEC, "a different setting trains something else"),
+    ("environment", "git.", Category.CODE, "the code changed"),
+    ("environment", "", Category.OTHER, "recorded for completeness; rarely changes the numbers"),
+]
+
+
+class Difference(BaseModel):
+    """A spec field or environment fact that differs (``None`` where a run lacks it), and how it can change the bits."""
+
+    model_config = ConfigDict(frozen=True)
+
+    source: Literal["spec", "environment"]
+    key: str
+    value_a: str | None
+    value_b: str | None
+    category: str
+    explanation: str
+
+
+def _matches(rule_key: str, key: str) -> bool:
+    """A rule key ending in "." (or empty) covers every key it starts; any other names one key."""
+    return key.startswith(rule_key) if rule_key.endswith(".") or not rule_key else key == rule_key
+
+
+def _explain(source: str, key: str) -> tuple[Category, str]:
+    # The last rule of each source is a catch-all, so every key finds one.
+    return next((category, text) for rule_source, rule_key, category, text in _RULES
+                if rule_source == source and _matches(rule_key, key))
+
+
+def differences(
+    spec_a: Mapping[str, str], spec_b: Mapping[str, str], environment_a: Mapping[str, str], environment_b: Mapping[str, str]
+) -> list[Difference]:
+    """Every differing field and fact, most likely cause first.
+
+    Within a category the spec field (the cause) comes before the environment
+    fact that records its effect: ``threads`` before ``determinism.intra_op_threads``.
+    """
+    found = []
+    for source, a, b in (("spec", spec_a, spec_b), ("environment", environment_a, environment_b)):
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) == b.get(key):
+                continue
+            category, explanation = _explain(source, key)
+            difference = Difference(source=source, key=key, value_a=a.get(key), value_b=b.get(key),
+                                    category=category.name.lower(), explanation=explanation)
+            found.append((category, source != "spec", difference))
+    found.sort(key=lambda entry: entry[:2])
+    return [difference for _, _, difference in found]
+
+
+def diagnose(identical: bool, ranked: list[Difference], environment_a: Mapping[str, str],
+             environment_b: Mapping[str, str]) -> str:
+    """One sentence on the verdict's most likely reason."""
+    if identical:
+        return "identical bit for bit" + ("; the differences listed did not change the losses" if ranked else "")
+    if ranked:
+        first = ranked[0]
+        return f"most likely cause: {first.key} ({first.value_a} | {first.value_b}): {first.explanation}"
+    switch = "determinism.deterministic_algorithms"
+    if environment_a.get(switch) == environment_b.get(switch) == "true":
+        return (
+            "nothing recorded differs, and torch.use_deterministic_algorithms(True) was already on in both runs: "
+            "look for randomness mlrepro does not reach (an unseeded generator of your own, files read in "
+            "directory order, a custom CUDA kernel using atomics)"
+        )
+    return (
+        "nothing recorded differs: a nondeterministic operation is the likely cause; run with "
+        "torch.use_deterministic_algorithms(True) (spec deterministic=true) and torch raises at the first one, naming it"
+    )

@@ -1,0 +1,58 @@
+"""Diagnosis: differences ranked by how likely each is to break bitwise equality, each explained."""
+
+from __future__ import annotations
+
+from mlrepro.diagnosis import diagnose, differences
+
+
+def keys(found) -> list[str]:
+    return [d.key for d in found]
+
+
+def test_changed_missing_and_added_keys_are_all_differences() -> None:
+    found = differences({"seed": "3", "lr": "0.1", "gone": "x"}, {"seed": "4", "lr": "0.1", "new": "y"}, {}, {})
+    assert {(d.key, d.value_a, d.value_b) for d in found} == {("gone", "x", None), ("new", None, "y"), ("seed", "3", "4")}
+
+
+def test_the_order_is_device_versions_switches_threads_seed_spec_then_the_rest() -> None:
+    found = differences(
+        {"seed": "3", "lr": "0.1", "threads": "1"},
+        {"seed": "4", "lr": "0.2", "threads": "2"},
+        {"python.version": "3.11", "determinism.cudnn_benchmark": "false", "torch.version": "2.13",
+         "gpu.name": "A100", "determinism.intra_op_threads": "1", "git.commit": "abc"},
+        {"python.version": "3.12", "determinism.cudnn_benchmark": "true", "torch.version": "2.14",
+         "gpu.name": "H100", "determinism.intra_op_threads": "2", "git.commit": "def"},
+    )
+    assert keys(found) == [
+        "gpu.name", "torch.version", "determinism.cudnn_benchmark", "threads", "determinism.intra_op_threads",
+        "seed", "lr", "git.commit", "python.version",
+    ]
+    assert [d.category for d in found] == [
+        "device", "versions", "determinism", "threads", "threads", "seed", "spec", "code", "other",
+    ]
+
+
+def test_each_difference_says_what_it_does() -> None:
+    (benchmark,) = differences({}, {}, {"determinism.cudnn_benchmark": "false"}, {"determinism.cudnn_benchmark": "true"})
+    assert "picks kernels by timing" in benchmark.explanation
+    (workspace,) = differences({}, {}, {"env.CUBLAS_WORKSPACE_CONFIG": "unset"}, {"env.CUBLAS_WORKSPACE_CONFIG": ":4096:8"})
+    assert "cuBLAS" in workspace.explanation and workspace.category == "determinism"
+
+
+def test_the_diagnosis_names_the_first_cause() -> None:
+    found = differences({"threads": "1"}, {"threads": "2"}, {}, {})
+    assert diagnose(False, found, {}, {}).startswith("most likely cause: threads (1 | 2): CPU kernels split")
+
+
+def test_when_nothing_differs_the_diagnosis_points_at_nondeterministic_ops() -> None:
+    off = {"determinism.deterministic_algorithms": "false"}
+    on = {"determinism.deterministic_algorithms": "true"}
+    assert "torch.use_deterministic_algorithms(True)" in diagnose(False, [], off, off)
+    assert "raises at the first one" in diagnose(False, [], off, off)
+    assert "was already on in both runs" in diagnose(False, [], on, on)
+
+
+def test_identical_runs_are_said_to_be_identical_whatever_differs() -> None:
+    assert diagnose(True, [], {}, {}) == "identical bit for bit"
+    found = differences({"num_workers": "2"}, {"num_workers": "0"}, {}, {})
+    assert diagnose(True, found, {}, {}).endswith("the differences listed did not change the losses")
