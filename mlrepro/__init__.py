@@ -18,8 +18,12 @@ from typing import TYPE_CHECKING, Any
 _EXPORTS = {
     "mlrepro.compare": ["LoggedRun", "LossComparison", "LossSeries", "RunComparison", "compare_logged_runs", "compare_losses"],
     "mlrepro.environment": ["EnvironmentRecord", "capture_environment"],
-    "mlrepro.errors": ["DatasetError", "DeviceError", "MlreproError", "NoLossesError", "RunNotFoundError", "SpecError", "TrackingError"],
-    "mlrepro.runs": ["compare_runs", "load_run"],
+    "mlrepro.errors": [
+        "DatasetError", "DeviceError", "ExperimentNotFoundError", "MlreproError", "NoLossesError",
+        "RunNotFoundError", "SpecError", "TrackingError",
+    ],
+    "mlrepro.runs": ["RunSummary", "compare_runs", "find_runs", "load_run"],
+    "mlrepro.verdicts": ["record_comparison"],
     "mlrepro.seeding": ["DeterminismState", "SeedRecord", "make_generator", "seed_everything", "seed_worker"],
     "mlrepro.spec": ["BaseSpec", "Cifar10Spec", "LineFitSpec", "build_spec", "parse_spec", "read_spec_file"],
     "mlrepro.tracking": ["TrackedRun", "start_run"],
@@ -44,8 +48,12 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:
     from mlrepro.compare import LoggedRun, LossComparison, LossSeries, RunComparison, compare_logged_runs, compare_losses
     from mlrepro.environment import EnvironmentRecord, capture_environment
-    from mlrepro.errors import DatasetError, DeviceError, MlreproError, NoLossesError, RunNotFoundError, SpecError, TrackingError
-    from mlrepro.runs import compare_runs, load_run
+    from mlrepro.errors import (
+        DatasetError, DeviceError, ExperimentNotFoundError, MlreproError, NoLossesError, RunNotFoundError, SpecError,
+        TrackingError,
+    )
+    from mlrepro.runs import RunSummary, compare_runs, find_runs, load_run
+    from mlrepro.verdicts import record_comparison
     from mlrepro.seeding import DeterminismState, SeedRecord, make_generator, seed_everything, seed_worker
     from mlrepro.spec import BaseSpec, Cifar10Spec, LineFitSpec, build_spec, parse_spec, read_spec_file
     from mlrepro.tracking import TrackedRun, start_run

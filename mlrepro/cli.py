@@ -8,20 +8,24 @@ Exit codes, like ``cmp``:
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, NoReturn
 
 import click
+import numpy as np
 from pydantic import ValidationError
 
-from mlrepro.compare import RunComparison, StepRange
+from mlrepro import keys
+from mlrepro.compare import LoggedRun, RunComparison, StepRange
 from mlrepro.diagnosis import Difference
 from mlrepro.errors import MlreproError, describe_validation_error
-from mlrepro.runs import compare_runs
+from mlrepro.runs import RunSummary, compare_runs, find_runs, load_run
 from mlrepro.spec import BaseSpec, build_spec, parse_assignments, parse_spec, read_spec_file
 from mlrepro.tracking import start_run, tag_launcher_run_failure
+from mlrepro.verdicts import record_comparison, verdicts_from_tags
 
 EXIT_OK = 0
 EXIT_DIFFERENT = 1
@@ -56,15 +60,66 @@ def main() -> None:
 @click.argument("run_a")
 @click.argument("run_b")
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as one JSON object.")
-def compare(run_a: str, run_b: str, as_json: bool) -> None:
+@click.option("--log", "log_verdict", is_flag=True, help="Also tag both runs with the verdict and attach a plot.")
+def compare(run_a: str, run_b: str, as_json: bool, log_verdict: bool) -> None:
     """Check two runs' per-step losses for bitwise equality (exit 0 identical, 1 different, 2 error).
 
     The tracking store is MLflow's: MLFLOW_TRACKING_URI, else ./mlflow.db.
     """
     with user_errors():
-        comparison = compare_runs(run_a, run_b)
+        a, b = load_run(run_a), load_run(run_b)
+        comparison = compare_runs(a, b)
+        if log_verdict:
+            record_comparison(comparison, a, b)
     click.echo(comparison.model_dump_json(indent=2) if as_json else format_comparison(comparison))
     sys.exit(EXIT_OK if comparison.identical else EXIT_DIFFERENT)
+
+
+@main.command()
+@click.argument("run_id")
+def show(run_id: str) -> None:
+    """Print a run's spec, environment, loss summary and recorded verdicts."""
+    with user_errors():
+        run = load_run(run_id)
+    click.echo(format_run(run))
+
+
+@main.command()
+@click.argument("assignments", nargs=-1, metavar="[FIELD=VALUE]...")
+@click.option("--job", help="The job the FIELD=VALUE words are for (linefit, cifar10).")
+@click.option("--spec", "spec_file", metavar="FILE", help="Find runs of the spec in this YAML/JSON file.")
+@click.option("--spec-hash", help="Find runs whose spec has this hash (tag mlrepro.spec_hash).")
+@click.option("--env-hash", help="Find runs whose environment has this hash (tag mlrepro.env_hash).")
+@click.option("--digest", help="Find runs whose losses have this digest (tag mlrepro.loss_digest).")
+@click.option("--experiment", help="Experiment name or id; default: every active experiment.")
+@click.option("--json", "as_json", is_flag=True, help="Print the runs as a JSON list.")
+def find(
+    assignments: tuple[str, ...],
+    job: str | None,
+    spec_file: str | None,
+    spec_hash: str | None,
+    env_hash: str | None,
+    digest: str | None,
+    experiment: str | None,
+    as_json: bool,
+) -> None:
+    """List runs, newest first: of a spec (file or FIELD=VALUE words, defaults filled in), hash, or experiment.
+
+    `mlrepro find --job linefit seed=3` finds every run of the default line fit with seed 3.
+    """
+    with user_errors():
+        spec = None
+        if spec_file or assignments or job:
+            values: dict[str, Any] = dict(read_spec_file(spec_file)) if spec_file else {}
+            values.update(parse_assignments(assignments))
+            if job:
+                values.setdefault("job", job)
+            spec = parse_spec(values)
+        runs = find_runs(spec=spec, spec_hash=spec_hash, env_hash=env_hash, loss_digest=digest, experiment=experiment)
+    if as_json:
+        click.echo(json.dumps([run.model_dump(mode="json") for run in runs], indent=2))
+    else:
+        click.echo(format_run_table(runs))
 
 
 def format_comparison(comparison: RunComparison) -> str:
@@ -123,6 +178,51 @@ def _side_by_side(differences: list[Difference]) -> list[str]:
 
 def _missing(value: str | None) -> str:
     return "(absent)" if value is None else value
+
+
+def format_run(run: LoggedRun) -> str:
+    """What `show` prints: spec, environment, losses, verdicts."""
+    spec_title = f"spec ({run.spec.job}, hash {run.spec.hash})" if run.spec else "params (not an mlrepro spec)"
+    lines = [f"run {run.run_id} ({run.status})", f"{spec_title}:"]
+    lines += [f"  {key}: {value}" for key, value in sorted(run.spec_fields.items())]
+    lines.append(f"environment (hash {run.tags.get(keys.TAG_ENV_HASH, 'not recorded')}):")
+    lines += [f"  {key}: {value}" for key, value in sorted(run.environment.items())]
+    values = run.losses.values
+    finite = values[np.isfinite(values)]
+    lines += [
+        f"losses ({run.metric}, from the {run.loss_source}): {len(run.losses)} steps"
+        f" ({run.losses.steps[0]}..{run.losses.steps[-1]}), digest {run.losses.digest}",
+        f"  first {float(values[0])!r}, last {float(values[-1])!r}"
+        + (f", min {float(finite.min())!r}, max {float(finite.max())!r}" if len(finite) else "")
+        + (f", {len(values) - len(finite)} not finite" if len(finite) < len(values) else ""),
+    ]
+    verdicts = verdicts_from_tags(run.tags)
+    lines.append("verdicts:" if verdicts else "verdicts: none recorded (mlrepro compare --log adds them)")
+    lines += [f"  vs {other}: {verdict}" for other, verdict in sorted(verdicts.items())]
+    return "\n".join(lines)
+
+
+def format_run_table(runs: list[RunSummary]) -> str:
+    if not runs:
+        return "no matching runs"
+    header = ("run id", "started (UTC)", "status", "job", "spec hash", "env hash", "loss digest", "verdicts")
+    rows = [
+        (
+            run.run_id,
+            run.start_time.strftime("%Y-%m-%d %H:%M:%S"),
+            run.status,
+            run.job or "-",
+            run.spec_hash or "-",
+            run.env_hash or "-",
+            run.loss_digest or "-",
+            "; ".join(f"{verdict} vs {other[:8]}" for other, verdict in run.verdicts.items()) or "-",
+        )
+        for run in runs
+    ]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header) - 1)]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row[:-1], widths)) + "  " + row[-1] for row in [header, *rows]
+    )
 
 
 # --- job entry points ---------------------------------------------------------

@@ -9,6 +9,7 @@ Pure: arrays and records in, typed verdicts out. Loading runs from MLflow is
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -39,6 +40,13 @@ class LossSeries:
 
     def __len__(self) -> int:
         return len(self.steps)
+
+    @property
+    def digest(self) -> str:
+        """A hash of the exact steps and bits: equal digests mean identical sequences."""
+        content = hashlib.sha256(self.steps.astype("<i8").tobytes())
+        content.update(self.values.astype("<f8").tobytes())
+        return content.hexdigest()[:16]
 
 
 class StepRange(BaseModel):

@@ -30,6 +30,10 @@ class RunNotFoundError(MlreproError, LookupError):
     """No run with that id exists in the tracking store."""
 
 
+class ExperimentNotFoundError(MlreproError, LookupError):
+    """No experiment with that name or id exists in the tracking store."""
+
+
 class NoLossesError(MlreproError):
     """The run exists but logged no per-step loss to compare."""
 

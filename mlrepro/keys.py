@@ -9,6 +9,11 @@ TAG_JOB = "mlrepro.job"
 TAG_SPEC_HASH = "mlrepro.spec_hash"
 TAG_ENV_HASH = "mlrepro.env_hash"
 TAG_ERROR = "mlrepro.error"
+# A digest of the exact loss sequence: the UI rounds metric values, equal digests
+# say "identical" at a glance, and runs can be searched by it.
+TAG_LOSS_DIGEST = "mlrepro.loss_digest"
+# mlrepro.verdict.<other run id> = the verdict of `mlrepro compare --log` against that run.
+TAG_VERDICT_PREFIX = "mlrepro.verdict."
 
 # Tag of each environment fact: mlrepro.<fact>, e.g. mlrepro.torch.version.
 ENV_TAG_PREFIX = TAG_PREFIX
@@ -23,3 +28,5 @@ SEED_ARTIFACT = "mlrepro/seeding.json"
 # The exact loss sequence: float64 values with their steps, bit for bit (the
 # metric store turns +-inf into +-max-float and every NaN into one NaN).
 LOSSES_ARTIFACT = "mlrepro/losses.npz"
+# Plots of `compare --log`: mlrepro/compare/<other run id>.png
+COMPARE_ARTIFACT_DIR = "mlrepro/compare"

@@ -23,6 +23,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from mlrepro import keys
+from mlrepro.compare import LossSeries
 from mlrepro.device import resolve_device
 from mlrepro.environment import EnvironmentRecord, capture_environment
 from mlrepro.errors import MlreproError, TrackingError, describe_store_failure
@@ -81,12 +82,15 @@ class TrackedRun:
             self._flushed = end
 
     def save_exact_losses(self) -> None:
-        """Log the losses bit for bit as an artifact: the metric store loses inf and NaN payloads."""
+        """Log the losses bit for bit as an artifact (the metric store loses inf and NaN
+        payloads) and their digest as a tag."""
         values = np.frombuffer(self._losses, dtype=np.float64) if self._losses else np.empty(0)
+        losses = LossSeries(steps=np.arange(len(values), dtype=np.int64), values=values)
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / Path(keys.LOSSES_ARTIFACT).name
-            np.savez(path, steps=np.arange(len(values), dtype=np.int64), values=values)
+            np.savez(path, steps=losses.steps, values=losses.values)
             self._client.log_artifact(self.run_id, str(path), artifact_path=keys.ARTIFACT_DIR)
+        self._client.set_tag(self.run_id, keys.TAG_LOSS_DIGEST, losses.digest)
 
 
 @contextmanager
