@@ -1,5 +1,10 @@
 """``python -m projects --spec FILE``: run whichever job the spec file names."""
 
+# Start MLflow's writer process first: its imports then overlap torch's.
+from mlrepro.writer import prestart
+
+prestart()
+
 from mlrepro.cli import spec_file_command
 from projects import TRAINERS
 

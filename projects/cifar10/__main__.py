@@ -1,5 +1,10 @@
 """``python -m projects.cifar10 [--spec FILE] [field=value ...]``"""
 
+# Start MLflow's writer process first: its imports then overlap torch's.
+from mlrepro.writer import prestart
+
+prestart()
+
 from mlrepro.cli import job_command
 from mlrepro.spec import Cifar10Spec
 from projects.cifar10.train import train
