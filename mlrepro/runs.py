@@ -85,13 +85,13 @@ def compare_runs(a: str | LoggedRun, b: str | LoggedRun, client: MlflowClient | 
     return compare_logged_runs(run_a, run_b)
 
 
+_RECORDS = (keys.SPEC_ARTIFACT, keys.ENVIRONMENT_ARTIFACT, keys.LOSSES_ARTIFACT)
+
+
 def _download_records(client: MlflowClient, run_id: str, folder: Path) -> dict[str, Path]:
-    """mlrepro's artifacts of the run, downloaded; an empty mapping for a run logged without mlrepro."""
+    """The records compare needs, downloaded (not the plots beside them); none for a run logged without mlrepro."""
     listed = {entry.path for entry in client.list_artifacts(run_id, keys.ARTIFACT_DIR)}
-    if not listed:
-        return {}
-    local = Path(client.download_artifacts(run_id, keys.ARTIFACT_DIR, str(folder)))
-    return {f"{keys.ARTIFACT_DIR}/{path.name}": path for path in local.iterdir() if path.is_file()}
+    return {path: Path(client.download_artifacts(run_id, path, str(folder))) for path in _RECORDS if path in listed}
 
 
 def _environment_from_tags(tags: dict[str, str]) -> dict[str, str]:

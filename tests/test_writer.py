@@ -67,3 +67,15 @@ def test_forked_loader_workers_do_not_keep_the_run_from_ending(store: str) -> No
     assert time.monotonic() - started < 60
     assert [value for _, value in history(run.run_id)] == [6.0, 22.0, 38.0, 54.0]
     del loader
+
+
+def test_a_failing_run_has_every_step_before_the_error_in_the_metric_history(store: str) -> None:
+    try:
+        with start_run(LineFitSpec()) as run:
+            for step in range(2345):
+                run.log_loss(float(step) / 7)
+            raise RuntimeError("out of memory")
+    except RuntimeError:
+        pass
+    assert mlflow.MlflowClient().get_run(run.run_id).info.status == "FAILED"
+    assert history(run.run_id) == [(step, step / 7) for step in range(2345)]

@@ -1,0 +1,218 @@
+"""Per-step loss logging and compare: mlrepro against MLflow's own ways, side by side, in one process.
+
+    python benchmarks/step_logging.py [--compare-steps 1000000] [--json step_logging.json]
+
+Prints a table and writes the same numbers as JSON. Everything runs against a
+fresh SQLite store in a temporary folder. The targets are ratios against the
+alternatives measured in the same run, so a slower or busier machine moves
+both sides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+
+from mlrepro.writer import prestart
+
+prestart()  # as the jobs do: the writer's imports overlap torch's
+
+import mlflow  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from mlflow.entities import Metric  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+import mlrepro  # noqa: E402
+from mlrepro.spec import LineFitSpec  # noqa: E402
+
+LINE_FIT_STEPS = 20_000
+
+
+def per_call_us(function, calls: int) -> float:
+    started = time.perf_counter()
+    for i in range(calls):
+        function(i)
+    return (time.perf_counter() - started) / calls * 1e6
+
+
+def training_thread_cost() -> dict[str, float]:
+    """Microseconds the training thread spends per logged step."""
+    client = MlflowClient()
+    results = {}
+    with mlrepro.start_run(LineFitSpec()) as run:
+        results["mlrepro log_loss(float)"] = per_call_us(lambda i: run.log_loss(0.5 + i), 200_000)
+        loss = torch.tensor(0.25)
+        results["mlrepro log_loss(cpu tensor)"] = per_call_us(lambda i: run.log_loss(loss), 200_000)
+    with mlflow.start_run() as plain:
+        results["mlflow.log_metric"] = per_call_us(lambda i: mlflow.log_metric("loss", 0.5, step=i), 1_000)
+    with mlflow.start_run():
+        results["mlflow.log_metric(synchronous=False)"] = per_call_us(
+            lambda i: mlflow.log_metric("loss", 0.5, step=i, synchronous=False), 5_000
+        )
+        started = time.perf_counter()
+        mlflow.flush_async_logging()
+        results["  then draining it, per step"] = (time.perf_counter() - started) / 5_000 * 1e6
+    batch_id = plain.info.run_id
+
+    def batch(i: int) -> None:
+        metrics = [Metric("loss", 0.5, 0, i * 1000 + j) for j in range(1000)]
+        client.log_batch(batch_id, metrics=metrics, synchronous=True)
+
+    results["MlflowClient.log_batch (1,000 a call)"] = per_call_us(batch, 10) / 1000
+    return results
+
+
+def line_fit(steps: int, run: mlrepro.TrackedRun | None) -> None:
+    """The seed's loop, as in projects/linefit, logging through ``run`` when given."""
+    torch.manual_seed(3)
+    x = torch.arange(8.0).reshape(8, 1)
+    y = 10 * x
+    model = torch.nn.Sequential(torch.nn.Linear(1, 100), torch.nn.ReLU(), torch.nn.Linear(100, 1))
+    loss_fn = torch.nn.MSELoss(reduction="sum")
+    for _ in range(steps):
+        loss = loss_fn(model(x), y)
+        if run is not None:
+            run.log_loss(loss)
+        model.zero_grad()
+        loss.backward()
+        with torch.no_grad():
+            for param in model.parameters():
+                param -= 1e-4 * param.grad
+
+
+def line_fit_wall_time(repeats: int = 3) -> dict[str, float]:
+    """Seconds for the loop untracked, and tracked until every step is in MLflow."""
+    torch.set_num_threads(1)
+    untracked, tracked, setup = [], [], []
+    for _ in range(repeats):
+        prestart()
+        started = time.perf_counter()
+        line_fit(LINE_FIT_STEPS, None)
+        untracked.append(time.perf_counter() - started)
+
+        started = time.perf_counter()
+        with mlrepro.start_run(LineFitSpec(steps=LINE_FIT_STEPS)) as run:
+            opened = time.perf_counter()
+            line_fit(LINE_FIT_STEPS, run)
+        finished = time.perf_counter()
+        setup.append(opened - started)
+        tracked.append(finished - opened)
+        in_mlflow = len(MlflowClient().get_metric_history(run.run_id, "loss"))
+        if in_mlflow != LINE_FIT_STEPS:
+            raise SystemExit(f"only {in_mlflow} of {LINE_FIT_STEPS} steps reached MLflow")
+    return {
+        "untracked loop s": statistics.median(untracked),
+        "tracked loop, until all steps are in MLflow s": statistics.median(tracked),
+        "opening the run (spec, environment, artifacts) s": statistics.median(setup),
+    }
+
+
+def compare_speed(steps: int) -> dict[str, float]:
+    """Seconds to compare two runs of ``steps`` steps: mlrepro vs reading MLflow's metric history."""
+    values = np.random.default_rng(0).random(steps)
+    run_ids = []
+    for _ in range(2):
+        with mlrepro.start_run(LineFitSpec(steps=steps)) as run:
+            for value in values.tolist():
+                run.log_loss(value)
+        run_ids.append(run.run_id)
+
+    started = time.perf_counter()
+    verdict = mlrepro.compare_runs(*run_ids)
+    through_mlrepro = time.perf_counter() - started
+    if not verdict.identical:
+        raise SystemExit("the two benchmark runs should be identical")
+
+    started = time.perf_counter()
+    client = MlflowClient()
+    histories = []
+    for run_id in run_ids:
+        points = sorted(client.get_metric_history(run_id, "loss"), key=lambda m: m.step)
+        histories.append(np.array([m.value for m in points]))
+    identical = histories[0].tobytes() == histories[1].tobytes()
+    through_history = time.perf_counter() - started
+    if not identical or len(histories[0]) != steps:
+        raise SystemExit("the metric history should hold every step of both runs")
+    return {"mlrepro compare_runs s": through_mlrepro, "get_metric_history of both runs s": through_history}
+
+
+def memory_per_step(steps: int = 1_000_000) -> float:
+    """Peak bytes the parent process holds per buffered step."""
+    with mlrepro.start_run(LineFitSpec(steps=steps)) as run:
+        tracemalloc.start()
+        for value in range(steps):
+            run.log_loss(float(value))
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    return peak / steps
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--compare-steps", type=int, default=1_000_000)
+    parser.add_argument("--json", default="step_logging.json", help="where to write the results")
+    args = parser.parse_args()
+    json_path = Path(args.json).resolve()
+
+    with tempfile.TemporaryDirectory() as folder:
+        os.chdir(folder)
+        mlflow.set_tracking_uri(f"sqlite:///{Path(folder) / 'mlflow.db'}")
+        thread = training_thread_cost()
+        wall = line_fit_wall_time()
+        compare = compare_speed(args.compare_steps)
+        memory = memory_per_step()
+
+    ratio_wall = wall["tracked loop, until all steps are in MLflow s"] / wall["untracked loop s"]
+    ratio_compare = compare["get_metric_history of both runs s"] / compare["mlrepro compare_runs s"]
+    cheapest_mlflow = min(v for k, v in thread.items() if k.startswith(("mlflow", "MlflowClient")))
+    targets = {
+        "training-thread cost <= 5 us a step": thread["mlrepro log_loss(cpu tensor)"] <= 5,
+        f"line fit {LINE_FIT_STEPS} steps <= 1.15x untracked": ratio_wall <= 1.15,
+        f"compare {args.compare_steps} steps <= 1 s": compare["mlrepro compare_runs s"] <= 1,
+        "compare >= 20x faster than the metric history": ratio_compare >= 20,
+        "<= 16 bytes a buffered step": memory <= 16,
+    }
+
+    print(f"\nper-step cost on the training thread (us), {platform.processor() or platform.machine()}, "
+          f"torch {torch.__version__}, mlflow {mlflow.__version__}")
+    for name, value in thread.items():
+        print(f"  {name:<45} {value:>10.2f}")
+    print(f"  mlrepro is {cheapest_mlflow / thread['mlrepro log_loss(cpu tensor)']:.0f}x cheaper than the cheapest MLflow call")
+    print(f"\nline fit, {LINE_FIT_STEPS} steps (s)")
+    for name, value in wall.items():
+        print(f"  {name:<50} {value:>8.3f}")
+    print(f"  ratio tracked / untracked {ratio_wall:>33.3f}")
+    print(f"\ncompare two runs of {args.compare_steps} steps (s)")
+    for name, value in compare.items():
+        print(f"  {name:<50} {value:>8.3f}")
+    print(f"  mlrepro is {ratio_compare:.0f}x faster")
+    print(f"\nmemory: {memory:.2f} bytes a buffered step (peak, training process)")
+    print("\ntargets")
+    for name, met in targets.items():
+        print(f"  {'met ' if met else 'MISSED'}  {name}")
+
+    results = {
+        "machine": {"processor": platform.processor(), "cpus": os.cpu_count(), "python": sys.version.split()[0],
+                    "torch": torch.__version__, "mlflow": mlflow.__version__},
+        "training_thread_us_per_step": thread,
+        "line_fit_seconds": {**wall, "ratio": ratio_wall, "steps": LINE_FIT_STEPS},
+        "compare_seconds": {**compare, "ratio": ratio_compare, "steps": args.compare_steps},
+        "bytes_per_buffered_step": memory,
+        "targets_met": targets,
+    }
+    json_path.write_text(json.dumps(results, indent=2))
+    print(f"\nresults written to {json_path}")
+    return 0 if all(targets.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
