@@ -110,8 +110,7 @@ def find(
     with user_errors():
         spec = None
         if spec_file or assignments or job:
-            values: dict[str, Any] = dict(read_spec_file(spec_file)) if spec_file else {}
-            values.update(parse_assignments(assignments))
+            values = spec_values(spec_file, assignments)
             if job:
                 values.setdefault("job", job)
             spec = parse_spec(values)
@@ -228,11 +227,11 @@ def format_run_table(runs: list[RunSummary]) -> str:
 # --- job entry points ---------------------------------------------------------
 
 
-def load_job_spec(spec_type: type[BaseSpec], spec_file: str | None, assignments: tuple[str, ...]) -> BaseSpec:
-    """A spec from an optional YAML/JSON file, with ``field=value`` words on top."""
+def spec_values(spec_file: str | None, assignments: tuple[str, ...]) -> dict[str, Any]:
+    """The fields of an optional YAML/JSON spec file, with ``field=value`` words on top."""
     values: dict[str, Any] = dict(read_spec_file(spec_file)) if spec_file else {}
     values.update(parse_assignments(assignments))
-    return build_spec(spec_type, values)
+    return values
 
 
 def run_job(spec: BaseSpec, train: TrainFunction) -> None:
@@ -251,7 +250,7 @@ def job_command(spec_type: type[BaseSpec], train: TrainFunction) -> click.Comman
     @click.argument("assignments", nargs=-1, metavar="[FIELD=VALUE]...")
     def command(spec_file: str | None, assignments: tuple[str, ...]) -> None:
         with user_errors(on_error=tag_launcher_run_failure):
-            spec = load_job_spec(spec_type, spec_file, assignments)
+            spec = build_spec(spec_type, spec_values(spec_file, assignments))
             run_job(spec, train)
 
     return command
@@ -265,9 +264,7 @@ def spec_file_command(trainers: dict[str, Callable[[], TrainFunction]]) -> click
     @click.argument("assignments", nargs=-1, metavar="[FIELD=VALUE]...")
     def command(spec_file: str, assignments: tuple[str, ...]) -> None:
         with user_errors(on_error=tag_launcher_run_failure):
-            values = dict(read_spec_file(spec_file))
-            values.update(parse_assignments(assignments))
-            spec = parse_spec(values)
+            spec = parse_spec(spec_values(spec_file, assignments))
             run_job(spec, trainers[spec.job]())
 
     return command
