@@ -44,6 +44,14 @@ def run_linefit(store_uri: str, cwd: Path, *assignments: str) -> subprocess.Comp
     )
 
 
+def mlflow_run(store_uri: str, cwd: Path, *params: str, entry_point: str = "main") -> subprocess.CompletedProcess[str]:
+    """`mlflow run` of this repository, as the README says, in its own process."""
+    args = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", entry_point, "--env-manager", "local"]
+    for param in params:
+        args += ["-P", param]
+    return run_command(args, store_uri, cwd)
+
+
 def mlrepro_cli(store_uri: str, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return run_command([sys.executable, "-m", "mlrepro", *args], store_uri, cwd)
 

@@ -12,10 +12,9 @@ import pytest
 from mlrepro import load_run
 from mlrepro.errors import SpecError
 from mlrepro.spec import Cifar10Spec, build_spec
-from tests.conftest import REPO, assert_one_line_error, mlrepro_cli, only_run_id, run_command
+from tests.conftest import REPO, assert_one_line_error, mlflow_run, mlrepro_cli, only_run_id, run_command
 from tests.helpers.cifar_files import write_cifar10
 
-MLFLOW = [sys.executable, "-m", "mlflow"]
 ON_TEST_FILES = str(REPO / "tests" / "helpers" / "run_cifar10_on_test_files.py")
 SMALL = ["epochs=2", "train_limit=120", "test_limit=40", "num_workers=2"]
 
@@ -33,15 +32,13 @@ def compare(store: str, cwd: Path, a: str, b: str) -> tuple[int, dict]:
 
 
 def test_mlflow_run_on_fake_data_repeats_and_another_seed_differs(tmp_path: Path, store: str) -> None:
-    def mlflow_run(*params: str) -> str:
-        args = [*MLFLOW, "run", str(REPO), "-e", "cifar10", "--env-manager", "local"]
-        for param in ["dataset=fake", "train_limit=200", "test_limit=40", "epochs=1", *params]:
-            args += ["-P", param]
-        result = run_command(args, store, tmp_path)
+    def launched(*params: str) -> str:
+        small = ["dataset=fake", "train_limit=200", "test_limit=40", "epochs=1"]
+        result = mlflow_run(store, tmp_path, *small, *params, entry_point="cifar10")
         assert result.returncode == 0, result.stderr[-3000:]
         return only_run_id(store)
 
-    first, second, other = mlflow_run(), mlflow_run(), mlflow_run("seed=5")
+    first, second, other = launched(), launched(), launched("seed=5")
     run = mlflow.MlflowClient().get_run(first)
     assert run.data.params["num_workers"] == "2" and run.data.params["dataset"] == "fake"
 

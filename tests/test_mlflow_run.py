@@ -2,29 +2,23 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import mlflow
 
-from tests.conftest import REPO, mlrepro_cli, only_run_id, run_command
-
-MLFLOW = [sys.executable, "-m", "mlflow"]
+from tests.conftest import mlflow_run, mlrepro_cli, only_run_id
 
 
-def mlflow_run(store: str, cwd: Path, *params: str) -> str:
-    args = [*MLFLOW, "run", str(REPO), "--env-manager", "local"]
-    for param in params:
-        args += ["-P", param]
-    result = run_command(args, store, cwd)
+def launched(store: str, cwd: Path, *params: str) -> str:
+    result = mlflow_run(store, cwd, *params)
     assert result.returncode == 0, result.stderr[-3000:]
     return only_run_id(store)
 
 
 def test_mlflow_run_twice_is_identical_and_another_seed_differs_from_step_0(tmp_path: Path, store: str) -> None:
-    first = mlflow_run(store, tmp_path)
-    second = mlflow_run(store, tmp_path)
-    other_seed = mlflow_run(store, tmp_path, "seed=4")
+    first = launched(store, tmp_path)
+    second = launched(store, tmp_path)
+    other_seed = launched(store, tmp_path, "seed=4")
 
     run = mlflow.MlflowClient().get_run(first)
     assert run.data.tags["mlflow.project.entryPoint"] == "main"
@@ -42,8 +36,7 @@ def test_mlflow_run_twice_is_identical_and_another_seed_differs_from_step_0(tmp_
 
 
 def test_a_bad_parameter_fails_the_launched_run_and_says_why(tmp_path: Path, store: str) -> None:
-    args = [*MLFLOW, "run", str(REPO), "--env-manager", "local", "-P", "lr=-1"]
-    result = run_command(args, store, tmp_path)
+    result = mlflow_run(store, tmp_path, "lr=-1")
     assert result.returncode != 0
     assert "mlrepro: error: invalid linefit spec: lr: must be greater than 0" in result.stderr
     assert "Traceback" not in result.stderr

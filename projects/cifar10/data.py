@@ -8,7 +8,7 @@ import torchvision
 import torchvision.transforms as transforms
 from torch.utils.data import Dataset, Subset
 
-from mlrepro.errors import DatasetError
+from mlrepro.errors import DatasetError, first_line
 from mlrepro.spec import Cifar10Spec
 
 TRAIN_SIZE, TEST_SIZE = 50_000, 10_000
@@ -49,9 +49,8 @@ def _cifar10(root: Path) -> tuple[Dataset, Dataset]:
     try:
         return _open_cifar10(root, download=True)
     except Exception as err:  # URLError, socket errors, a bad archive: all mean "no data"
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise DatasetError(
-            f"CIFAR-10 is not in {root / 'cifar-10-batches-py'} (or not intact) and could not be downloaded ({reason}); "
+            f"CIFAR-10 is not in {root / 'cifar-10-batches-py'} (or not intact) and could not be downloaded ({first_line(err)}); "
             f"put the extracted cifar-10-batches-py folder under data_dir={root}, or use -P dataset=fake"
         ) from err
 
