@@ -20,10 +20,11 @@ _EXPORTS = {
     "mlrepro.environment": ["EnvironmentRecord", "capture_environment"],
     "mlrepro.errors": [
         "DatasetError", "DeviceError", "ExperimentNotFoundError", "MlreproError", "NoLossesError",
-        "RunNotFoundError", "SpecError", "TrackingError",
+        "ReproductionError", "RunNotFoundError", "SpecError", "TrackingError",
     ],
     "mlrepro.runs": ["RunSummary", "compare_runs", "find_runs", "load_run"],
     "mlrepro.verdicts": ["record_comparison"],
+    "mlrepro.reproduce": ["Reproduction", "reproduce_run"],
     "mlrepro.seeding": ["DeterminismState", "SeedRecord", "make_generator", "seed_everything", "seed_worker"],
     "mlrepro.spec": ["BaseSpec", "Cifar10Spec", "LineFitSpec", "build_spec", "parse_spec", "read_spec_file"],
     "mlrepro.tracking": ["TrackedRun", "start_run"],
@@ -49,11 +50,13 @@ if TYPE_CHECKING:
     from mlrepro.compare import LoggedRun, LossComparison, LossSeries, RunComparison, compare_logged_runs, compare_losses
     from mlrepro.environment import EnvironmentRecord, capture_environment
     from mlrepro.errors import (
-        DatasetError, DeviceError, ExperimentNotFoundError, MlreproError, NoLossesError, RunNotFoundError, SpecError,
+        DatasetError, DeviceError, ExperimentNotFoundError, MlreproError, NoLossesError, ReproductionError,
+        RunNotFoundError, SpecError,
         TrackingError,
     )
     from mlrepro.runs import RunSummary, compare_runs, find_runs, load_run
     from mlrepro.verdicts import record_comparison
+    from mlrepro.reproduce import Reproduction, reproduce_run
     from mlrepro.seeding import DeterminismState, SeedRecord, make_generator, seed_everything, seed_worker
     from mlrepro.spec import BaseSpec, Cifar10Spec, LineFitSpec, build_spec, parse_spec, read_spec_file
     from mlrepro.tracking import TrackedRun, start_run

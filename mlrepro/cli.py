@@ -22,6 +22,7 @@ from mlrepro import keys
 from mlrepro.compare import LoggedRun, RunComparison, StepRange
 from mlrepro.diagnosis import Difference
 from mlrepro.errors import MlreproError, describe_validation_error
+from mlrepro.reproduce import reproduce_run
 from mlrepro.runs import RunSummary, compare_runs, find_runs, load_run
 from mlrepro.spec import BaseSpec, build_spec, parse_assignments, parse_spec, read_spec_file
 from mlrepro.tracking import start_run, tag_launcher_run_failure
@@ -73,6 +74,28 @@ def compare(run_a: str, run_b: str, as_json: bool, log_verdict: bool) -> None:
             record_comparison(comparison, a, b)
     click.echo(comparison.model_dump_json(indent=2) if as_json else format_comparison(comparison))
     sys.exit(EXIT_OK if comparison.identical else EXIT_DIFFERENT)
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--project", default=".", show_default=True, help="The mlrepro project checkout whose jobs to run.")
+def reproduce(run_id: str, project: str) -> None:
+    """Run a logged run's spec again as a new run, compare bit for bit, record the verdict on both.
+
+    Exits like compare: 0 identical, 1 different, 2 error. Warns first when the code
+    (git commit) or the software and hardware differ from when the run was logged.
+    """
+    with user_errors():
+        result = reproduce_run(run_id, project, on_drift=_warn_drift)
+    click.echo(f"repeated run {run_id} as run {result.new_run_id}")
+    click.echo(format_comparison(result.comparison))
+    sys.exit(EXIT_OK if result.comparison.identical else EXIT_DIFFERENT)
+
+
+def _warn_drift(drift: list[Difference]) -> None:
+    click.echo("mlrepro: warning: this is not the code or environment the run was logged with (then | now):", err=True)
+    for line in _side_by_side(drift):
+        click.echo(line, err=True)
 
 
 @main.command()

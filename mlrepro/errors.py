@@ -26,6 +26,10 @@ class DatasetError(MlreproError):
     """The training data cannot be had: neither on disk nor by download."""
 
 
+class ReproductionError(MlreproError):
+    """A run could not be repeated: it has no mlrepro spec, or its job failed."""
+
+
 class RunNotFoundError(MlreproError, LookupError):
     """No run with that id exists in the tracking store."""
 

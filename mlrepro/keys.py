@@ -14,6 +14,8 @@ TAG_ERROR = "mlrepro.error"
 TAG_LOSS_DIGEST = "mlrepro.loss_digest"
 # mlrepro.verdict.<other run id> = the verdict of `mlrepro compare --log` against that run.
 TAG_VERDICT_PREFIX = "mlrepro.verdict."
+# On a run made by `mlrepro reproduce`: the id of the run it repeats.
+TAG_REPRODUCES = "mlrepro.reproduces"
 
 # Tag of each environment fact: mlrepro.<fact>, e.g. mlrepro.torch.version.
 ENV_TAG_PREFIX = TAG_PREFIX

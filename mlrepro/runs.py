@@ -29,7 +29,9 @@ from mlrepro.spec import BaseSpec, parse_spec
 from mlrepro.verdicts import verdicts_from_tags
 
 # Tags that describe the record itself rather than the environment it ran in.
-_BOOKKEEPING_TAGS = {keys.TAG_JOB, keys.TAG_SPEC_HASH, keys.TAG_ENV_HASH, keys.TAG_ERROR, keys.TAG_LOSS_DIGEST}
+_BOOKKEEPING_TAGS = {
+    keys.TAG_JOB, keys.TAG_SPEC_HASH, keys.TAG_ENV_HASH, keys.TAG_ERROR, keys.TAG_LOSS_DIGEST, keys.TAG_REPRODUCES,
+}
 _NOT_FOUND_CODES = {ErrorCode.Name(RESOURCE_DOES_NOT_EXIST), ErrorCode.Name(INVALID_PARAMETER_VALUE)}
 
 
