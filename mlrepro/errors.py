@@ -26,6 +26,10 @@ class DatasetError(MlreproError):
     """The training data cannot be had: neither on disk nor by download."""
 
 
+class CheckpointError(MlreproError):
+    """A checkpoint file is missing, damaged or not one mlrepro wrote; nothing in it was run."""
+
+
 class ReproductionError(MlreproError):
     """A run could not be repeated: it has no mlrepro spec, or its job failed."""
 
