@@ -81,6 +81,8 @@ _RULES: list[tuple[str, str, Category, str]] = [
     ("spec", "num_workers", Category.SPEC,
      "the shuffle order does not depend on it, but randomness drawn inside workers does"),
     ("spec", "metric", Category.OTHER, "only the name the losses are logged under"),
+    ("spec", "checkpoint_every", Category.OTHER, "checkpoints only read the state; they do not change the numbers"),
+    ("spec", "resume_from", Category.OTHER, "a resumed run continues bit for bit from its checkpoint"),
     ("spec", "", Category.SPEC, "a different setting trains something else"),
     ("environment", "git.", Category.CODE, "the code changed"),
     ("environment", "", Category.OTHER, "recorded for completeness; rarely changes the numbers"),

@@ -14,6 +14,12 @@ TAG_ERROR = "mlrepro.error"
 TAG_LOSS_DIGEST = "mlrepro.loss_digest"
 # mlrepro.verdict.<other run id> = the verdict of `mlrepro compare --log` against that run.
 TAG_VERDICT_PREFIX = "mlrepro.verdict."
+# Resuming: on the new run, the run it continues and the step it starts at; on the old one, who continued it.
+TAG_RESUMED_FROM = "mlrepro.resumed_from"
+TAG_RESUMED_AT_STEP = "mlrepro.resumed_at_step"
+TAG_RESUMED_BY = "mlrepro.resumed_by"
+# Checkpoints: mlrepro/checkpoints/step-000001000.pt, each with a .sha256 beside it.
+CHECKPOINT_ARTIFACT_DIR = "mlrepro/checkpoints"
 # On a run made by `mlrepro reproduce`: the id of the run it repeats.
 TAG_REPRODUCES = "mlrepro.reproduces"
 

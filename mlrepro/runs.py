@@ -31,6 +31,7 @@ from mlrepro.verdicts import verdicts_from_tags
 # Tags that describe the record itself rather than the environment it ran in.
 _BOOKKEEPING_TAGS = {
     keys.TAG_JOB, keys.TAG_SPEC_HASH, keys.TAG_ENV_HASH, keys.TAG_ERROR, keys.TAG_LOSS_DIGEST, keys.TAG_REPRODUCES,
+    keys.TAG_RESUMED_FROM, keys.TAG_RESUMED_AT_STEP, keys.TAG_RESUMED_BY,
 }
 _NOT_FOUND_CODES = {ErrorCode.Name(RESOURCE_DOES_NOT_EXIST), ErrorCode.Name(INVALID_PARAMETER_VALUE)}
 
@@ -64,6 +65,18 @@ def load_run(run_id: str, client: MlflowClient | None = None) -> LoggedRun:
             raise RunNotFoundError(f"no run {run_id!r} in the tracking store {client.tracking_uri}") from err
         raise TrackingError(describe_store_failure(client.tracking_uri, err)) from err
 
+    resumed_from = run.data.tags.get(keys.TAG_RESUMED_FROM)
+    if resumed_from:
+        # A resumed run is the continuation of another: its losses start where that
+        # run's checkpoint was, and the steps before come from that run (and its own
+        # predecessors), so it compares whole against an uninterrupted run.
+        first_own = int(run.data.tags.get(keys.TAG_RESUMED_AT_STEP, losses.steps[0] if len(losses) else 0))
+        before = load_run(resumed_from, client).losses
+        keep = before.steps < first_own
+        losses = LossSeries.from_steps_and_values(
+            np.concatenate([before.steps[keep], losses.steps]), np.concatenate([before.values[keep], losses.values])
+        )
+        source = f"{source}; steps before {first_own} from run {resumed_from}"
     if len(losses) == 0:
         raise NoLossesError(f"run {run_id} logged no {metric!r} metric to compare")
     return LoggedRun(

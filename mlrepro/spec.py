@@ -27,6 +27,10 @@ from mlrepro.errors import SpecError, describe_validation_error
 MAX_SEED = 2**32 - 1
 
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+_RUN_ID_PATTERN = re.compile(r"^[0-9a-f]*$")
+# Fields that say how a run is carried out, not what it computes: a resumed run
+# and the uninterrupted one are the same spec.
+NOT_IN_HASH = frozenset({"checkpoint_every", "resume_from"})
 _METRIC_PATTERN = re.compile(r"^[A-Za-z0-9_./\- ]{1,250}$")
 
 
@@ -51,12 +55,21 @@ class BaseSpec(BaseModel):
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda or cuda:N")
     threads: Count = Field(1, ge=1, le=4096, description="torch intra-op threads on the CPU; part of the result")
     metric: str = Field("loss", description="MLflow metric name for the per-step loss")
+    checkpoint_every: Count = Field(0, ge=0, description="log a checkpoint every N steps; 0 = never")
+    resume_from: str = Field("", description="run id to continue from its newest checkpoint; empty = a new run")
 
     @field_validator("device")
     @classmethod
     def _known_device(cls, value: str) -> str:
         if not _DEVICE_PATTERN.match(value):
             raise PydanticCustomError("device", "must be auto, cpu, cuda or cuda:N")
+        return value
+
+    @field_validator("resume_from")
+    @classmethod
+    def _run_id(cls, value: str) -> str:
+        if not _RUN_ID_PATTERN.match(value):
+            raise PydanticCustomError("run_id", "must be an MLflow run id (hex digits) or empty")
         return value
 
     @field_validator("metric")
@@ -71,7 +84,7 @@ class BaseSpec(BaseModel):
     @property
     def hash(self) -> str:
         """A stable content hash: the same fields and values give the same hash on any machine."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        canonical = json.dumps(self.model_dump(mode="json", exclude=set(NOT_IN_HASH)), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     def to_params(self) -> dict[str, str]:
@@ -101,6 +114,7 @@ class Cifar10Spec(BaseSpec):
     data_dir: str = Field("./data", min_length=1, description="where cifar-10-batches-py is, or is downloaded to")
     train_limit: Count = Field(0, ge=0, description="use only the first N training images; 0 = all")
     test_limit: Count = Field(0, ge=0, description="use only the first N test images for accuracy; 0 = all")
+    checkpoint_every: Count = Field(2000, ge=0, description="log a checkpoint every N steps; 0 = never")
 
 
 SPEC_TYPES: dict[str, type[BaseSpec]] = {"linefit": LineFitSpec, "cifar10": Cifar10Spec}

@@ -7,6 +7,7 @@ any tracking URI MLflow supports.
 
 from __future__ import annotations
 
+import json
 import tempfile
 from array import array
 from collections.abc import Iterator
@@ -24,9 +25,18 @@ from mlrepro import keys
 from mlrepro.compare import LossSeries
 from mlrepro.device import resolve_device
 from mlrepro.environment import EnvironmentRecord, capture_environment
-from mlrepro.errors import MlreproError, TrackingError, describe_store_failure
+from mlrepro.checkpoint import Checkpoint, checksum_path, load_checkpoint, save_checkpoint
+from mlrepro.diagnosis import differences
+from mlrepro.errors import (
+    CheckpointError,
+    MlreproError,
+    RunNotFoundError,
+    SpecError,
+    TrackingError,
+    describe_store_failure,
+)
 from mlrepro.seeding import SeedRecord, seed_everything, seed_generators
-from mlrepro.spec import BaseSpec
+from mlrepro.spec import NOT_IN_HASH, BaseSpec, parse_spec
 from mlrepro.writer import LossWriter, log_steps
 
 # Steps of a GPU loss gathered on the device before one copy to the host.
@@ -51,6 +61,7 @@ class TrackedRun:
         seed_record: SeedRecord,
         environment: EnvironmentRecord,
         client: MlflowClient,
+        resume: Checkpoint | None = None,
     ) -> None:
         self.run_id = run_id
         self.spec = spec
@@ -58,13 +69,17 @@ class TrackedRun:
         self.seed_record = seed_record
         self.environment = environment
         self._client = client
-        # The step is the position, so only the value is stored.
+        # Where a resumed run starts; the job restores its state from it.
+        self.resume = resume
+        self.first_step = resume.step if resume is not None else 0
+        # The step is first_step + the position, so only the value is stored.
         self._losses = array("d")
         self._device_block: torch.Tensor | None = None
         self._device_filled = 0
         self._folder = tempfile.TemporaryDirectory(prefix="mlrepro-")
         self._writer = LossWriter(
-            self._losses, client.tracking_uri, run_id, spec.metric, Path(self._folder.name) / "progress"
+            self._losses, client.tracking_uri, run_id, spec.metric, Path(self._folder.name) / "progress",
+            first_step=self.first_step,
         )
 
     @property
@@ -72,7 +87,7 @@ class TrackedRun:
         return len(self._losses) + self._device_filled
 
     def log_loss(self, loss: float | torch.Tensor) -> None:
-        """Record the loss of the next step (0, 1, 2, ...), as metric ``spec.metric``."""
+        """Record the loss of the next step (first_step, first_step + 1, ...), as metric ``spec.metric``."""
         if not isinstance(loss, torch.Tensor):
             self._losses.append(float(loss))
         elif loss.device.type == "cpu":
@@ -100,6 +115,16 @@ class TrackedRun:
         """Any other metric (test accuracy per epoch, say), written at once."""
         self._client.log_metric(self.run_id, key, value, step=step)
 
+    def save_checkpoint(self, checkpoint: Checkpoint) -> None:
+        """Log a checkpoint as an artifact, after handing every loss before it to the writer:
+        a run killed right after still has those steps in MLflow."""
+        self.flush()
+        name = f"step-{checkpoint.step:09d}.pt"
+        with tempfile.TemporaryDirectory() as folder:
+            path = save_checkpoint(Path(folder) / name, checkpoint)
+            for file in (path, checksum_path(path)):
+                self._client.log_artifact(self.run_id, str(file), artifact_path=keys.CHECKPOINT_ARTIFACT_DIR)
+
     def flush(self) -> None:
         """Hand every loss recorded so far to the writer now, not at the next interval."""
         self._bring_device_block_home()
@@ -111,7 +136,7 @@ class TrackedRun:
         self._bring_device_block_home()
         logged = self._writer.close()
         if logged < len(self._losses):
-            log_steps(self._client, self.run_id, self.spec.metric, self._losses[logged:], logged)
+            log_steps(self._client, self.run_id, self.spec.metric, self._losses[logged:], self.first_step + logged)
         self.save_exact_losses()
         self._folder.cleanup()
 
@@ -119,7 +144,8 @@ class TrackedRun:
         """Log the losses bit for bit as an artifact (the metric store loses inf and NaN
         payloads) and their digest as a tag."""
         values = np.frombuffer(self._losses, dtype=np.float64) if self._losses else np.empty(0)
-        losses = LossSeries(steps=np.arange(len(values), dtype=np.int64), values=values)
+        steps = np.arange(self.first_step, self.first_step + len(values), dtype=np.int64)
+        losses = LossSeries(steps=steps, values=values)
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / Path(keys.LOSSES_ARTIFACT).name
             np.savez(path, steps=losses.steps, values=losses.values)
@@ -135,6 +161,7 @@ def start_run(spec: BaseSpec, *, run_name: str | None = None) -> Iterator[Tracke
     """
     device = resolve_device(spec.device)
     client = MlflowClient()
+    resume = newest_checkpoint(client, spec) if spec.resume_from else None
     try:
         active = mlflow.start_run(run_name=run_name)
     except (MlflowException, OSError) as err:
@@ -145,7 +172,11 @@ def start_run(spec: BaseSpec, *, run_name: str | None = None) -> Iterator[Tracke
         seed_record = seed_everything(spec.seed, deterministic=spec.deterministic, threads=spec.threads)
         environment = capture_environment(extra={"run.device": str(device)})
         _record(client, run_id, spec, seed_record, environment)
-        tracked = TrackedRun(run_id, spec, device, seed_record, environment, client)
+        tracked = TrackedRun(run_id, spec, device, seed_record, environment, client, resume)
+        if resume is not None:
+            client.set_tag(run_id, keys.TAG_RESUMED_FROM, spec.resume_from)
+            client.set_tag(run_id, keys.TAG_RESUMED_AT_STEP, str(resume.step))
+            client.set_tag(spec.resume_from, keys.TAG_RESUMED_BY, run_id)
         # MLflow may draw from Python's `random` (run names are drawn from it) while
         # the run is opened and recorded, so the generators are seeded again last,
         # right before the training loop gets control: a run created by `mlflow run`
@@ -158,6 +189,38 @@ def start_run(spec: BaseSpec, *, run_name: str | None = None) -> Iterator[Tracke
             raise
         finally:
             tracked.finish()
+
+
+def newest_checkpoint(client: MlflowClient, spec: BaseSpec) -> Checkpoint:
+    """The newest checkpoint of the run ``spec.resume_from``, which must have run the same spec."""
+    run_id = spec.resume_from
+    try:
+        client.get_run(run_id)
+        with tempfile.TemporaryDirectory() as folder:
+            listed = {entry.path for entry in client.list_artifacts(run_id, keys.ARTIFACT_DIR)}
+            if keys.SPEC_ARTIFACT not in listed:
+                raise SpecError(f"resume_from: run {run_id} was not logged by an mlrepro job")
+            logged = parse_spec(json.loads(Path(client.download_artifacts(run_id, keys.SPEC_ARTIFACT, folder)).read_text()))
+            if logged.hash != spec.hash:
+                changed = ", ".join(
+                    f"{d.key} {d.value_a} there, {d.value_b} here"
+                    for d in differences(logged.to_params(), spec.to_params(), {}, {})
+                    if d.key not in NOT_IN_HASH
+                )
+                raise SpecError(f"resume_from: run {run_id} ran another spec ({changed}); resume with the spec it ran")
+            names = sorted(
+                entry.path for entry in client.list_artifacts(run_id, keys.CHECKPOINT_ARTIFACT_DIR)
+                if entry.path.endswith(".pt")
+            )
+            if not names:
+                raise CheckpointError(f"resume_from: run {run_id} logged no checkpoint (its checkpoint_every was 0?)")
+            path = Path(client.download_artifacts(run_id, names[-1], folder))
+            client.download_artifacts(run_id, names[-1] + ".sha256", folder)
+            return load_checkpoint(path)
+    except (MlflowException, OSError) as err:
+        if getattr(err, "error_code", None) in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise RunNotFoundError(f"resume_from: no run {run_id!r} in the tracking store {client.tracking_uri}") from err
+        raise TrackingError(describe_store_failure(client.tracking_uri, err)) from err
 
 
 def tag_launcher_run_failure(message: str) -> None:

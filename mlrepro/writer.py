@@ -9,8 +9,8 @@ ships new values to the child through a pipe every ``SEND_INTERVAL_S`` seconds
 (blocking pipe writes release the GIL).
 
 Wire format on the child's stdin: one JSON line (tracking URI, run id, metric,
-progress file), then frames of an 8-byte little-endian count followed by that
-many float64 values, for steps 0, 1, 2, ... in order. EOF ends the run. The
+progress file, first step), then frames of an 8-byte little-endian count followed by that
+many float64 values, for steps first_step, first_step + 1, ... in order. EOF ends the run. The
 child writes how many steps it has logged to the progress file after each
 batch; whatever it did not log, the parent logs itself at the end.
 
@@ -100,14 +100,17 @@ def _release_spare() -> None:
 class LossWriter:
     """The parent's end: ships the values of a growing ``array('d')`` to the writer process."""
 
-    def __init__(self, values: array, tracking_uri: str, run_id: str, metric: str, progress: Path) -> None:
+    def __init__(
+        self, values: array, tracking_uri: str, run_id: str, metric: str, progress: Path, first_step: int = 0
+    ) -> None:
         self._values = values
         self._progress = progress
         self._sent = 0
         self._failed = False
         self._process = _adopt()
         self._stdin: IO[bytes] = self._process.stdin  # type: ignore[assignment]
-        header = {"tracking_uri": tracking_uri, "run_id": run_id, "metric": metric, "progress": str(progress)}
+        header = {"tracking_uri": tracking_uri, "run_id": run_id, "metric": metric, "progress": str(progress),
+                  "first_step": first_step}
         self._write((json.dumps(header) + "\n").encode())
         self._lock = threading.Lock()
         self._closing = threading.Event()
@@ -241,7 +244,7 @@ def main() -> int:
         payload = _read_exact(stdin, int.from_bytes(head, "little") * 8)
         values = array("d")
         values.frombytes(payload[: len(payload) - len(payload) % 8])
-        log_steps(client, config["run_id"], config["metric"], values, logged)
+        log_steps(client, config["run_id"], config["metric"], values, config.get("first_step", 0) + logged)
         logged += len(values)
         temporary = progress.with_suffix(".tmp")
         temporary.write_text(str(logged))

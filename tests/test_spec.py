@@ -42,7 +42,8 @@ def test_text_values_from_the_command_line_are_parsed() -> None:
         ({"device": "gpu"}, "device: must be auto, cpu, cuda or cuda:N (got 'gpu')"),
         ({"deterministic": "maybe"}, "deterministic: Input should be a valid boolean"),
         ({"metric": "loss,acc"}, "metric: must be 1-250 letters"),
-        ({"sed": "3"}, "sed: unknown field (allowed: deterministic, device, hidden, job, lr, metric, seed, steps, threads)"),
+        ({"sed": "3"}, "sed: unknown field (allowed: checkpoint_every, deterministic, device, hidden, job, lr, metric, "
+                       "resume_from, seed, steps, threads)"),
         ({"job": "cifar10"}, "job: this entry point runs 'linefit', the spec says 'cifar10'"),
     ],
 )
@@ -112,3 +113,10 @@ def test_params_are_text_that_reads_back_to_the_same_spec() -> None:
     params = spec.to_params()
     assert params["seed"] == "9" and params["deterministic"] == "false" and params["job"] == "linefit"
     assert build_spec(LineFitSpec, params) == spec
+
+
+def test_how_a_run_is_carried_out_is_not_part_of_its_identity() -> None:
+    plain = LineFitSpec()
+    assert plain.hash == LineFitSpec(checkpoint_every=100, resume_from="0123abcd").hash
+    with pytest.raises(SpecError, match="resume_from: must be an MLflow run id"):
+        build_spec(LineFitSpec, {"resume_from": "../../etc"})

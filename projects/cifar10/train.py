@@ -17,6 +17,7 @@ import torch
 from torch import nn, optim
 from torch.utils.data import DataLoader, Dataset
 
+from mlrepro.checkpoint import Checkpoint, capture_rng_state, restore_rng_state
 from mlrepro.progress import Progress
 from mlrepro.seeding import make_generator, seed_worker
 from mlrepro.spec import Cifar10Spec
@@ -29,6 +30,7 @@ ACCURACY_METRIC = "test_accuracy"
 
 
 def loader(dataset: Dataset, spec: Cifar10Spec, shuffle: bool) -> DataLoader:
+    """Shuffle order and worker seeds come from the loader's own generator, ``loader.generator``."""
     return DataLoader(
         dataset,
         batch_size=spec.batch_size,
@@ -66,12 +68,29 @@ def train(spec: Cifar10Spec, run: TrackedRun) -> None:
     criterion = nn.CrossEntropyLoss()
     optimizer = optim.SGD(net.parameters(), lr=spec.lr, momentum=spec.momentum)
 
+    step, start_epoch, skip, running_loss = 0, 0, 0, 0.0
+    epoch_start_order = trainloader.generator.get_state()
+    if run.resume is not None:  # built as a fresh run would be, then put where the checkpoint was
+        resume = run.resume
+        net.load_state_dict(resume.model)
+        optimizer.load_state_dict(resume.optimizer)
+        restore_rng_state(resume.rng, {"test": testloader.generator})
+        step, start_epoch, skip = resume.step, resume.epoch, resume.batch_in_epoch
+        # The epoch's shuffle order and worker seeds are drawn when its iterator starts:
+        # going back to the generator's state at that moment redraws the same ones.
+        epoch_start_order, running_loss = resume.extra["epoch_start_order"], resume.extra["running_loss"]
+
     print("Device:", device)
     progress = Progress(total_steps=spec.epochs * len(trainloader), epochs=spec.epochs)
-    step = 0
-    for epoch in range(spec.epochs):
-        running_loss = 0.0
+    for epoch in range(start_epoch, spec.epochs):
+        if epoch == start_epoch:
+            trainloader.generator.set_state(epoch_start_order)
+        else:
+            running_loss = 0.0
+        epoch_start_order = trainloader.generator.get_state()
         for i, (inputs, labels) in enumerate(trainloader, 0):
+            if i < skip:
+                continue  # done before the checkpoint; loaded all the same, so workers stay in step
             inputs, labels = inputs.to(device), labels.to(device)
             optimizer.zero_grad()
             outputs = net(inputs)
@@ -87,6 +106,13 @@ def train(spec: Cifar10Spec, run: TrackedRun) -> None:
             if i % PRINT_EVERY == PRINT_EVERY - 1:
                 progress.write("[%d, %5d] loss: %.3f" % (epoch + 1, i + 1, running_loss / PRINT_EVERY))
                 running_loss = 0.0
+            if spec.checkpoint_every and step % spec.checkpoint_every == 0:
+                run.save_checkpoint(Checkpoint(
+                    step=step, epoch=epoch, batch_in_epoch=i + 1, model=net.state_dict(),
+                    optimizer=optimizer.state_dict(), rng=capture_rng_state({"test": testloader.generator}),
+                    extra={"epoch_start_order": epoch_start_order, "running_loss": running_loss},
+                ))
+        skip = 0
 
         accuracy = evaluate(net, testloader, device)
         run.log_metric(ACCURACY_METRIC, accuracy, step=epoch)

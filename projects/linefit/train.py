@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from mlrepro.checkpoint import Checkpoint, capture_rng_state, restore_rng_state
 from mlrepro.spec import LineFitSpec
 from mlrepro.tracking import TrackedRun
 
@@ -29,7 +30,13 @@ def train(spec: LineFitSpec, run: TrackedRun) -> None:
     model.to(device)
     loss_fn = torch.nn.MSELoss(reduction="sum")
 
-    for t in range(spec.steps):
+    start = 0
+    if run.resume is not None:  # built as a fresh run would be, then put where the checkpoint was
+        model.load_state_dict(run.resume.model)
+        restore_rng_state(run.resume.rng)
+        start = run.resume.step
+
+    for t in range(start, spec.steps):
         y_out = model.forward(x)
         loss = loss_fn(y_out, y)
         run.log_loss(loss)
@@ -40,3 +47,8 @@ def train(spec: LineFitSpec, run: TrackedRun) -> None:
         with torch.no_grad():
             for param in model.parameters():
                 param -= spec.lr * param.grad
+        if spec.checkpoint_every and (t + 1) % spec.checkpoint_every == 0:
+            run.save_checkpoint(Checkpoint(
+                step=t + 1, epoch=0, batch_in_epoch=t + 1, model=model.state_dict(), optimizer=None,
+                rng=capture_rng_state(), extra={},
+            ))

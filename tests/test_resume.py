@@ -1,0 +1,121 @@
+"""Killed with SIGKILL at a step the test does not choose, resumed, and the stitched losses equal
+the uninterrupted run's bit for bit: the line fit, and CIFAR-10 with two workers and a mid-epoch kill."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+
+from mlrepro import load_run
+from tests.conftest import REPO, assert_one_line_error, mlrepro_cli, only_run_id, run_command
+
+
+def start_job(store: str, cwd: Path, job: str, *assignments: str) -> subprocess.Popen[str]:
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    env = dict(os.environ, MLFLOW_TRACKING_URI=store, PYTHONPATH=str(REPO), PYTHONHASHSEED="0", PATH=path)
+    env.pop("MLFLOW_RUN_ID", None)
+    return subprocess.Popen([sys.executable, "-m", f"projects.{job}", *assignments], cwd=cwd, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def checkpoints(run_id: str) -> list[str]:
+    entries = mlflow.MlflowClient().list_artifacts(run_id, "mlrepro/checkpoints")
+    return [entry.path for entry in entries if entry.path.endswith(".pt")]
+
+
+def kill_after_checkpoints(store: str, job: subprocess.Popen[str], at_least: int) -> str:
+    """SIGKILL the job once it has logged ``at_least`` checkpoints, after a random extra moment."""
+    deadline = time.monotonic() + 300
+    run_id = None
+    while time.monotonic() < deadline:
+        assert job.poll() is None, f"the job ended before it could be killed: {job.stderr.read()[-2000:]}"
+        runs = mlflow.MlflowClient().search_runs(["0"])
+        if runs:
+            run_id = runs[0].info.run_id
+            if len(checkpoints(run_id)) >= at_least:
+                break
+        time.sleep(0.05)
+    time.sleep(random.uniform(0.0, 0.3))  # the step it dies at is not chosen here
+    job.send_signal(signal.SIGKILL)
+    job.wait()
+    assert job.returncode == -signal.SIGKILL and run_id is not None
+    return run_id
+
+
+def resume_and_compare(store: str, cwd: Path, job: str, killed: str, *assignments: str) -> None:
+    resumed = run_command([sys.executable, "-m", f"projects.{job}", *assignments, f"resume_from={killed}"],
+                          store, cwd, PYTHONHASHSEED="0")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    resumed_id = only_run_id(store)
+    whole = run_command([sys.executable, "-m", f"projects.{job}", *assignments], store, cwd, PYTHONHASHSEED="0")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    uninterrupted = only_run_id(store)
+
+    client = mlflow.MlflowClient()
+    tags = client.get_run(resumed_id).data.tags
+    assert tags["mlrepro.resumed_from"] == killed and client.get_run(killed).data.tags["mlrepro.resumed_by"] == resumed_id
+    resumed_at = int(tags["mlrepro.resumed_at_step"])
+    assert 0 < resumed_at < len(load_run(uninterrupted).losses)
+    verdict = mlrepro_cli(store, cwd, "compare", resumed_id, uninterrupted)
+    assert verdict.returncode == 0, verdict.stdout + verdict.stderr
+    assert f"logged the same {len(load_run(uninterrupted).losses)} losses, bit for bit" in verdict.stdout
+
+
+def test_a_killed_line_fit_resumes_bit_for_bit(tmp_path: Path, store: str) -> None:
+    spec = ["steps=30000", "checkpoint_every=2000"]
+    killed = kill_after_checkpoints(store, start_job(store, tmp_path, "linefit", *spec), at_least=2)
+    resume_and_compare(store, tmp_path, "linefit", killed, *spec)
+
+
+def test_a_killed_cifar10_run_with_two_workers_resumes_bit_for_bit(tmp_path: Path, store: str) -> None:
+    # 300 steps an epoch; checkpoints every 50 steps land mid-epoch and at its end.
+    spec = ["dataset=fake", "train_limit=1200", "test_limit=40", "epochs=2", "num_workers=2", "checkpoint_every=50"]
+    killed = kill_after_checkpoints(store, start_job(store, tmp_path, "cifar10", *spec), at_least=3)
+    resume_and_compare(store, tmp_path, "cifar10", killed, *spec)
+
+
+def test_a_tampered_checkpoint_stops_the_resume_with_one_line(tmp_path: Path, store: str) -> None:
+    assert run_command([sys.executable, "-m", "projects.linefit", "steps=40", "checkpoint_every=20"], store,
+                       tmp_path).returncode == 0
+    original = only_run_id(store)
+    artifacts = Path(mlflow.MlflowClient().get_run(original).info.artifact_uri.removeprefix("file://"))
+    newest = artifacts / "mlrepro" / "checkpoints" / "step-000000040.pt"
+    data = bytearray(newest.read_bytes())
+    data[-200:-100] = bytes(100)
+    newest.write_bytes(bytes(data))
+    result = run_command([sys.executable, "-m", "projects.linefit", "steps=40", "checkpoint_every=20",
+                          f"resume_from={original}"], store, tmp_path)
+    assert_one_line_error(result, "step-000000040.pt does not match its checksum", "it was not loaded")
+    newest.write_bytes(newest.read_bytes()[:1000])
+    assert_one_line_error(
+        run_command([sys.executable, "-m", "projects.linefit", "steps=40", "checkpoint_every=20",
+                     f"resume_from={original}"], store, tmp_path),
+        "does not match its checksum",
+    )
+
+
+def test_resuming_needs_the_same_spec_and_a_checkpoint(tmp_path: Path, store: str) -> None:
+    assert run_command([sys.executable, "-m", "projects.linefit", "steps=40", "checkpoint_every=20"], store,
+                       tmp_path).returncode == 0
+    with_checkpoints = only_run_id(store)
+    other_seed = run_command([sys.executable, "-m", "projects.linefit", "steps=40", "seed=4",
+                              f"resume_from={with_checkpoints}"], store, tmp_path)
+    assert_one_line_error(other_seed, f"resume_from: run {with_checkpoints} ran another spec (seed 3 there, 4 here)")
+
+    assert run_command([sys.executable, "-m", "projects.linefit", "steps=40"], store, tmp_path).returncode == 0
+    without = only_run_id(store)
+    assert_one_line_error(
+        run_command([sys.executable, "-m", "projects.linefit", "steps=40", f"resume_from={without}"], store, tmp_path),
+        f"resume_from: run {without} logged no checkpoint",
+    )
+    assert_one_line_error(
+        run_command([sys.executable, "-m", "projects.linefit", "resume_from=abc123"], store, tmp_path),
+        "resume_from: no run 'abc123'",
+    )
