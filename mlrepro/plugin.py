@@ -24,8 +24,7 @@ class EnvironmentRunContext(RunContextProvider):
 
     def tags(self) -> dict[str, str]:
         try:
-            from mlrepro.environment import capture_environment
-            from mlrepro.tracking import environment_tags
+            from mlrepro.environment import capture_environment, environment_tags
 
             return environment_tags(capture_environment())
         except Exception as err:  # a broken record must never stop someone's run

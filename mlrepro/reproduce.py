@@ -23,7 +23,7 @@ from mlrepro import keys
 from mlrepro.compare import LoggedRun, RunComparison
 from mlrepro.diagnosis import Difference, differences
 from mlrepro.environment import capture_environment
-from mlrepro.errors import ReproductionError, SpecError, TrackingError, describe_store_failure
+from mlrepro.errors import ReproductionError, TrackingError, describe_store_failure
 from mlrepro.runs import compare_runs, load_run
 from mlrepro.verdicts import record_comparison
 
@@ -66,7 +66,7 @@ def reproduce_run(
         raise ReproductionError(f"run {run_id} was not logged by an mlrepro job: it has no spec to repeat")
     project = Path(project)
     if not (project / "projects" / "__main__.py").exists():
-        raise SpecError(f"{project.resolve()} is not an mlrepro project checkout (no projects/): run from one")
+        raise ReproductionError(f"{project.resolve()} is not an mlrepro project checkout (no projects/): run from one")
     drift = environment_drift(original.environment, capture_environment().facts)
     if on_drift is not None and drift:
         on_drift(drift)

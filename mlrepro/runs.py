@@ -61,7 +61,7 @@ def load_run(run_id: str, client: MlflowClient | None = None) -> LoggedRun:
                 )
                 source = "metric history"
     except (MlflowException, OSError) as err:  # OSError: DNS, a vanished artifact folder
-        if getattr(err, "error_code", None) in _NOT_FOUND_CODES:
+        if is_missing_run(err):
             raise RunNotFoundError(f"no run {run_id!r} in the tracking store {client.tracking_uri}") from err
         raise TrackingError(describe_store_failure(client.tracking_uri, err)) from err
 
@@ -90,6 +90,11 @@ def load_run(run_id: str, client: MlflowClient | None = None) -> LoggedRun:
         loss_source=source,
         tags=dict(run.data.tags),
     )
+
+
+def is_missing_run(err: BaseException) -> bool:
+    """Whether MLflow's error says the run does not exist (or its id is malformed)."""
+    return getattr(err, "error_code", None) in _NOT_FOUND_CODES
 
 
 def compare_runs(a: str | LoggedRun, b: str | LoggedRun, client: MlflowClient | None = None) -> RunComparison:

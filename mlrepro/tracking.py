@@ -24,7 +24,7 @@ from mlflow.tracking import MlflowClient
 from mlrepro import keys
 from mlrepro.compare import LossSeries
 from mlrepro.device import resolve_device
-from mlrepro.environment import EnvironmentRecord, capture_environment
+from mlrepro.environment import EnvironmentRecord, capture_environment, environment_tags
 from mlrepro.checkpoint import Checkpoint, checksum_path, load_checkpoint, save_checkpoint
 from mlrepro.diagnosis import differences
 from mlrepro.errors import (
@@ -35,6 +35,7 @@ from mlrepro.errors import (
     TrackingError,
     describe_store_failure,
 )
+from mlrepro.runs import is_missing_run
 from mlrepro.seeding import SeedRecord, seed_everything, seed_generators
 from mlrepro.spec import NOT_IN_HASH, BaseSpec, parse_spec
 from mlrepro.writer import LossWriter, log_steps
@@ -218,7 +219,7 @@ def newest_checkpoint(client: MlflowClient, spec: BaseSpec) -> Checkpoint:
             client.download_artifacts(run_id, names[-1] + ".sha256", folder)
             return load_checkpoint(path)
     except (MlflowException, OSError) as err:
-        if getattr(err, "error_code", None) in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+        if is_missing_run(err):
             raise RunNotFoundError(f"resume_from: no run {run_id!r} in the tracking store {client.tracking_uri}") from err
         raise TrackingError(describe_store_failure(client.tracking_uri, err)) from err
 
@@ -237,13 +238,6 @@ def tag_launcher_run_failure(message: str) -> None:
         MlflowClient().set_tag(run_id, keys.TAG_ERROR, message[:5000])
     except (MlflowException, OSError):
         pass
-
-
-def environment_tags(environment: EnvironmentRecord) -> dict[str, str]:
-    """The record as MLflow tags: one ``mlrepro.<fact>`` per fact, and its hash."""
-    tags = {keys.ENV_TAG_PREFIX + fact: value for fact, value in environment.facts.items()}
-    tags[keys.TAG_ENV_HASH] = environment.hash
-    return tags
 
 
 def _record(

@@ -17,7 +17,6 @@ from mlflow.tracking import MlflowClient
 from mlrepro import keys
 from mlrepro.compare import LoggedRun, RunComparison
 from mlrepro.errors import TrackingError, describe_store_failure
-from mlrepro.plotting import plot_comparison
 
 
 def verdict_text(comparison: RunComparison) -> str:
@@ -32,6 +31,8 @@ def record_comparison(
     comparison: RunComparison, a: LoggedRun, b: LoggedRun, client: MlflowClient | None = None
 ) -> None:
     """Tag each run with the verdict against the other and attach the plot to both."""
+    from mlrepro.plotting import plot_comparison  # matplotlib only when a plot is made
+
     client = client or MlflowClient()
     text = verdict_text(comparison)
     try:
