@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic_core import PydanticCustomError
 
 from mlrepro.errors import SpecError, describe_validation_error
@@ -44,6 +44,24 @@ def _no_bool(value: Any) -> Any:
 Count = Annotated[int, BeforeValidator(_no_bool)]
 
 
+def _matching(pattern: re.Pattern[str], error_type: str, message: str) -> AfterValidator:
+    """Text that must match ``pattern``; otherwise one line saying what is allowed."""
+
+    def check(value: str) -> str:
+        if not pattern.match(value):
+            raise PydanticCustomError(error_type, message)
+        return value
+
+    return AfterValidator(check)
+
+
+Device = Annotated[str, _matching(_DEVICE_PATTERN, "device", "must be auto, cpu, cuda or cuda:N")]
+RunId = Annotated[str, _matching(_RUN_ID_PATTERN, "run_id", "must be an MLflow run id (hex digits) or empty")]
+MetricName = Annotated[
+    str, _matching(_METRIC_PATTERN, "metric", "must be 1-250 letters, digits, spaces or _ - . / (an MLflow metric name)")
+]
+
+
 class BaseSpec(BaseModel):
     """The fields every job shares: what seeds it, how deterministic it is, where it runs."""
 
@@ -52,34 +70,11 @@ class BaseSpec(BaseModel):
     job: str
     seed: Count = Field(3, ge=0, le=MAX_SEED, description="seeds Python, NumPy, torch CPU and every CUDA device")
     deterministic: bool = Field(True, description="cuDNN deterministic, benchmark off, deterministic algorithms on")
-    device: str = Field("auto", description="auto (CUDA when present), cpu, cuda or cuda:N")
+    device: Device = Field("auto", description="auto (CUDA when present), cpu, cuda or cuda:N")
     threads: Count = Field(1, ge=1, le=4096, description="torch intra-op threads on the CPU; part of the result")
-    metric: str = Field("loss", description="MLflow metric name for the per-step loss")
+    metric: MetricName = Field("loss", description="MLflow metric name for the per-step loss")
     checkpoint_every: Count = Field(0, ge=0, description="log a checkpoint every N steps; 0 = never")
-    resume_from: str = Field("", description="run id to continue from its newest checkpoint; empty = a new run")
-
-    @field_validator("device")
-    @classmethod
-    def _known_device(cls, value: str) -> str:
-        if not _DEVICE_PATTERN.match(value):
-            raise PydanticCustomError("device", "must be auto, cpu, cuda or cuda:N")
-        return value
-
-    @field_validator("resume_from")
-    @classmethod
-    def _run_id(cls, value: str) -> str:
-        if not _RUN_ID_PATTERN.match(value):
-            raise PydanticCustomError("run_id", "must be an MLflow run id (hex digits) or empty")
-        return value
-
-    @field_validator("metric")
-    @classmethod
-    def _valid_metric_name(cls, value: str) -> str:
-        if not _METRIC_PATTERN.match(value):
-            raise PydanticCustomError(
-                "metric", "must be 1-250 letters, digits, spaces or _ - . / (an MLflow metric name)"
-            )
-        return value
+    resume_from: RunId = Field("", description="run id to continue from its newest checkpoint; empty = a new run")
 
     @property
     def hash(self) -> str:

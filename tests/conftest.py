@@ -28,12 +28,18 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     mlflow.set_tracking_uri(None)
 
 
-def run_command(args: list[str], store_uri: str, cwd: Path, **extra_env: str) -> subprocess.CompletedProcess[str]:
-    """Run a command in its own process against the store, as a user would."""
+def job_env(store_uri: str, **extra_env: str) -> dict[str, str]:
+    """The environment of a command run against the store, as a user's shell would give it."""
     # This interpreter's scripts first: `mlflow run` starts `python`, the compare entry point `mlrepro`.
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     env = dict(os.environ, MLFLOW_TRACKING_URI=store_uri, PYTHONPATH=str(REPO), PATH=path, **extra_env)
     env.pop("MLFLOW_RUN_ID", None)
+    return env
+
+
+def run_command(args: list[str], store_uri: str, cwd: Path, **extra_env: str) -> subprocess.CompletedProcess[str]:
+    """Run a command in its own process against the store, as a user would."""
+    env = job_env(store_uri, **extra_env)
     return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600, check=False)
 
 

@@ -3,7 +3,6 @@ the uninterrupted run's bit for bit: the line fit, and CIFAR-10 with two workers
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import subprocess
@@ -14,14 +13,12 @@ from pathlib import Path
 import mlflow
 
 from mlrepro import load_run
-from tests.conftest import REPO, assert_one_line_error, mlrepro_cli, only_run_id, run_command
+from tests.conftest import assert_one_line_error, job_env, mlrepro_cli, only_run_id, run_command
 
 
 def start_job(store: str, cwd: Path, job: str, *assignments: str) -> subprocess.Popen[str]:
-    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    env = dict(os.environ, MLFLOW_TRACKING_URI=store, PYTHONPATH=str(REPO), PYTHONHASHSEED="0", PATH=path)
-    env.pop("MLFLOW_RUN_ID", None)
-    return subprocess.Popen([sys.executable, "-m", f"projects.{job}", *assignments], cwd=cwd, env=env,
+    return subprocess.Popen([sys.executable, "-m", f"projects.{job}", *assignments], cwd=cwd,
+                            env=job_env(store, PYTHONHASHSEED="0"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
