@@ -197,13 +197,14 @@ def _warm_client() -> Any:
     """While waiting for a run, open the store the run will most likely use.
 
     Opening MLflow's SQLite store costs about half a second (engine, schema
-    check); done here it overlaps the parent's imports. A SQLite file that does
-    not exist yet is left alone: two processes creating one schema race.
+    check); done here it overlaps the parent's imports. A SQLite store whose
+    schema is not made yet is left alone: two processes that migrate one schema
+    at once race, and one of them fails.
     """
     from mlflow.tracking import MlflowClient
 
     uri = os.environ.get("MLFLOW_TRACKING_URI") or mlflow_default_uri()
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+    if uri.startswith("sqlite:///") and not sqlite_schema_is_current(Path(uri[len("sqlite:///"):])):
         return None
     try:
         client = MlflowClient(uri)
@@ -211,6 +212,23 @@ def _warm_client() -> Any:
         return client
     except Exception:  # the run will say what is wrong with its store
         return None
+
+
+def sqlite_schema_is_current(path: Path) -> bool:
+    """Whether MLflow would open this SQLite file without migrating it; read-only, never raises."""
+    import sqlite3
+
+    try:
+        from mlflow.store.db.utils import _get_latest_schema_revision
+
+        connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            rows = connection.execute("SELECT version_num FROM alembic_version").fetchall()
+        finally:
+            connection.close()
+        return rows == [(_get_latest_schema_revision(),)]
+    except Exception:  # missing file, a schema half made, another MLflow: leave it to the run
+        return False
 
 
 def mlflow_default_uri() -> str:

@@ -22,6 +22,9 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     mlflow.set_tracking_uri(uri)
+    # Made here, before any job starts: two processes that open a missing SQLite store at once
+    # both run MLflow's schema migrations, and one fails ("expected to match one row").
+    mlflow.MlflowClient(uri).search_experiments(max_results=1)
     yield uri
     while mlflow.active_run() is not None:
         mlflow.end_run()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import time
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -13,6 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from mlrepro import load_run, start_run
 from mlrepro.spec import LineFitSpec
+from mlrepro.writer import sqlite_schema_is_current
 
 
 def history(run_id: str) -> list[tuple[int, float]]:
@@ -79,3 +82,17 @@ def test_a_failing_run_has_every_step_before_the_error_in_the_metric_history(sto
         pass
     assert mlflow.MlflowClient().get_run(run.run_id).info.status == "FAILED"
     assert history(run.run_id) == [(step, step / 7) for step in range(2345)]
+
+
+def test_the_writer_opens_early_only_a_store_whose_schema_is_made(tmp_path: Path, store: str) -> None:
+    # Opening a store whose schema is missing or half made would run MLflow's migrations
+    # alongside the parent's, and one of the two would fail.
+    made = Path(store[len("sqlite:///"):])
+    assert sqlite_schema_is_current(made)
+    missing = tmp_path / "missing.db"
+    assert not sqlite_schema_is_current(missing) and not missing.exists()
+    half_made = tmp_path / "half.db"
+    with sqlite3.connect(half_made) as connection:
+        connection.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)")
+        connection.execute("INSERT INTO alembic_version VALUES ('451aebb31d03')")
+    assert not sqlite_schema_is_current(half_made)
