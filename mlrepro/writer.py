@@ -24,6 +24,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import select
 import subprocess
 import sys
 import threading
@@ -32,7 +33,7 @@ from array import array
 from pathlib import Path
 from typing import IO, Any
 
-SEND_INTERVAL_S = 0.2
+SEND_INTERVAL_S = 0.1
 # MLflow accepts at most 1,000 metrics in one log_batch call.
 MAX_METRICS_PER_BATCH = 1000
 
@@ -154,11 +155,27 @@ class LossWriter:
         except OSError:
             pass
         try:
-            self._process.wait(timeout=timeout_s)
+            wait_for_exit(self._process, timeout_s)
         except subprocess.TimeoutExpired:
             self._process.kill()
             self._process.wait()
         return read_progress(self._progress)
+
+
+def wait_for_exit(process: subprocess.Popen[bytes], timeout_s: float) -> None:
+    """Wait for the writer to exit, and notice it at once: ``Popen.wait(timeout)`` polls
+    in sleeps of up to 50 ms, which every run would pay at its end. A pidfd (Linux 5.3+)
+    becomes readable the moment the process exits; elsewhere the polling wait does."""
+    try:
+        descriptor = os.pidfd_open(process.pid)
+    except (AttributeError, OSError):
+        process.wait(timeout=timeout_s)
+        return
+    try:
+        select.select([descriptor], [], [], timeout_s)
+    finally:
+        os.close(descriptor)
+    process.wait(timeout=0)  # reaps it, or raises TimeoutExpired if it is still running
 
 
 def read_progress(path: Path) -> int:
@@ -271,4 +288,10 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    # Every step is committed and counted in the progress file by now. A normal
+    # interpreter exit with MLflow loaded (its atexit hooks, thread pools, module
+    # teardown) takes about 0.4 s more, and the run waits on this process's exit:
+    # leave at once. stdout is /dev/null and stderr unbuffered, so nothing is lost.
+    sys.stderr.flush()
+    os._exit(status)

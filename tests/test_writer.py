@@ -5,17 +5,20 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import mlflow
 import numpy as np
+import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from mlrepro import load_run, start_run
 from mlrepro.spec import LineFitSpec
-from mlrepro.writer import sqlite_schema_is_current
+from mlrepro.writer import wait_for_exit, sqlite_schema_is_current
 
 
 def history(run_id: str) -> list[tuple[int, float]]:
@@ -96,3 +99,17 @@ def test_the_writer_opens_early_only_a_store_whose_schema_is_made(tmp_path: Path
         connection.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)")
         connection.execute("INSERT INTO alembic_version VALUES ('451aebb31d03')")
     assert not sqlite_schema_is_current(half_made)
+
+
+def test_waiting_for_the_writer_reaps_it_or_says_it_is_still_running() -> None:
+    done = subprocess.Popen([sys.executable, "-c", "pass"])
+    wait_for_exit(done, timeout_s=60)
+    assert done.returncode == 0
+    hung = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            wait_for_exit(hung, timeout_s=0.2)
+        assert hung.returncode is None
+    finally:
+        hung.kill()
+        hung.wait()
