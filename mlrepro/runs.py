@@ -54,6 +54,10 @@ def load_run(run_id: str, client: MlflowClient | None = None) -> LoggedRun:
                 with np.load(files[keys.LOSSES_ARTIFACT]) as exact:
                     losses = LossSeries.from_steps_and_values(exact["steps"], exact["values"])
                 source = "artifact"
+                if keys.TAG_LOSS_DIGEST not in run.data.tags:
+                    # The run never finished (killed, or still going): its exact record ends at its
+                    # last flush, and the steps after that are only in the metric history.
+                    losses, source = _with_later_steps(client, run_id, metric, losses)
             else:
                 history = client.get_metric_history(run_id, metric)
                 losses = LossSeries.from_steps_and_values(
@@ -90,6 +94,20 @@ def load_run(run_id: str, client: MlflowClient | None = None) -> LoggedRun:
         loss_source=source,
         tags=dict(run.data.tags),
     )
+
+
+def _with_later_steps(client: MlflowClient, run_id: str, metric: str, exact: LossSeries) -> tuple[LossSeries, str]:
+    """The exact record of an unfinished run, followed by the metric history's steps after it."""
+    history = client.get_metric_history(run_id, metric)
+    last_exact = int(exact.steps[-1]) if len(exact) else -1
+    later = [point for point in history if point.step > last_exact]
+    if not later:
+        return exact, "artifact"
+    losses = LossSeries.from_steps_and_values(
+        np.concatenate([exact.steps, [point.step for point in later]]),
+        np.concatenate([exact.values, [point.value for point in later]]),
+    )
+    return losses, f"artifact to step {last_exact}, metric history after"
 
 
 def is_missing_run(err: BaseException) -> bool:

@@ -127,31 +127,39 @@ class TrackedRun:
                 self._client.log_artifact(self.run_id, str(file), artifact_path=keys.CHECKPOINT_ARTIFACT_DIR)
 
     def flush(self) -> None:
-        """Hand every loss recorded so far to the writer now, not at the next interval."""
+        """Hand every loss recorded so far to the writer now, and log them bit for bit as the
+        exact record: a run that dies after a flush keeps those steps exactly, NaN and inf included."""
         self._bring_device_block_home()
         self._writer.send_now()
+        self._log_exact_losses()
 
     def finish(self) -> None:
-        """Wait until every step is in MLflow, then log the exact record. Nothing the loop
-        logged is lost: what the writer process did not log, this process logs itself."""
+        """Wait until every step is in MLflow, then log the exact record and its digest. Nothing the
+        loop logged is lost: what the writer process did not log, this process logs itself."""
         self._bring_device_block_home()
         logged = self._writer.close()
         if logged < len(self._losses):
             log_steps(self._client, self.run_id, self.spec.metric, self._losses[logged:], self.first_step + logged)
-        self.save_exact_losses()
+        losses = self._log_exact_losses()
+        # The digest tag also marks the record complete: without it (a killed run), the
+        # record ends at the last flush and the metric history holds the steps after.
+        self._client.set_tag(self.run_id, keys.TAG_LOSS_DIGEST, losses.digest)
         self._folder.cleanup()
 
-    def save_exact_losses(self) -> None:
-        """Log the losses bit for bit as an artifact (the metric store loses inf and NaN
-        payloads) and their digest as a tag."""
-        values = np.frombuffer(self._losses, dtype=np.float64) if self._losses else np.empty(0)
+    def _log_exact_losses(self) -> LossSeries:
+        """The losses so far as an artifact, bit for bit (the metric store loses inf and NaN payloads).
+
+        Each call rewrites the whole record, 8 bytes a step, so a flush costs about what
+        a checkpoint of a small model does."""
+        # A copy: while a view of the array exists, the loop's next append would fail to resize it.
+        values = np.frombuffer(self._losses, dtype=np.float64).copy() if self._losses else np.empty(0)
         steps = np.arange(self.first_step, self.first_step + len(values), dtype=np.int64)
         losses = LossSeries(steps=steps, values=values)
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / Path(keys.LOSSES_ARTIFACT).name
             np.savez(path, steps=losses.steps, values=losses.values)
             self._client.log_artifact(self.run_id, str(path), artifact_path=keys.ARTIFACT_DIR)
-        self._client.set_tag(self.run_id, keys.TAG_LOSS_DIGEST, losses.digest)
+        return losses
 
 
 @contextmanager

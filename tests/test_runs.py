@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import math
+import signal
+import sys
+from pathlib import Path
+
 import mlflow
+import numpy as np
 import pytest
 
-from mlrepro import compare_runs, load_run, start_run
+from mlrepro import compare_runs, keys, load_run, start_run
 from mlrepro.errors import NoLossesError, RunNotFoundError, TrackingError
 from mlrepro.spec import LineFitSpec
+from tests.conftest import only_run_id, run_command
 
 
 def logged_run(seed: int, losses: list[float]) -> str:
@@ -62,3 +69,34 @@ def test_an_unreachable_server_is_a_tracking_error(monkeypatch) -> None:
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
     with pytest.raises(TrackingError, match="cannot reach the tracking server"):
         load_run("abc", client=mlflow.MlflowClient("http://127.0.0.1:9"))
+
+
+KILLED_AFTER_A_FLUSH = """
+import math, os, signal, time
+import mlflow
+from mlrepro import start_run
+from mlrepro.spec import LineFitSpec
+
+with start_run(LineFitSpec()) as run:
+    for step in range(100):
+        run.log_loss(math.nan if step == 10 else step / 3)
+    run.flush()
+    for step in range(100, 150):
+        run.log_loss(step / 3)
+    while len(mlflow.MlflowClient().get_metric_history(run.run_id, "loss")) < 150:
+        time.sleep(0.05)  # the writer ships these on its own
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_killed_run_reads_exactly_up_to_its_last_flush_then_from_the_metric_history(
+    store: str, tmp_path: Path
+) -> None:
+    killed = run_command([sys.executable, "-c", KILLED_AFTER_A_FLUSH], store, tmp_path)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    run = load_run(only_run_id(store))
+    assert run.status == "RUNNING" and keys.TAG_LOSS_DIGEST not in run.tags
+    assert run.loss_source == "artifact to step 99, metric history after"
+    expected = np.array([math.nan if step == 10 else step / 3 for step in range(150)])
+    assert run.losses.steps.tolist() == list(range(150))
+    assert run.losses.values.tobytes() == expected.tobytes()  # NaN's bits too, from the flushed record
