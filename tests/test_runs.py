@@ -83,7 +83,10 @@ with start_run(LineFitSpec()) as run:
     run.flush()
     for step in range(100, 150):
         run.log_loss(step / 3)
+    deadline = time.monotonic() + 120
     while len(mlflow.MlflowClient().get_metric_history(run.run_id, "loss")) < 150:
+        if time.monotonic() > deadline:
+            raise SystemExit("the writer never shipped steps 100-149")
         time.sleep(0.05)  # the writer ships these on its own
     os.kill(os.getpid(), signal.SIGKILL)
 """
