@@ -41,6 +41,15 @@ class LossSeries:
     def __len__(self) -> int:
         return len(self.steps)
 
+    def spliced(self, later: LossSeries, at_step: int) -> LossSeries:
+        """This series before ``at_step``, then ``later`` from ``at_step`` on: one run's
+        record continued by another source (a resumed run, or the metric history)."""
+        before, after = self.steps < at_step, later.steps >= at_step
+        return LossSeries.from_steps_and_values(
+            np.concatenate([self.steps[before], later.steps[after]]),
+            np.concatenate([self.values[before], later.values[after]]),
+        )
+
     @property
     def digest(self) -> str:
         """A hash of the exact steps and bits: equal digests mean identical sequences."""

@@ -57,12 +57,12 @@ def load_run(run_id: str, client: MlflowClient | None = None) -> LoggedRun:
                 if keys.TAG_LOSS_DIGEST not in run.data.tags:
                     # The run never finished (killed, or still going): its exact record ends at its
                     # last flush, and the steps after that are only in the metric history.
-                    losses, source = _with_later_steps(client, run_id, metric, losses)
+                    after_exact = int(losses.steps[-1]) + 1 if len(losses) else 0
+                    spliced = losses.spliced(_metric_history(client, run_id, metric), after_exact)
+                    if len(spliced) > len(losses):
+                        losses, source = spliced, f"artifact to step {after_exact - 1}, metric history after"
             else:
-                history = client.get_metric_history(run_id, metric)
-                losses = LossSeries.from_steps_and_values(
-                    [point.step for point in history], [point.value for point in history]
-                )
+                losses = _metric_history(client, run_id, metric)
                 source = "metric history"
     except (MlflowException, OSError) as err:  # OSError: DNS, a vanished artifact folder
         if is_missing_run(err):
@@ -75,11 +75,7 @@ def load_run(run_id: str, client: MlflowClient | None = None) -> LoggedRun:
         # run's checkpoint was, and the steps before come from that run (and its own
         # predecessors), so it compares whole against an uninterrupted run.
         first_own = int(run.data.tags.get(keys.TAG_RESUMED_AT_STEP, losses.steps[0] if len(losses) else 0))
-        before = load_run(resumed_from, client).losses
-        keep = before.steps < first_own
-        losses = LossSeries.from_steps_and_values(
-            np.concatenate([before.steps[keep], losses.steps]), np.concatenate([before.values[keep], losses.values])
-        )
+        losses = load_run(resumed_from, client).losses.spliced(losses, first_own)
         source = f"{source}; steps before {first_own} from run {resumed_from}"
     if len(losses) == 0:
         raise NoLossesError(f"run {run_id} logged no {metric!r} metric to compare")
@@ -96,18 +92,9 @@ def load_run(run_id: str, client: MlflowClient | None = None) -> LoggedRun:
     )
 
 
-def _with_later_steps(client: MlflowClient, run_id: str, metric: str, exact: LossSeries) -> tuple[LossSeries, str]:
-    """The exact record of an unfinished run, followed by the metric history's steps after it."""
+def _metric_history(client: MlflowClient, run_id: str, metric: str) -> LossSeries:
     history = client.get_metric_history(run_id, metric)
-    last_exact = int(exact.steps[-1]) if len(exact) else -1
-    later = [point for point in history if point.step > last_exact]
-    if not later:
-        return exact, "artifact"
-    losses = LossSeries.from_steps_and_values(
-        np.concatenate([exact.steps, [point.step for point in later]]),
-        np.concatenate([exact.values, [point.value for point in later]]),
-    )
-    return losses, f"artifact to step {last_exact}, metric history after"
+    return LossSeries.from_steps_and_values([point.step for point in history], [point.value for point in history])
 
 
 def is_missing_run(err: BaseException) -> bool:

@@ -78,3 +78,12 @@ def test_a_million_steps_compare_exactly() -> None:
     other[765_432] = np.nextafter(other[765_432], 2.0)
     assert compare_losses(series(values), series(values.copy())).identical
     assert compare_losses(series(values), series(other)).first_divergent_step == 765_432
+
+
+def test_a_series_spliced_at_a_step_keeps_its_own_steps_before_it_and_the_others_from_it_on() -> None:
+    killed = series([0.0, nan_with_payload(5), 2.0, 3.0])
+    resumed = series([20.0, 30.0, 40.0], steps=[2, 3, 4])
+    joined = killed.spliced(resumed, 2)
+    assert joined.steps.tolist() == [0, 1, 2, 3, 4]
+    assert joined.values.tobytes() == np.array([0.0, nan_with_payload(5), 20.0, 30.0, 40.0]).tobytes()
+    assert killed.spliced(series([9.0], steps=[1]), 4).values.tobytes() == killed.values.tobytes()
