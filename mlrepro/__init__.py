@@ -16,17 +16,24 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
-    "mlrepro.compare": ["LoggedRun", "LossComparison", "LossSeries", "RunComparison", "compare_logged_runs", "compare_losses"],
+    "mlrepro.cli": ["job_main"],
+    "mlrepro.checkpoint": ["Checkpoint", "capture_rng_state", "restore_rng_state"],
+    "mlrepro.code": ["CodeRecord"],
+    "mlrepro.compare": ["LoggedRun", "LossComparison", "RunComparison", "compare_logged_runs", "compare_losses"],
+    "mlrepro.losses": ["LossSeries"],
     "mlrepro.environment": ["EnvironmentRecord", "capture_environment"],
     "mlrepro.errors": [
-        "DatasetError", "DeviceError", "ExperimentNotFoundError", "MlreproError", "NoLossesError",
+        "CheckpointError", "DatasetError", "DeviceError", "ExperimentNotFoundError", "MlreproError", "NoLossesError",
         "ReproductionError", "RunNotFoundError", "SpecError", "TrackingError",
     ],
     "mlrepro.runs": ["RunSummary", "compare_runs", "find_runs", "load_run"],
     "mlrepro.verdicts": ["record_comparison"],
     "mlrepro.reproduce": ["Reproduction", "reproduce_run"],
     "mlrepro.seeding": ["DeterminismState", "SeedRecord", "make_generator", "seed_everything", "seed_worker"],
-    "mlrepro.spec": ["BaseSpec", "Cifar10Spec", "LineFitSpec", "build_spec", "parse_spec", "read_spec_file"],
+    "mlrepro.spec": [
+        "BaseSpec", "Cifar10Spec", "LineFitSpec", "LoggedSpec", "build_spec", "parse_spec", "read_spec_file",
+        "register_job", "registered_jobs",
+    ],
     "mlrepro.tracking": ["TrackedRun", "start_run"],
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
@@ -47,10 +54,14 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from mlrepro.compare import LoggedRun, LossComparison, LossSeries, RunComparison, compare_logged_runs, compare_losses
+    from mlrepro.checkpoint import Checkpoint, capture_rng_state, restore_rng_state
+    from mlrepro.cli import job_main
+    from mlrepro.code import CodeRecord
+    from mlrepro.compare import LoggedRun, LossComparison, RunComparison, compare_logged_runs, compare_losses
+    from mlrepro.losses import LossSeries
     from mlrepro.environment import EnvironmentRecord, capture_environment
     from mlrepro.errors import (
-        DatasetError, DeviceError, ExperimentNotFoundError, MlreproError, NoLossesError, ReproductionError,
+        CheckpointError, DatasetError, DeviceError, ExperimentNotFoundError, MlreproError, NoLossesError, ReproductionError,
         RunNotFoundError, SpecError,
         TrackingError,
     )
@@ -58,5 +69,8 @@ if TYPE_CHECKING:
     from mlrepro.verdicts import record_comparison
     from mlrepro.reproduce import Reproduction, reproduce_run
     from mlrepro.seeding import DeterminismState, SeedRecord, make_generator, seed_everything, seed_worker
-    from mlrepro.spec import BaseSpec, Cifar10Spec, LineFitSpec, build_spec, parse_spec, read_spec_file
+    from mlrepro.spec import (
+        BaseSpec, Cifar10Spec, LineFitSpec, LoggedSpec, build_spec, parse_spec, read_spec_file, register_job,
+        registered_jobs,
+    )
     from mlrepro.tracking import TrackedRun, start_run

@@ -10,29 +10,31 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 import numpy as np
 from pydantic import ValidationError
 
-from mlrepro import keys
+# Only what reading runs needs is imported here: `mlrepro --help`, compare, show and
+# find must not pay for torch. The training side is imported by the commands that train.
+from mlrepro import keys, record
 from mlrepro.compare import LoggedRun, RunComparison, StepRange
 from mlrepro.diagnosis import Difference
 from mlrepro.errors import MlreproError, describe_validation_error
-from mlrepro.reproduce import reproduce_run
 from mlrepro.runs import RunSummary, compare_runs, find_runs, load_run
-from mlrepro.spec import BaseSpec, build_spec, parse_assignments, parse_spec, read_spec_file
-from mlrepro.tracking import start_run, tag_launcher_run_failure
-from mlrepro.verdicts import record_comparison, verdicts_from_tags
+from mlrepro.spec import BaseSpec, build_spec, parse_assignments, parse_spec, read_spec_file, registered_jobs
+
+if TYPE_CHECKING:
+    from mlrepro.tracking import TrackedRun
 
 EXIT_OK = 0
 EXIT_DIFFERENT = 1
 EXIT_ERROR = 2
 
-TrainFunction = Callable[[Any, Any], None]
+TrainFunction = Callable[[Any, "TrackedRun"], None]
 
 
 def fail(message: str) -> NoReturn:
@@ -62,32 +64,52 @@ def main() -> None:
 @click.argument("run_b")
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as one JSON object.")
 @click.option("--log", "log_verdict", is_flag=True, help="Also tag both runs with the verdict and attach a plot.")
-def compare(run_a: str, run_b: str, as_json: bool, log_verdict: bool) -> None:
+@click.option("--on-launched-run", is_flag=True,
+              help="Record the verdict on the run `mlflow run` opened for this comparison, which then ends "
+                   "FINISHED whatever the verdict (see --fail-on-difference).")
+@click.option("--fail-on-difference", type=click.BOOL, default=False, show_default=True,
+              help="With --on-launched-run: exit 1 (the run ends FAILED) when the runs differ, for CI gates.")
+def compare(run_a: str, run_b: str, as_json: bool, log_verdict: bool, on_launched_run: bool,
+            fail_on_difference: bool) -> None:
     """Check two runs' per-step losses for bitwise equality (exit 0 identical, 1 different, 2 error).
 
-    The tracking store is MLflow's: MLFLOW_TRACKING_URI, else ./mlflow.db.
+    RUN_A and RUN_B are run ids, or unique prefixes of 8 or more hex digits. The
+    tracking store is MLflow's: MLFLOW_TRACKING_URI, else ./mlflow.db.
     """
-    with user_errors():
+    from mlrepro.verdicts import record_comparison, record_on_comparison_run
+
+    with user_errors(on_error=record.write_launcher_error if on_launched_run else None):
         a, b = load_run(run_a), load_run(run_b)
         comparison = compare_runs(a, b)
-        if log_verdict:
-            record_comparison(comparison, a, b)
+        recorded = record_comparison(comparison, a, b) if log_verdict else []
+        comparison_run = record_on_comparison_run(comparison, a, b) if on_launched_run else None
     click.echo(comparison.model_dump_json(indent=2) if as_json else format_comparison(comparison))
+    for verdict in recorded:
+        click.echo(f"recorded on run {verdict.run_id}: tag {verdict.tag} = {verdict.text!r}, plot {verdict.plot}",
+                   err=as_json)
+    if comparison_run is not None:
+        click.echo(f"recorded on run {comparison_run}: the verdict and the plot", err=as_json)
+        sys.exit(EXIT_DIFFERENT if fail_on_difference and not comparison.identical else EXIT_OK)
     sys.exit(EXIT_OK if comparison.identical else EXIT_DIFFERENT)
 
 
 @main.command()
 @click.argument("run_id")
-@click.option("--project", default=".", show_default=True, help="The mlrepro project checkout whose jobs to run.")
-def reproduce(run_id: str, project: str) -> None:
-    """Run a logged run's spec again as a new run, compare bit for bit, record the verdict on both.
+@click.option("--project", metavar="DIR",
+              help="The folder to start the job in; default: the project folder the run recorded.")
+def reproduce(run_id: str, project: str | None) -> None:
+    """Run a logged run's job again as a new run, compare bit for bit, record the verdict on both.
 
-    Exits like compare: 0 identical, 1 different, 2 error. Warns first when the code
-    (git commit) or the software and hardware differ from when the run was logged.
+    The job starts as the run was started: its MLproject entry point and parameters,
+    or its module or script. Exits like compare: 0 identical, 1 different, 2 error.
+    Warns first when the code (sources, git) or the software and hardware differ
+    from when the run was logged.
     """
+    from mlrepro.reproduce import reproduce_run
+
     with user_errors():
         result = reproduce_run(run_id, project, on_drift=_warn_drift)
-    click.echo(f"repeated run {run_id} as run {result.new_run_id}")
+    click.echo(f"repeated run {result.original.run_id} as run {result.new_run_id}")
     click.echo(format_comparison(result.comparison))
     sys.exit(EXIT_OK if result.comparison.identical else EXIT_DIFFERENT)
 
@@ -109,7 +131,7 @@ def show(run_id: str) -> None:
 
 @main.command()
 @click.argument("assignments", nargs=-1, metavar="[FIELD=VALUE]...")
-@click.option("--job", help="The job the FIELD=VALUE words are for (linefit, cifar10).")
+@click.option("--job", help="The job the FIELD=VALUE words are for (linefit, cifar10, or your own).")
 @click.option("--spec", "spec_file", metavar="FILE", help="Find runs of the spec in this YAML/JSON file.")
 @click.option("--spec-hash", help="Find runs whose spec has this hash (tag mlrepro.spec_hash).")
 @click.option("--env-hash", help="Find runs whose environment has this hash (tag mlrepro.env_hash).")
@@ -129,19 +151,29 @@ def find(
     """List runs, newest first: of a spec (file or FIELD=VALUE words, defaults filled in), hash, or experiment.
 
     `mlrepro find --job linefit seed=3` finds every run of the default line fit with seed 3.
+    For a job whose spec class is not importable here, FIELD=VALUE match the logged params as text.
     """
     with user_errors():
-        spec = None
+        spec, by_job, params = None, None, {}
         if spec_file or assignments or job:
             values = spec_values(spec_file, assignments)
             if job:
                 values.setdefault("job", job)
-            spec = parse_spec(values)
-        runs = find_runs(spec=spec, spec_hash=spec_hash, env_hash=env_hash, loss_digest=digest, experiment=experiment)
+            if isinstance(values.get("job"), str) and values["job"] not in registered_jobs():
+                by_job = values.pop("job")
+                params = {name: _param_word(value) for name, value in values.items()}
+            else:
+                spec = parse_spec(values)
+        runs = find_runs(spec=spec, job=by_job, params=params, spec_hash=spec_hash, env_hash=env_hash,
+                         loss_digest=digest, experiment=experiment)
     if as_json:
         click.echo(json.dumps([run.model_dump(mode="json") for run in runs], indent=2))
     else:
         click.echo(format_run_table(runs))
+
+
+def _param_word(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, bool) else str(value)
 
 
 def format_comparison(comparison: RunComparison) -> str:
@@ -205,7 +237,12 @@ def _missing(value: str | None) -> str:
 def format_run(run: LoggedRun) -> str:
     """What `show` prints: spec, environment, losses, verdicts."""
     spec_title = f"spec ({run.spec.job}, hash {run.spec.hash})" if run.spec else "params (not an mlrepro spec)"
-    lines = [f"run {run.run_id} ({run.status})", f"{spec_title}:"]
+    lines = [f"run {run.run_id} ({run.status})"]
+    if run.code is not None:
+        lines.append(f"code: {run.code.entry_kind} {run.code.entry} in {run.code.project_dir}, "
+                     f"sources {run.code.source_digest}" + (f", MLproject entry point {run.code.mlproject_entry_point}"
+                                                            if run.code.mlproject_entry_point else ""))
+    lines.append(f"{spec_title}:")
     lines += [f"  {key}: {value}" for key, value in sorted(run.spec_fields.items())]
     lines.append(f"environment (hash {run.tags.get(keys.TAG_ENV_HASH, 'not recorded')}):")
     lines += [f"  {key}: {value}" for key, value in sorted(run.environment.items())]
@@ -218,7 +255,7 @@ def format_run(run: LoggedRun) -> str:
         + (f", min {float(finite.min())!r}, max {float(finite.max())!r}" if len(finite) else "")
         + (f", {len(values) - len(finite)} not finite" if len(finite) < len(values) else ""),
     ]
-    verdicts = verdicts_from_tags(run.tags)
+    verdicts = record.verdicts_from_tags(run.tags)
     lines.append("verdicts:" if verdicts else "verdicts: none recorded (mlrepro compare --log adds them)")
     lines += [f"  vs {other}: {verdict}" for other, verdict in sorted(verdicts.items())]
     return "\n".join(lines)
@@ -227,13 +264,13 @@ def format_run(run: LoggedRun) -> str:
 def format_run_table(runs: list[RunSummary]) -> str:
     if not runs:
         return "no matching runs"
-    header = ("run id", "started (UTC)", "status", "job", "spec hash", "env hash", "loss digest", "verdicts")
+    header = ("run id", "started (UTC)", "status", "job (entry)", "spec hash", "env hash", "loss digest", "verdicts")
     rows = [
         (
             run.run_id,
             run.start_time.strftime("%Y-%m-%d %H:%M:%S"),
             run.status,
-            run.job or "-",
+            f"{run.job or '-'} ({run.entry})" if run.entry else run.job or "-",
             run.spec_hash or "-",
             run.env_hash or "-",
             run.loss_digest or "-",
@@ -250,44 +287,81 @@ def format_run_table(runs: list[RunSummary]) -> str:
 # --- job entry points ---------------------------------------------------------
 
 
-def spec_values(spec_file: str | None, assignments: tuple[str, ...]) -> dict[str, Any]:
+def spec_values(spec_file: str | None, assignments: Sequence[str]) -> dict[str, Any]:
     """The fields of an optional YAML/JSON spec file, with ``field=value`` words on top."""
     values: dict[str, Any] = dict(read_spec_file(spec_file)) if spec_file else {}
-    values.update(parse_assignments(assignments))
+    values.update(parse_assignments(_as_assignments(assignments)))
     return values
+
+
+def _as_assignments(words: Sequence[str]) -> list[str]:
+    """``field=value`` words, with ``--field value`` and ``--field=value`` read the same way:
+    ``mlflow run`` passes a parameter its MLproject does not declare (``-P sed=4``) as ``--sed 4``,
+    and that deserves the same "unknown field" line as ``sed=4``."""
+    assignments, rest = [], list(words)
+    while rest:
+        word = rest.pop(0)
+        if word.startswith("--") and len(word) > 2:
+            name, sep, value = word[2:].partition("=")
+            if not sep:
+                value = rest.pop(0) if rest and not rest[0].startswith("--") else ""
+            word = f"{name}={value}"
+        assignments.append(word)
+    return assignments
 
 
 def run_job(spec: BaseSpec, train: TrainFunction) -> None:
     """Open the tracked, seeded run for ``spec`` and hand it to the job's training function."""
+    from mlrepro.code import mark_job_command_line
+    from mlrepro.tracking import start_run
+
+    mark_job_command_line()
     with start_run(spec) as run:
         train(spec, run)
 
 
+_JOB_SETTINGS = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": ["-h", "--help"]}
+
+
 def job_command(spec_type: type[BaseSpec], train: TrainFunction) -> click.Command:
-    """The command line of one job: ``python -m projects.<job> [--spec FILE] [field=value ...]``."""
-    job = spec_type.model_fields["job"].default
+    """The command line of one job: ``[--spec FILE] [field=value ...]``."""
+    job = spec_type.job_name()
     fields = ", ".join(name for name in spec_type.model_fields if name != "job")
 
-    @click.command(name=job, help=f"Run the {job} job, seeded and tracked in MLflow. Fields: {fields}.")
+    @click.command(name=job, context_settings=_JOB_SETTINGS,
+                   help=f"Run the {job} job, seeded and tracked in MLflow. Fields: {fields}.")
     @click.option("--spec", "spec_file", metavar="FILE", help="YAML or JSON spec; field=value words override it.")
-    @click.argument("assignments", nargs=-1, metavar="[FIELD=VALUE]...")
+    @click.argument("assignments", nargs=-1, type=click.UNPROCESSED, metavar="[FIELD=VALUE]...")
     def command(spec_file: str | None, assignments: tuple[str, ...]) -> None:
-        with user_errors(on_error=tag_launcher_run_failure):
+        with user_errors(on_error=record.write_launcher_error):
             spec = build_spec(spec_type, spec_values(spec_file, assignments))
             run_job(spec, train)
 
     return command
 
 
+def job_main(spec_type: type[BaseSpec], train: TrainFunction, args: Sequence[str] | None = None) -> NoReturn:
+    """Run your own job from the command line: ``python train.py [--spec FILE] [field=value ...]``.
+
+    Validates the words as a ``spec_type``, opens the tracked, seeded run, calls
+    ``train(spec, run)``, and exits 0, or 2 with one line for bad input. ``mlflow run``
+    and ``mlrepro reproduce`` start the job this way.
+    """
+    job_command(spec_type, train).main(args=list(args) if args is not None else None)
+    sys.exit(EXIT_OK)  # click exits itself; this is for the type checker
+
+
 def spec_file_command(trainers: dict[str, Callable[[], TrainFunction]]) -> click.Command:
     """``python -m projects --spec FILE``: the file's ``job`` field picks the job."""
 
-    @click.command(name="projects", help="Run the job a spec file names in its `job` field.")
+    @click.command(name="projects", context_settings=_JOB_SETTINGS, help="Run the job a spec file names in its `job` field.")
     @click.option("--spec", "spec_file", metavar="FILE", required=True, help="YAML or JSON spec with a job field.")
-    @click.argument("assignments", nargs=-1, metavar="[FIELD=VALUE]...")
+    @click.argument("assignments", nargs=-1, type=click.UNPROCESSED, metavar="[FIELD=VALUE]...")
     def command(spec_file: str, assignments: tuple[str, ...]) -> None:
-        with user_errors(on_error=tag_launcher_run_failure):
+        with user_errors(on_error=record.write_launcher_error):
             spec = parse_spec(spec_values(spec_file, assignments))
+            if spec.job not in trainers:
+                raise MlreproError(f"job: {spec.job!r} is not one of this project's jobs ({', '.join(sorted(trainers))})")
             run_job(spec, trainers[spec.job]())
 
     return command

@@ -1,7 +1,8 @@
 """Why two runs differ: rank what differs between them by how likely it is to break bitwise equality.
 
 Pure: two runs' spec fields and environment facts in, ranked and explained differences out. The order is
-the order in which a person should look: a different device or GPU model makes
+the order in which a person should look: other code (another script, or changed
+sources of the job) computes something else; a different device or GPU model makes
 equal bits unlikely on its own; another library version changes kernels; then
 the determinism switches, the thread count, the seed, the other spec fields,
 and last the rest.
@@ -20,14 +21,15 @@ from pydantic import BaseModel, ConfigDict
 class Category(IntEnum):
     """Lower is more likely to break bitwise equality."""
 
-    DEVICE = 0
-    VERSIONS = 1
-    DETERMINISM = 2
-    THREADS = 3
-    SEED = 4
-    SPEC = 5
-    CODE = 6
-    OTHER = 7
+    CODE = 0
+    DEVICE = 1
+    VERSIONS = 2
+    DETERMINISM = 3
+    THREADS = 4
+    SEED = 5
+    SPEC = 6
+    REPOSITORY = 7
+    OTHER = 8
 
 
 _TF32 = "TF32 rounds float32 matmul and convolution inputs to 10 mantissa bits on Ampere and newer GPUs"
@@ -36,6 +38,8 @@ _KERNELS = "another release may change kernels and the order in which they reduc
 
 # (source, key, category, what it does). A key ending in "." matches every key it starts.
 _RULES: list[tuple[str, str, Category, str]] = [
+    ("environment", "code.entry", Category.CODE, "another module or script ran the job: the same spec, other code"),
+    ("environment", "code.source_digest", Category.CODE, "the job's own source files differ"),
     ("spec", "device", Category.DEVICE, "CPU and GPU kernels compute in different orders"),
     ("environment", "run.device", Category.DEVICE, "CPU and GPU kernels compute in different orders"),
     ("environment", "gpu.name", Category.DEVICE, "another GPU model runs other kernels, and cuDNN chooses by model"),
@@ -84,7 +88,9 @@ _RULES: list[tuple[str, str, Category, str]] = [
     ("spec", "checkpoint_every", Category.OTHER, "checkpoints only read the state; they do not change the numbers"),
     ("spec", "resume_from", Category.OTHER, "a resumed run continues bit for bit from its checkpoint"),
     ("spec", "", Category.SPEC, "a different setting trains something else"),
-    ("environment", "git.", Category.CODE, "the code changed"),
+    ("environment", "git.untracked", Category.OTHER, "untracked files did not run; the job's sources are code.source_digest"),
+    ("environment", "git.", Category.REPOSITORY,
+     "the repository changed; the files the job ran are compared by code.source_digest"),
     ("environment", "", Category.OTHER, "recorded for completeness; rarely changes the numbers"),
 ]
 

@@ -75,14 +75,15 @@ class EnvironmentRecord(BaseModel):
 
 
 def environment_tags(environment: EnvironmentRecord) -> dict[str, str]:
-    """The record as MLflow tags: one ``mlrepro.<fact>`` per fact, and its hash."""
+    """The record as MLflow tags: one ``mlrepro.environment.<fact>`` per fact, and its hash."""
     tags = {keys.ENV_TAG_PREFIX + fact: value for fact, value in environment.facts.items()}
     tags[keys.TAG_ENV_HASH] = environment.hash
     return tags
 
 
 def capture_environment(extra: Mapping[str, str] | None = None) -> EnvironmentRecord:
-    """Run every collector; ``extra`` adds facts only the caller knows (the device a run used)."""
+    """Run every collector; ``extra`` adds facts only the caller knows: the device a run used,
+    and the code it ran (``mlrepro.code.CodeRecord.facts``)."""
     facts = {name: _collect(function) for name, function in COLLECTORS.items()}
     facts.update(extra or {})
     return EnvironmentRecord(facts=dict(sorted(facts.items())))
@@ -104,20 +105,6 @@ def _run(*command: str) -> str | None:
         return None
     result = subprocess.run(command, capture_output=True, text=True, timeout=10, check=False)
     return result.stdout.strip() if result.returncode == 0 else None
-
-
-# --- code ---------------------------------------------------------------------
-
-
-@collector("git.commit")
-def _git_commit() -> str | None:
-    return _run("git", "rev-parse", "HEAD")
-
-
-@collector("git.dirty")
-def _git_dirty() -> str | None:
-    status = _run("git", "status", "--porcelain")
-    return None if status is None else str(bool(status)).lower()
 
 
 # --- software -----------------------------------------------------------------

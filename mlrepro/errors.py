@@ -7,6 +7,8 @@ not in this hierarchy and keep their tracebacks.
 
 from __future__ import annotations
 
+import re
+
 from pydantic import BaseModel, ValidationError
 
 
@@ -66,14 +68,36 @@ def describe_validation_error(err: ValidationError, model: type[BaseModel] | Non
         elif bounds:
             message = f"must be {bounds} (got {error['input']!r})"
         else:
-            message = error["msg"]
+            message = _OWN_WORDS.get(error["type"]) or _PYDANTIC_OPENING.sub("must ", error["msg"])
             if "input" in error and error["type"] != "missing":
-                message += f" (got {error['input']!r})"
+                message += f" (got {_shortened(error['input'])})"
         problems.append(f"{path}: {message}")
     return "; ".join(problems)
 
 
 _RANGE_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
+# mlrepro's words for pydantic's commonest complaints; the rest keep pydantic's text, reworded
+# from "Input should be ..." to "must be ...", so every message speaks with one voice.
+_OWN_WORDS = {
+    "missing": "missing",
+    "int_parsing": "must be a whole number",
+    "int_type": "must be a whole number",
+    "int_from_float": "must be a whole number",
+    "float_parsing": "must be a number",
+    "float_type": "must be a number",
+    "finite_number": "must be a finite number",
+    "bool_parsing": "must be true or false",
+    "bool_type": "must be true or false",
+    "string_type": "must be text",
+}
+_PYDANTIC_OPENING = re.compile(r"^(Input|String|Value) should ")
+_MAX_SHOWN = 80
+
+
+def _shortened(value: object) -> str:
+    """A bad value as the user gave it, cut short: a message stays one readable line."""
+    text = repr(value)
+    return text if len(text) <= _MAX_SHOWN else text[: _MAX_SHOWN - 3] + "..."
 
 
 def _bounds(model: type[BaseModel] | None, loc: tuple[int | str, ...]) -> str | None:
@@ -101,8 +125,17 @@ def first_line(err: BaseException) -> str:
 _UNREACHABLE_SIGNS = ("Max retries exceeded", "Connection refused", "Failed to establish a new connection")
 
 
+def redacted_uri(uri: str) -> str:
+    """A URI without the credentials it may carry (``http://user:secret@host`` -> ``http://host``)."""
+    return _CREDENTIALS.sub(r"\1", uri)
+
+
+_CREDENTIALS = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*://)[^/@]*@")
+
+
 def describe_store_failure(tracking_uri: str, err: BaseException) -> str:
     """Say "cannot reach" plainly; MLflow's own text for it is a page of urllib3 internals."""
+    tracking_uri = redacted_uri(tracking_uri)
     text = str(err)
     if any(sign in text for sign in _UNREACHABLE_SIGNS):
         return (

@@ -20,11 +20,19 @@ TAG_RESUMED_AT_STEP = "mlrepro.resumed_at_step"
 TAG_RESUMED_BY = "mlrepro.resumed_by"
 # Checkpoints: mlrepro/checkpoints/step-000001000.pt, each with a .sha256 beside it.
 CHECKPOINT_ARTIFACT_DIR = "mlrepro/checkpoints"
+# On the run `mlflow run -e compare` opens: the two runs compared and the verdict.
+TAG_COMPARED_A = "mlrepro.compared.run_a"
+TAG_COMPARED_B = "mlrepro.compared.run_b"
+TAG_COMPARED_VERDICT = "mlrepro.compared.verdict"
+TAG_COMPARED_IDENTICAL = "mlrepro.compared.identical"
 # On a run made by `mlrepro reproduce`: the id of the run it repeats.
 TAG_REPRODUCES = "mlrepro.reproduces"
 
-# Tag of each environment fact: mlrepro.<fact>, e.g. mlrepro.torch.version.
-ENV_TAG_PREFIX = TAG_PREFIX
+# Tag of each environment fact: mlrepro.environment.<fact>, e.g. mlrepro.environment.torch.version.
+# Runs logged before mlrepro 0.2 carry them as mlrepro.<fact>; the run record still reads those.
+ENV_TAG_PREFIX = "mlrepro.environment."
+# The class of the run's spec, "module:QualName": what `LoggedSpec.typed()` imports.
+TAG_SPEC_CLASS = "mlrepro.spec_class"
 
 # The per-step loss metric, unless a spec names another.
 DEFAULT_LOSS_METRIC = "loss"
@@ -33,6 +41,8 @@ ARTIFACT_DIR = "mlrepro"
 SPEC_ARTIFACT = "mlrepro/spec.json"
 ENVIRONMENT_ARTIFACT = "mlrepro/environment.json"
 SEED_ARTIFACT = "mlrepro/seeding.json"
+# The code that ran and how to start it again (mlrepro.code.CodeRecord).
+CODE_ARTIFACT = "mlrepro/code.json"
 # The exact loss sequence: float64 values with their steps, bit for bit (the
 # metric store turns +-inf into +-max-float and every NaN into one NaN).
 LOSSES_ARTIFACT = "mlrepro/losses.npz"

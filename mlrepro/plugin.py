@@ -11,22 +11,42 @@ themselves.
 
 from __future__ import annotations
 
+import sys
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 from mlflow.tracking.context.abstract_context import RunContextProvider
 
+# True while mlrepro's own start_run opens a run: it records the environment itself, once.
+_own_run: ContextVar[bool] = ContextVar("mlrepro_own_run", default=False)
+
+
+@contextmanager
+def recording_own_run() -> Iterator[None]:
+    """Around ``mlflow.start_run`` in mlrepro: the plugin stays out of a run mlrepro records."""
+    token = _own_run.set(True)
+    try:
+        yield
+    finally:
+        _own_run.reset(token)
+
 
 class EnvironmentRunContext(RunContextProvider):
-    """Adds mlrepro's environment record as ``mlrepro.*`` tags; never blocks a run."""
+    """Adds mlrepro's environment record as ``mlrepro.environment.*`` tags; never blocks a run."""
 
     def in_context(self) -> bool:
-        return True
+        # Cheap on purpose: MLflow asks at every start_run. A process that has not imported
+        # torch trains nothing mlrepro describes, and must not pay for importing it.
+        return "torch" in sys.modules and not _own_run.get()
 
     def tags(self) -> dict[str, str]:
         try:
+            from mlrepro.code import capture_code
             from mlrepro.environment import capture_environment, environment_tags
 
-            return environment_tags(capture_environment())
+            return environment_tags(capture_environment(extra=capture_code().facts()))
         except Exception as err:  # a broken record must never stop someone's run
             warnings.warn(f"mlrepro could not record the environment of this run: {err}", stacklevel=2)
             return {}

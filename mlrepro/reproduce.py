@@ -1,14 +1,16 @@
 """Run a logged run's spec again as a new run, and say whether it repeated bit for bit.
 
-The job is started as MLproject starts it (``python -m projects --spec FILE``
-with PYTHONHASHSEED fixed) from the project folder, so this works where
-``mlflow run .`` works: in a checkout of the project.
+The job starts the way the run recorded (``mlrepro.code``): through its MLproject
+entry point with the same parameters, or as the same module or script, from the
+run's own project folder (or the one given). A job that uses mlrepro's command
+line is handed the logged spec as a file; any other is given its words again.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -16,21 +18,22 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from mlrepro import keys
-from mlrepro.compare import LoggedRun, RunComparison
+from mlrepro import keys, record
+from mlrepro.record import MLFLOW_ENTRY_POINT_TAG
+from mlrepro.code import CodeRecord, facts_now
+from mlrepro.compare import LoggedRun, RunComparison, compare_logged_runs
 from mlrepro.diagnosis import Difference, differences
-from mlrepro.environment import capture_environment
-from mlrepro.errors import ReproductionError, TrackingError, describe_store_failure
-from mlrepro.runs import compare_runs, load_run
+from mlrepro.errors import ReproductionError
 from mlrepro.verdicts import record_comparison
 
 # Facts a new process can be checked against before it runs; the determinism
 # switches are only set once the job seeds, so they are left to compare.
-_DRIFT_PREFIXES = ("git.", "python.", "os.", "torch.", "torchvision.", "numpy.", "mlflow.", "pydantic.", "mlrepro.",
-                   "cpu.", "gpu.", "cuda.", "cudnn.")
+_DRIFT_PREFIXES = ("code.", "git.", "python.", "os.", "torch.", "torchvision.", "numpy.", "mlflow.", "pydantic.",
+                   "mlrepro.", "cpu.", "gpu.", "cuda.", "cudnn.")
+_NOT_DRIFT = ("git.untracked",)
+_UNSET = ("unset", "unavailable")
 
 
 @dataclass(frozen=True)
@@ -44,51 +47,108 @@ class Reproduction:
 def environment_drift(logged: dict[str, str], current: dict[str, str]) -> list[Difference]:
     """Code, version and hardware facts that differ now from when the run was logged."""
     def comparable(facts: dict[str, str]) -> dict[str, str]:
-        return {key: value for key, value in facts.items() if key.startswith(_DRIFT_PREFIXES)}
+        return {key: value for key, value in facts.items() if key.startswith(_DRIFT_PREFIXES) and key not in _NOT_DRIFT}
 
     return differences({}, {}, comparable(logged), comparable(current))
 
 
 def reproduce_run(
     run_id: str,
-    project: str | Path = ".",
+    project: str | Path | None = None,
     client: MlflowClient | None = None,
     on_drift: Callable[[list[Difference]], None] | None = None,
 ) -> Reproduction:
-    """Repeat ``run_id`` from its logged spec in a new run of the same experiment, compare and record.
+    """Repeat ``run_id`` in a new run of the same experiment, compare and record the verdict on both.
 
-    ``on_drift`` hears, before the job starts, what differs in code, versions or
-    hardware from when the run was logged.
+    ``project`` is the folder to start the job in; by default the run's own project
+    folder. ``on_drift`` hears, before the job starts, what differs in code, versions
+    or hardware from when the run was logged.
     """
+    from mlrepro.environment import capture_environment  # torch: only when a run is repeated
+
     client = client or MlflowClient()
-    original = load_run(run_id, client)
+    original = record.read_run(client, run_id)
     if original.spec is None:
-        raise ReproductionError(f"run {run_id} was not logged by an mlrepro job: it has no spec to repeat")
-    project = Path(project)
-    if not (project / "projects" / "__main__.py").exists():
-        raise ReproductionError(f"{project.resolve()} is not an mlrepro project checkout (no projects/): run from one")
-    drift = environment_drift(original.environment, capture_environment().facts)
+        raise ReproductionError(f"run {original.run_id} was not logged by an mlrepro job: it has no spec to repeat")
+    code = original.code
+    folder = Path(project) if project is not None else Path(code.project_dir) if code else Path.cwd()
+    if not folder.is_dir():
+        raise ReproductionError(f"the project folder {folder} is not here: pass --project DIR, a checkout of the code "
+                                f"run {original.run_id} ran")
+    folder = folder.resolve()
+    current = capture_environment(extra=facts_now(code, folder) if code else None).facts
+    drift = environment_drift(original.environment, current)
     if on_drift is not None and drift:
         on_drift(drift)
-    try:
-        experiment_id = client.get_run(run_id).info.experiment_id
-        new_run = client.create_run(experiment_id, tags={keys.TAG_REPRODUCES: run_id})
-    except (MlflowException, OSError) as err:
-        raise TrackingError(describe_store_failure(client.tracking_uri, err)) from err
-    new_run_id = new_run.info.run_id
 
-    with tempfile.TemporaryDirectory() as folder:
-        spec_file = Path(folder) / "spec.json"
+    tags = {keys.TAG_REPRODUCES: original.run_id}
+    if _uses_mlproject(code, folder):  # as `mlflow run` tags the runs it creates, so a repeat repeats the same way
+        tags[MLFLOW_ENTRY_POINT_TAG] = code.mlproject_entry_point  # type: ignore[union-attr]
+    new_run_id = record.create_run(client, original.experiment_id or "0", tags)
+    with tempfile.TemporaryDirectory() as temporary:
+        spec_file = Path(temporary) / "spec.json"
         spec_file.write_text(json.dumps(original.spec.model_dump(mode="json")))
-        # As the MLproject command: string hashing fixed at start-up, the run already created.
-        env = dict(os.environ, PYTHONHASHSEED="0", MLFLOW_RUN_ID=new_run_id, MLFLOW_TRACKING_URI=client.tracking_uri)
-        job = subprocess.run([sys.executable, "-m", "projects", "--spec", str(spec_file)], cwd=project, env=env,
-                             check=False)
+        # Relative paths in the job's words are from where it was started, unless another checkout is asked for.
+        started_in = Path(code.working_dir) if project is None and code is not None and code.working_dir else folder
+        command, cwd = _restart_command(code, folder, started_in if started_in.is_dir() else folder, spec_file,
+                                        new_run_id, original.experiment_id or "0")
+        env = dict(os.environ, MLFLOW_RUN_ID=new_run_id, MLFLOW_TRACKING_URI=client.tracking_uri,
+                   PYTHONPATH=os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")])))
+        # String hashing as the original process had it: fixed where it was fixed, random where it was not.
+        hash_seed = original.environment.get("env.PYTHONHASHSEED", "0" if code is None else "unset")
+        if hash_seed in _UNSET:
+            env.pop("PYTHONHASHSEED", None)
+        else:
+            env["PYTHONHASHSEED"] = hash_seed
+        try:
+            job = subprocess.run(command, cwd=cwd, env=env, check=False)
+        except OSError as err:
+            record.end_run(client, new_run_id, "FAILED")
+            raise ReproductionError(f"cannot start the repeat of run {original.run_id}: {err}") from err
     if job.returncode != 0:
-        client.set_terminated(new_run_id, status="FAILED")
-        raise ReproductionError(f"the repeat of run {run_id} failed (exit {job.returncode}); see run {new_run_id}")
+        record.end_run(client, new_run_id, "FAILED")
+        raise ReproductionError(f"the repeat of run {original.run_id} failed (exit {job.returncode}); see run {new_run_id}")
 
-    repeat = load_run(new_run_id, client)
-    comparison = compare_runs(original, repeat, client)
+    repeat = record.read_run(client, new_run_id)
+    comparison = compare_logged_runs(original, repeat)
     record_comparison(comparison, original, repeat, client)
     return Reproduction(original=original, new_run_id=new_run_id, drift=drift, comparison=comparison)
+
+
+def _uses_mlproject(code: CodeRecord | None, folder: Path) -> bool:
+    return code is not None and bool(code.mlproject_entry_point) and (folder / "MLproject").exists()
+
+
+def _unquoted(value: str) -> str:
+    """A parameter as the user gave it: ``mlflow run`` logs each one shell-quoted (``''`` for empty)."""
+    try:
+        words = shlex.split(value)
+    except ValueError:
+        return value
+    return "" if not words else words[0] if len(words) == 1 else value
+
+
+def _restart_command(
+    code: CodeRecord | None, folder: Path, working_dir: Path, spec_file: Path, run_id: str, experiment_id: str
+) -> tuple[list[str], Path]:
+    """The command that starts the job again, and the folder to start it in."""
+    if code is None:  # logged before mlrepro recorded its code: one of the built-in jobs
+        if not (folder / "projects" / "__main__.py").exists():
+            raise ReproductionError(f"{folder} is not an mlrepro project checkout (no projects/): run from one")
+        return [sys.executable, "-m", "projects", "--spec", str(spec_file)], folder
+    if _uses_mlproject(code, folder):
+        command = [sys.executable, "-m", "mlflow", "run", str(folder), "-e", code.mlproject_entry_point,
+                   "--env-manager", "local", "--run-id", run_id, "--experiment-id", experiment_id]
+        for name, value in code.mlproject_parameters.items():
+            command += ["-P", f"{name}={_unquoted(value)}"]
+        return command, folder
+    words = ["--spec", str(spec_file)] if code.takes_spec_file else list(code.args)
+    if code.entry_kind == "module":
+        return [sys.executable, "-m", code.entry, *words], working_dir
+    if code.entry_kind == "script":
+        script = folder / code.entry
+        if not script.is_file():
+            raise ReproductionError(f"the job's script {code.entry} is not in {folder}: pass --project DIR")
+        return [sys.executable, str(script), *words], working_dir
+    raise ReproductionError(f"the run was started from {code.entry}, which cannot be started again; "
+                            "run its code as a module or script to make it repeatable")

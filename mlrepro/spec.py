@@ -4,6 +4,17 @@ A spec is a frozen pydantic model. Values arrive as text (MLproject parameters,
 ``key=value`` words) or from a YAML/JSON file; pydantic parses both, and every
 problem is reported as one line naming the field and what it accepts. A spec
 that fails validation never reaches seeding, training or the tracking store.
+
+Any job is a subclass of ``BaseSpec`` that names itself in its ``job`` field::
+
+    class MySpec(mlrepro.BaseSpec):
+        job: Literal["mine"] = "mine"
+        width: int = 8
+
+Defining the class registers the job; nothing in mlrepro is edited. A logged spec
+reads back typed where its job is registered in the reading process, and as a
+``LoggedSpec`` (job, fields, hash) where it is not: compare, show and find never
+need to import a user's training code.
 """
 
 from __future__ import annotations
@@ -12,8 +23,10 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping, Sequence
+from importlib import import_module
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
@@ -37,7 +50,7 @@ _METRIC_PATTERN = re.compile(r"^[A-Za-z0-9_./\- ]{1,250}$")
 def _no_bool(value: Any) -> Any:
     """Refuse ``true`` where a number is meant: pydantic would quietly read it as 1."""
     if isinstance(value, bool):
-        raise PydanticCustomError("int_type", "must be a whole number, not a boolean")
+        raise PydanticCustomError("bool_as_number", "must be a whole number, not a boolean")
     return value
 
 
@@ -62,6 +75,40 @@ MetricName = Annotated[
 ]
 
 
+# job name -> its spec type; filled as spec classes are defined.
+_JOBS: dict[str, type[BaseSpec]] = {}
+
+
+def _job_of(spec_type: type[BaseSpec]) -> str | None:
+    field = spec_type.model_fields.get("job")
+    if field is None:
+        return None
+    if isinstance(field.default, str) and field.default:
+        return field.default
+    if get_origin(field.annotation) is Literal and len(get_args(field.annotation)) == 1:
+        return str(get_args(field.annotation)[0])
+    return None
+
+
+def class_path(spec_type: type) -> str:
+    """Where a spec class is defined, as ``module:QualName``."""
+    return f"{spec_type.__module__}:{spec_type.__qualname__}"
+
+
+def register_job(spec_type: type[BaseSpec]) -> type[BaseSpec]:
+    """Make ``spec_type`` the spec of its job. Defining a ``BaseSpec`` subclass that declares
+    ``job`` does this; call it yourself only for a class made some other way."""
+    job = _job_of(spec_type)
+    if not job:
+        raise TypeError(f"{spec_type.__qualname__} must name its job: job: Literal['name'] = 'name'")
+    existing = _JOBS.get(job)
+    if existing is not None and existing is not spec_type and class_path(existing) != class_path(spec_type):
+        raise TypeError(f"job {job!r} is already the job of {class_path(existing)}; give {spec_type.__qualname__} another")
+    _JOBS[job] = spec_type
+    return spec_type
+
+
+
 class BaseSpec(BaseModel):
     """The fields every job shares: what seeds it, how deterministic it is, where it runs."""
 
@@ -76,15 +123,27 @@ class BaseSpec(BaseModel):
     checkpoint_every: Count = Field(0, ge=0, description="log a checkpoint every N steps; 0 = never")
     resume_from: RunId = Field("", description="run id to continue from its newest checkpoint; empty = a new run")
 
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        """A subclass that names its own job registers it: reading a logged run of that job
+        in this process then gives this class back."""
+        super().__pydantic_init_subclass__(**kwargs)
+        if "job" in cls.__dict__.get("__annotations__", {}):
+            register_job(cls)
+
+    @classmethod
+    def job_name(cls) -> str:
+        """The job this spec type runs: its ``job`` default, or the one value its ``Literal`` allows."""
+        return _job_of(cls) or ""
+
     @property
     def hash(self) -> str:
         """A stable content hash: the same fields and values give the same hash on any machine."""
-        canonical = json.dumps(self.model_dump(mode="json", exclude=set(NOT_IN_HASH)), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        return spec_hash(self.model_dump(mode="json"))
 
     def to_params(self) -> dict[str, str]:
         """The spec as MLflow params (strings), one per field."""
-        return {name: _param_text(value) for name, value in self.model_dump(mode="json").items()}
+        return params_of(self.model_dump(mode="json"))
 
 
 class LineFitSpec(BaseSpec):
@@ -112,18 +171,74 @@ class Cifar10Spec(BaseSpec):
     checkpoint_every: Count = Field(2000, ge=0, description="log a checkpoint every N steps; 0 = never")
 
 
-SPEC_TYPES: dict[str, type[BaseSpec]] = {"linefit": LineFitSpec, "cifar10": Cifar10Spec}
+def spec_hash(fields: Mapping[str, Any]) -> str:
+    """The hash of a spec's JSON fields, whether read from a typed spec or from a logged record."""
+    content = {name: value for name, value in fields.items() if name not in NOT_IN_HASH}
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def params_of(fields: Mapping[str, Any]) -> dict[str, str]:
+    """JSON field values as the text MLflow params hold, one per field."""
+    return {name: _param_text(value) for name, value in fields.items()}
 
 
 def _param_text(value: Any) -> str:
     return json.dumps(value) if isinstance(value, (bool, dict, list)) or value is None else str(value)
 
 
+@dataclass(frozen=True)
+class LoggedSpec:
+    """A logged spec whose job is not registered in this process: its job, fields and hash, untyped.
+
+    It answers what compare, show and find ask of a spec (``job``, ``hash``,
+    ``to_params``, ``metric``) without the class, so reading a run never imports
+    the code that trained it. ``typed()`` imports the class when a caller wants it.
+    """
+
+    job: str
+    fields: dict[str, Any]
+    spec_class: str | None = None  # "module:QualName" of the class that logged it
+
+    @property
+    def hash(self) -> str:
+        return spec_hash(self.fields)
+
+    @property
+    def metric(self) -> str:
+        return str(self.fields.get("metric", "loss"))
+
+    def to_params(self) -> dict[str, str]:
+        return params_of(self.fields)
+
+    def model_dump(self, mode: str = "json") -> dict[str, Any]:
+        return dict(self.fields)
+
+    def typed(self) -> BaseSpec:
+        """The spec as its own class: registered in this process, or imported from ``spec_class``."""
+        if self.job not in _JOBS and self.spec_class:
+            module, _, _ = self.spec_class.partition(":")
+            try:
+                import_module(module)
+            except Exception as err:  # the user's module, with whatever it imports
+                raise SpecError(f"job {self.job!r}: cannot import {module} ({type(err).__name__}: {err})") from err
+        return parse_spec(self.fields)
+
+
+AnySpec = BaseSpec | LoggedSpec
+
+def registered_jobs() -> dict[str, type[BaseSpec]]:
+    """Every job this process knows, by name: the built-in ones and every spec class defined so far."""
+    return dict(_JOBS)
+
+
 def build_spec(spec_type: type[BaseSpec], values: Mapping[str, Any]) -> BaseSpec:
     """Validate ``values`` as a ``spec_type``; a bad field becomes a one-line ``SpecError``."""
     values = dict(values)
-    job = spec_type.model_fields["job"].default
-    if values.get("job", job) != job:
+    job = spec_type.job_name()
+    if values.get("job") is None:
+        values["job"] = job
+    if values["job"] != job:
         raise SpecError(f"job: this entry point runs {job!r}, the spec says {values['job']!r}")
     try:
         return spec_type.model_validate(values)
@@ -134,9 +249,26 @@ def build_spec(spec_type: type[BaseSpec], values: Mapping[str, Any]) -> BaseSpec
 def parse_spec(values: Mapping[str, Any]) -> BaseSpec:
     """Validate a spec whose ``job`` field says which job it is for (a spec file, a logged spec)."""
     job = values.get("job")
-    if not isinstance(job, str) or job not in SPEC_TYPES:
-        raise SpecError(f"job: must be one of {', '.join(sorted(SPEC_TYPES))} (got {job!r})")
-    return build_spec(SPEC_TYPES[job], values)
+    if job is None:
+        raise SpecError(f"job: missing (one of {', '.join(sorted(_JOBS))}, or your own spec's)")
+    if not isinstance(job, str) or job not in _JOBS:
+        raise SpecError(f"job: must be one of {', '.join(sorted(_JOBS))} (got {job!r}); "
+                        "a job of your own is known once its spec class is imported")
+    return build_spec(_JOBS[job], values)
+
+
+def read_logged_spec(values: Any, spec_class: str | None = None) -> AnySpec:
+    """A spec as a run logged it: typed where its job is registered here and the fields still
+    validate, else a ``LoggedSpec``. Never imports code; a record without a job name is damaged."""
+    if not isinstance(values, dict) or not isinstance(values.get("job"), str) or not values["job"]:
+        raise SpecError("the logged spec is damaged: it is not a mapping with a job name")
+    spec_type = _JOBS.get(values["job"])
+    if spec_type is not None:
+        try:
+            return spec_type.model_validate(values)
+        except ValidationError:
+            pass  # logged by another version of the class: still comparable as a record
+    return LoggedSpec(job=values["job"], fields=dict(values), spec_class=spec_class)
 
 
 def read_spec_file(path: str | Path) -> dict[str, Any]:

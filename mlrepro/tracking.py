@@ -7,7 +7,7 @@ any tracking URI MLflow supports.
 
 from __future__ import annotations
 
-import json
+import sys
 import tempfile
 from array import array
 from collections.abc import Iterator
@@ -18,27 +18,19 @@ import mlflow
 import numpy as np
 import torch
 from mlflow.environment_variables import MLFLOW_RUN_ID
-from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from mlrepro import keys
-from mlrepro.compare import LossSeries
+from mlrepro import record
+from mlrepro.checkpoint import Checkpoint
+from mlrepro.code import capture_code
 from mlrepro.device import resolve_device
-from mlrepro.environment import EnvironmentRecord, capture_environment, environment_tags
-from mlrepro.checkpoint import Checkpoint, checksum_path, load_checkpoint, save_checkpoint
-from mlrepro.diagnosis import differences
-from mlrepro.errors import (
-    CheckpointError,
-    MlreproError,
-    RunNotFoundError,
-    SpecError,
-    TrackingError,
-    describe_store_failure,
-)
-from mlrepro.runs import is_missing_run
+from mlrepro.environment import EnvironmentRecord, capture_environment
+from mlrepro.errors import MlreproError, redacted_uri
+from mlrepro.losses import LossSeries
+from mlrepro.plugin import recording_own_run
 from mlrepro.seeding import SeedRecord, seed_everything, seed_generators
-from mlrepro.spec import NOT_IN_HASH, BaseSpec, parse_spec
-from mlrepro.writer import LossWriter, log_steps
+from mlrepro.spec import BaseSpec
+from mlrepro.writer import LossWriter
 
 # Steps of a GPU loss gathered on the device before one copy to the host.
 DEVICE_BLOCK_STEPS = 1024
@@ -120,18 +112,14 @@ class TrackedRun:
         """Log a checkpoint as an artifact, after handing every loss before it to the writer:
         a run killed right after still has those steps in MLflow."""
         self.flush()
-        name = f"step-{checkpoint.step:09d}.pt"
-        with tempfile.TemporaryDirectory() as folder:
-            path = save_checkpoint(Path(folder) / name, checkpoint)
-            for file in (path, checksum_path(path)):
-                self._client.log_artifact(self.run_id, str(file), artifact_path=keys.CHECKPOINT_ARTIFACT_DIR)
+        record.write_checkpoint(self._client, self.run_id, checkpoint)
 
     def flush(self) -> None:
         """Hand every loss recorded so far to the writer now, and log them bit for bit as the
         exact record: a run that dies after a flush keeps those steps exactly, NaN and inf included."""
         self._bring_device_block_home()
         self._writer.send_now()
-        self._log_exact_losses()
+        record.write_losses(self._client, self.run_id, self._losses_so_far(), complete=False)
 
     def finish(self) -> None:
         """Wait until every step is in MLflow, then log the exact record and its digest. Nothing the
@@ -139,53 +127,46 @@ class TrackedRun:
         self._bring_device_block_home()
         logged = self._writer.close()
         if logged < len(self._losses):
-            log_steps(self._client, self.run_id, self.spec.metric, self._losses[logged:], self.first_step + logged)
-        losses = self._log_exact_losses()
-        # The digest tag also marks the record complete: without it (a killed run), the
-        # record ends at the last flush and the metric history holds the steps after.
-        self._client.set_tag(self.run_id, keys.TAG_LOSS_DIGEST, losses.digest)
+            record.write_loss_metrics(self._client, self.run_id, self.spec.metric, self._losses[logged:],
+                                      self.first_step + logged)
+        record.write_losses(self._client, self.run_id, self._losses_so_far(), complete=True)
         self._folder.cleanup()
 
-    def _log_exact_losses(self) -> LossSeries:
-        """The losses so far as an artifact, bit for bit (the metric store loses inf and NaN payloads).
-
-        Each call rewrites the whole record, 8 bytes a step, so a flush costs about what
-        a checkpoint of a small model does."""
+    def _losses_so_far(self) -> LossSeries:
         # A copy: while a view of the array exists, the loop's next append would fail to resize it.
         values = np.frombuffer(self._losses, dtype=np.float64).copy() if self._losses else np.empty(0)
         steps = np.arange(self.first_step, self.first_step + len(values), dtype=np.int64)
-        losses = LossSeries(steps=steps, values=values)
-        with tempfile.TemporaryDirectory() as folder:
-            path = Path(folder) / Path(keys.LOSSES_ARTIFACT).name
-            np.savez(path, steps=losses.steps, values=losses.values)
-            self._client.log_artifact(self.run_id, str(path), artifact_path=keys.ARTIFACT_DIR)
-        return losses
+        return LossSeries(steps=steps, values=values)
 
 
 @contextmanager
 def start_run(spec: BaseSpec, *, run_name: str | None = None) -> Iterator[TrackedRun]:
     """Open (or resume) an MLflow run for ``spec``, seeded and recorded; yields a ``TrackedRun``.
 
-    A run that raises ends FAILED, with every loss logged before the error.
+    Everything is checked before a run exists: the device, and for ``resume_from`` the
+    run, its spec and its checkpoint. A run that raises ends FAILED, with every loss
+    logged before the error. Started outside ``mlflow run``, it says which run it is.
     """
     device = resolve_device(spec.device)
     client = MlflowClient()
-    resume = newest_checkpoint(client, spec) if spec.resume_from else None
-    try:
+    resumed_from, resume = record.read_newest_checkpoint(client, spec) if spec.resume_from else (None, None)
+    launched = bool(MLFLOW_RUN_ID.get())
+    code = capture_code()  # before the run: the sources loaded by now are the job's
+    with record.store_errors(client), recording_own_run():
         active = mlflow.start_run(run_name=run_name)
-    except (MlflowException, OSError) as err:
-        raise TrackingError(describe_store_failure(mlflow.get_tracking_uri(), err)) from err
 
     with active:
         run_id = active.info.run_id
         seed_record = seed_everything(spec.seed, deterministic=spec.deterministic, threads=spec.threads)
-        environment = capture_environment(extra={"run.device": str(device)})
-        _record(client, run_id, spec, seed_record, environment)
+        environment = capture_environment(extra={"run.device": str(device), **code.facts()})
+        record.write_start(client, run_id, spec, seed_record, environment, code)
         tracked = TrackedRun(run_id, spec, device, seed_record, environment, client, resume)
+        if resumed_from is not None and resume is not None:
+            record.write_resume_links(client, run_id, resumed_from, resume.step)
+        if not launched:  # `mlflow run` prints the run id itself
+            print(f"mlrepro: run {run_id} in {redacted_uri(client.tracking_uri)}", file=sys.stderr, flush=True)
         if resume is not None:
-            client.set_tag(run_id, keys.TAG_RESUMED_FROM, spec.resume_from)
-            client.set_tag(run_id, keys.TAG_RESUMED_AT_STEP, str(resume.step))
-            client.set_tag(spec.resume_from, keys.TAG_RESUMED_BY, run_id)
+            print(f"mlrepro: continues run {resumed_from} from step {resume.step}", file=sys.stderr, flush=True)
         # MLflow may draw from Python's `random` (run names are drawn from it) while
         # the run is opened and recorded, so the generators are seeded again last,
         # right before the training loop gets control: a run created by `mlflow run`
@@ -194,72 +175,7 @@ def start_run(spec: BaseSpec, *, run_name: str | None = None) -> Iterator[Tracke
         try:
             yield tracked
         except MlreproError as err:
-            client.set_tag(run_id, keys.TAG_ERROR, str(err)[:5000])
+            record.write_error(client, run_id, str(err))
             raise
         finally:
             tracked.finish()
-
-
-def newest_checkpoint(client: MlflowClient, spec: BaseSpec) -> Checkpoint:
-    """The newest checkpoint of the run ``spec.resume_from``, which must have run the same spec."""
-    run_id = spec.resume_from
-    try:
-        client.get_run(run_id)
-        with tempfile.TemporaryDirectory() as folder:
-            listed = {entry.path for entry in client.list_artifacts(run_id, keys.ARTIFACT_DIR)}
-            if keys.SPEC_ARTIFACT not in listed:
-                raise SpecError(f"resume_from: run {run_id} was not logged by an mlrepro job")
-            logged = parse_spec(json.loads(Path(client.download_artifacts(run_id, keys.SPEC_ARTIFACT, folder)).read_text()))
-            if logged.hash != spec.hash:
-                changed = ", ".join(
-                    f"{d.key} {d.value_a} there, {d.value_b} here"
-                    for d in differences(logged.to_params(), spec.to_params(), {}, {})
-                    if d.key not in NOT_IN_HASH
-                )
-                raise SpecError(f"resume_from: run {run_id} ran another spec ({changed}); resume with the spec it ran")
-            names = sorted(
-                entry.path for entry in client.list_artifacts(run_id, keys.CHECKPOINT_ARTIFACT_DIR)
-                if entry.path.endswith(".pt")
-            )
-            if not names:
-                raise CheckpointError(f"resume_from: run {run_id} logged no checkpoint (its checkpoint_every was 0?)")
-            path = Path(client.download_artifacts(run_id, names[-1], folder))
-            client.download_artifacts(run_id, names[-1] + ".sha256", folder)
-            return load_checkpoint(path)
-    except (MlflowException, OSError) as err:
-        if is_missing_run(err):
-            raise RunNotFoundError(f"resume_from: no run {run_id!r} in the tracking store {client.tracking_uri}") from err
-        raise TrackingError(describe_store_failure(client.tracking_uri, err)) from err
-
-
-def tag_launcher_run_failure(message: str) -> None:
-    """Say on the run ``mlflow run`` opened why the job stopped before training.
-
-    The launcher creates the run before the job can validate its spec; it marks
-    it FAILED when the job exits, and this tag tells why. Best effort: a store
-    that cannot be reached must not hide the original error.
-    """
-    run_id = MLFLOW_RUN_ID.get()
-    if not run_id:
-        return
-    try:
-        MlflowClient().set_tag(run_id, keys.TAG_ERROR, message[:5000])
-    except (MlflowException, OSError):
-        pass
-
-
-def _record(
-    client: MlflowClient, run_id: str, spec: BaseSpec, seed_record: SeedRecord, environment: EnvironmentRecord
-) -> None:
-    """Log the spec as params and JSON, the environment as tags and JSON."""
-    # `mlflow run` has already logged the entry point's parameters as the user typed
-    # them ("1e-4"); logging the same key again with other text ("0.0001") is an
-    # error in MLflow, so only the fields it did not log are added.
-    already_logged = client.get_run(run_id).data.params
-    params = {key: value for key, value in spec.to_params().items() if key not in already_logged}
-    tags = {keys.TAG_JOB: spec.job, keys.TAG_SPEC_HASH: spec.hash, **environment_tags(environment)}
-    mlflow.log_params(params)
-    mlflow.set_tags(tags)
-    mlflow.log_dict(spec.model_dump(mode="json"), keys.SPEC_ARTIFACT)
-    mlflow.log_dict(environment.model_dump(mode="json")["facts"], keys.ENVIRONMENT_ARTIFACT)
-    mlflow.log_dict(seed_record.model_dump(mode="json"), keys.SEED_ARTIFACT)

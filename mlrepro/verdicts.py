@@ -8,15 +8,23 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
-from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from mlrepro import keys
+from mlrepro import keys, record
 from mlrepro.compare import LoggedRun, RunComparison
-from mlrepro.errors import TrackingError, describe_store_failure
+
+
+@dataclass(frozen=True)
+class RecordedVerdict:
+    """What ``record_comparison`` wrote on one run: the tag and the plot, by name."""
+
+    run_id: str
+    tag: str
+    text: str
+    plot: str  # the artifact path of the plot
 
 
 def verdict_text(comparison: RunComparison) -> str:
@@ -27,27 +35,47 @@ def verdict_text(comparison: RunComparison) -> str:
     return f"different from step {comparison.first_divergent_step} (likely cause: {cause})"
 
 
+def plot_file(comparison: RunComparison, a: LoggedRun, b: LoggedRun, path: Path) -> Path:
+    """The comparison's plot as a PNG at ``path``; matplotlib is imported only when one is made."""
+    from mlrepro.plotting import plot_comparison
+
+    return plot_comparison(a.losses, b.losses, comparison, path)
+
+
 def record_comparison(
     comparison: RunComparison, a: LoggedRun, b: LoggedRun, client: MlflowClient | None = None
-) -> None:
+) -> list[RecordedVerdict]:
     """Tag each run with the verdict against the other and attach the plot to both."""
-    from mlrepro.plotting import plot_comparison  # matplotlib only when a plot is made
-
     client = client or MlflowClient()
     text = verdict_text(comparison)
-    try:
-        with tempfile.TemporaryDirectory() as folder:
-            # One picture, filed on each run under the other run's id.
-            plot_for_a = plot_comparison(a.losses, b.losses, comparison, Path(folder) / f"{b.run_id}.png")
-            plot_for_b = shutil.copy(plot_for_a, Path(folder) / f"{a.run_id}.png")
-            for this, other, plot in ((a, b, plot_for_a), (b, a, plot_for_b)):
-                client.set_tag(this.run_id, keys.TAG_VERDICT_PREFIX + other.run_id, text)
-                client.log_artifact(this.run_id, str(plot), artifact_path=keys.COMPARE_ARTIFACT_DIR)
-    except (MlflowException, OSError) as err:
-        raise TrackingError(describe_store_failure(client.tracking_uri, err)) from err
+    recorded = []
+    with tempfile.TemporaryDirectory() as folder:
+        # One picture, filed on each run under the other run's id.
+        plot_for_a = plot_file(comparison, a, b, Path(folder) / f"{b.run_id}.png")
+        plot_for_b = Path(shutil.copy(plot_for_a, Path(folder) / f"{a.run_id}.png"))
+        for this, other, plot in ((a, b, plot_for_a), (b, a, plot_for_b)):
+            record.write_verdict(client, this.run_id, other.run_id, text, plot)
+            recorded.append(RecordedVerdict(run_id=this.run_id, tag=keys.TAG_VERDICT_PREFIX + other.run_id, text=text,
+                                            plot=f"{keys.COMPARE_ARTIFACT_DIR}/{plot.name}"))
+    return recorded
 
 
-def verdicts_from_tags(tags: Mapping[str, str]) -> dict[str, str]:
-    """Other run id -> verdict, for every comparison recorded on a run."""
-    prefix = keys.TAG_VERDICT_PREFIX
-    return {key[len(prefix):]: value for key, value in tags.items() if key.startswith(prefix)}
+def record_on_comparison_run(comparison: RunComparison, a: LoggedRun, b: LoggedRun) -> str | None:
+    """Record the verdict on the run ``mlflow run -e compare`` opened: which runs, the verdict,
+    and the plot. Returns that run's id; None outside ``mlflow run``."""
+    from mlflow.environment_variables import MLFLOW_RUN_ID
+
+    run_id = MLFLOW_RUN_ID.get()
+    if not run_id:
+        return None
+    client = MlflowClient()
+    record.write_tags(client, run_id, {
+        keys.TAG_COMPARED_A: a.run_id,
+        keys.TAG_COMPARED_B: b.run_id,
+        keys.TAG_COMPARED_VERDICT: verdict_text(comparison),
+        keys.TAG_COMPARED_IDENTICAL: str(comparison.identical).lower(),
+    })
+    with tempfile.TemporaryDirectory() as folder:
+        plot = plot_file(comparison, a, b, Path(folder) / f"{a.run_id}-vs-{b.run_id}.png")
+        record.write_artifact(client, run_id, plot, keys.COMPARE_ARTIFACT_DIR)
+    return run_id

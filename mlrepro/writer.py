@@ -28,14 +28,11 @@ import select
 import subprocess
 import sys
 import threading
-import time
 from array import array
 from pathlib import Path
 from typing import IO, Any
 
 SEND_INTERVAL_S = 0.1
-# MLflow accepts at most 1,000 metrics in one log_batch call.
-MAX_METRICS_PER_BATCH = 1000
 
 _spare: subprocess.Popen[bytes] | None = None
 
@@ -198,18 +195,6 @@ def _read_exact(stream: IO[bytes], size: int) -> bytes:
     return bytes(data)
 
 
-def log_steps(client: Any, run_id: str, metric: str, values: array, first_step: int) -> None:
-    """Log ``values`` as metric ``metric`` at steps ``first_step``, ``first_step + 1``, ...,
-    in batches MLflow accepts."""
-    from mlflow.entities import Metric
-
-    timestamp = int(time.time() * 1000)
-    for start in range(0, len(values), MAX_METRICS_PER_BATCH):
-        chunk = values[start : start + MAX_METRICS_PER_BATCH]
-        metrics = [Metric(metric, value, timestamp, first_step + start + i) for i, value in enumerate(chunk)]
-        client.log_batch(run_id, metrics=metrics, synchronous=True)
-
-
 def _warm_client() -> Any:
     """While waiting for a run, open the store the run will most likely use.
 
@@ -260,6 +245,8 @@ def main() -> int:
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     from mlflow.tracking import MlflowClient
 
+    from mlrepro.record import write_loss_metrics
+
     warm = _warm_client()
     stdin = sys.stdin.buffer
     header = stdin.readline()
@@ -279,7 +266,7 @@ def main() -> int:
         payload = _read_exact(stdin, int.from_bytes(head, "little") * 8)
         values = array("d")
         values.frombytes(payload[: len(payload) - len(payload) % 8])
-        log_steps(client, config["run_id"], config["metric"], values, config.get("first_step", 0) + logged)
+        write_loss_metrics(client, config["run_id"], config["metric"], values, config.get("first_step", 0) + logged)
         logged += len(values)
         temporary = progress.with_suffix(".tmp")
         temporary.write_text(str(logged))

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import random
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -78,3 +81,36 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: 
     assert "Traceback" not in result.stderr
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
+
+
+def start_job(store: str, cwd: Path, command: list[str]) -> subprocess.Popen[str]:
+    """A job in the background, to be killed."""
+    return subprocess.Popen(command, cwd=cwd, env=job_env(store, PYTHONHASHSEED="0"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def checkpoints(run_id: str) -> list[str]:
+    entries = mlflow.MlflowClient().list_artifacts(run_id, "mlrepro/checkpoints")
+    return [entry.path for entry in entries if entry.path.endswith(".pt")]
+
+
+def kill_after_checkpoints(store: str, job: subprocess.Popen[str], at_least: int) -> str:
+    """SIGKILL the job once it has logged ``at_least`` checkpoints, after a random extra moment."""
+    deadline = time.monotonic() + 300
+    run_id = None
+    while time.monotonic() < deadline:
+        assert job.poll() is None, f"the job ended before it could be killed: {job.stderr.read()[-2000:]}"
+        runs = mlflow.MlflowClient().search_runs(["0"])
+        if runs:
+            run_id = runs[0].info.run_id
+            if len(checkpoints(run_id)) >= at_least:
+                break
+        time.sleep(0.05)
+    # The step it dies at is not chosen here; the seed of that choice is printed, so a failure replays.
+    seed = int(os.environ.get("MLREPRO_KILL_SEED", random.randrange(2**32)))
+    print(f"kill moment seed: {seed} (MLREPRO_KILL_SEED={seed} replays it)")
+    time.sleep(random.Random(seed).uniform(0.0, 0.3))
+    job.send_signal(signal.SIGKILL)
+    job.wait()
+    assert job.returncode == -signal.SIGKILL and run_id is not None
+    return run_id

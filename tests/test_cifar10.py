@@ -115,7 +115,7 @@ def test_fake_images_are_drawn_from_the_seed() -> None:
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        ({"dataset": "imagenet"}, "dataset: Input should be 'cifar10' or 'fake'"),
+        ({"dataset": "imagenet"}, "dataset: must be 'cifar10' or 'fake'"),
         ({"num_workers": "-1"}, "num_workers: must be from 0 to 256"),
         ({"batch_size": "0"}, "batch_size: must be from 1"),
         ({"momentum": "-0.5"}, "momentum: must be at least 0"),

@@ -18,29 +18,46 @@ def two_runs(store: str, cwd: Path, *other: str) -> tuple[str, str]:
     return first, only_run_id(store)
 
 
-def test_identical_runs_exit_0_and_say_so(tmp_path: Path, store: str) -> None:
+# Runs the command line in-process and says whether torch was imported on the way.
+IMPORTS_TORCH = """
+import sys
+from mlrepro.cli import main
+try:
+    main(sys.argv[1:], prog_name="mlrepro")
+except SystemExit as exit:
+    print("exit", exit.code)
+print("torch imported:", "torch" in sys.modules)
+"""
+
+
+def test_identical_runs_exit_0_different_runs_exit_1_naming_the_step_and_the_cause(tmp_path: Path, store: str) -> None:
     a, b = two_runs(store, tmp_path, "seed=3")
+    assert run_linefit(store, tmp_path, "steps=30", "seed=4").returncode == 0
+    c = only_run_id(store)
+
     result = mlrepro_cli(store, tmp_path, "compare", a, b)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"identical: runs {a} and {b} logged the same 30 losses, bit for bit")
 
-
-def test_different_runs_exit_1_and_name_the_step_and_the_cause(tmp_path: Path, store: str) -> None:
-    a, b = two_runs(store, tmp_path, "seed=4")
-    result = mlrepro_cli(store, tmp_path, "compare", a, b)
+    result = mlrepro_cli(store, tmp_path, "compare", a[:8], c[:12])  # unique prefixes, as find and show print them
     assert result.returncode == 1, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0] == f"different: runs {a} and {b} first differ at step 0"
+    assert lines[0] == f"different: runs {a} and {c} first differ at step 0"
     assert lines[1].startswith("  A: ") and lines[2].startswith("  B: ")
     assert "30 of 30 common steps differ" in lines[3]
     assert any(line.split()[:5] == ["spec", "seed", "3", "|", "4"] for line in lines)
 
-    as_json = json.loads(mlrepro_cli(store, tmp_path, "compare", "--json", a, b).stdout)
+    as_json = json.loads(mlrepro_cli(store, tmp_path, "compare", "--json", a, c).stdout)
     assert as_json["identical"] is False and as_json["first_divergent_step"] == 0
     assert [(d["source"], d["key"], d["value_a"], d["value_b"]) for d in as_json["differences"]] == [
         ("spec", "seed", "3", "4")
     ]
     assert as_json["diagnosis"].startswith("most likely cause: seed (3 | 4): another seed draws")
+
+    # Reading commands never import torch: --help and compare start in a fraction of the time.
+    for args in (["--help"], ["compare", a, c], ["show", a], ["find"]):
+        light = run_command([sys.executable, "-c", IMPORTS_TORCH, *args], store, tmp_path)
+        assert "torch imported: False" in light.stdout, (args, light.stdout, light.stderr[-2000:])
 
 
 def test_thread_count_is_named_as_a_difference(tmp_path: Path, store: str) -> None:
@@ -75,7 +92,7 @@ def test_bad_job_input_exits_2_with_one_line_and_logs_nothing(tmp_path: Path, st
         (["seed=-1"], "seed: must be from 0 to 4294967295 (got '-1')"),
         (["steps=0"], "steps: must be from 1 to 1000000000"),
         (["lr=-1e-4"], "lr: must be greater than 0"),
-        (["lr=abc"], "lr: Input should be a valid number"),
+        (["lr=abc"], "lr: must be a number (got 'abc')"),
         (["device=tpu"], "device: must be auto, cpu, cuda or cuda:N"),
         (["colour=red"], "colour: unknown field (allowed: "),
         (["seed"], "expected field=value, got 'seed'"),

@@ -8,7 +8,8 @@ import struct
 import numpy as np
 import pytest
 
-from mlrepro.compare import LossSeries, compare_losses
+from mlrepro.compare import compare_losses
+from mlrepro.losses import LossSeries
 
 
 def series(values, steps=None) -> LossSeries:

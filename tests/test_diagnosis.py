@@ -14,22 +14,32 @@ def test_changed_missing_and_added_keys_are_all_differences() -> None:
     assert {(d.key, d.value_a, d.value_b) for d in found} == {("gone", "x", None), ("new", None, "y"), ("seed", "3", "4")}
 
 
-def test_the_order_is_device_versions_switches_threads_seed_spec_then_the_rest() -> None:
+def test_the_order_is_code_device_versions_switches_threads_seed_spec_repository_then_the_rest() -> None:
     found = differences(
-        {"seed": "3", "lr": "0.1", "threads": "1"},
-        {"seed": "4", "lr": "0.2", "threads": "2"},
+        {"seed": "3", "lr": "0.1", "threads": "1", "width": "16"},
+        {"seed": "4", "lr": "0.2", "threads": "2", "width": "32"},
         {"python.version": "3.11", "determinism.cudnn_benchmark": "false", "torch.version": "2.13",
-         "gpu.name": "A100", "determinism.intra_op_threads": "1", "git.commit": "abc"},
+         "gpu.name": "A100", "determinism.intra_op_threads": "1", "git.commit": "abc", "code.entry": "a.py",
+         "git.untracked": "0"},
         {"python.version": "3.12", "determinism.cudnn_benchmark": "true", "torch.version": "2.14",
-         "gpu.name": "H100", "determinism.intra_op_threads": "2", "git.commit": "def"},
+         "gpu.name": "H100", "determinism.intra_op_threads": "2", "git.commit": "def", "code.entry": "b.py",
+         "git.untracked": "3"},
     )
     assert keys(found) == [
-        "gpu.name", "torch.version", "determinism.cudnn_benchmark", "threads", "determinism.intra_op_threads",
-        "seed", "lr", "git.commit", "python.version",
+        "code.entry", "gpu.name", "torch.version", "determinism.cudnn_benchmark", "threads",
+        "determinism.intra_op_threads", "seed", "lr", "width", "git.commit", "git.untracked", "python.version",
     ]
     assert [d.category for d in found] == [
-        "device", "versions", "determinism", "threads", "threads", "seed", "spec", "code", "other",
+        "code", "device", "versions", "determinism", "threads", "threads", "seed", "spec", "spec", "repository",
+        "other", "other",
     ]
+
+
+def test_untracked_files_are_never_called_a_code_change() -> None:
+    (untracked,) = differences({}, {}, {"git.untracked": "0"}, {"git.untracked": "1"})
+    assert untracked.category == "other" and "did not run" in untracked.explanation
+    (sources,) = differences({}, {}, {"code.source_digest": "a"}, {"code.source_digest": "b"})
+    assert sources.category == "code" and "source files differ" in sources.explanation
 
 
 def test_each_difference_says_what_it_does() -> None:

@@ -16,7 +16,7 @@ from mlrepro.seeding import read_determinism_state
 def test_the_record_names_code_software_hardware_switches_and_variables() -> None:
     facts = capture_environment().facts
     for fact in [
-        "git.commit", "git.dirty", "python.version", "os.platform",
+        "python.version", "os.platform",
         "torch.version", "torchvision.version", "numpy.version", "mlflow.version", "pydantic.version",
         "mlrepro.version", "cpu.model", "cpu.count", "cuda.available", "cuda.version", "cudnn.version",
         "gpu.name", "gpu.capability", "determinism.deterministic_algorithms", "determinism.cudnn_benchmark",
@@ -65,14 +65,3 @@ def test_the_hash_is_stable_across_processes() -> None:
     code = "from mlrepro.environment import capture_environment; print(capture_environment().hash)"
     run = lambda: subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout  # noqa: E731
     assert run() == run()
-
-
-def test_git_facts_come_from_the_working_directory(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    assert environment._git_commit() is None  # not a repository: reported as unavailable
-    subprocess.run(["git", "init", "-q"], check=True)
-    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "x"], check=True)
-    facts = capture_environment().facts
-    assert len(facts["git.commit"]) == 40 and facts["git.dirty"] == "false"
-    (tmp_path / "train.py").write_text("print(1)\n")
-    assert capture_environment().facts["git.dirty"] == "true"

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import mlflow
 
-from tests.conftest import mlflow_run, mlrepro_cli, only_run_id
+from tests.conftest import mlflow_run, mlrepro_cli, only_run_id, run_command
 
 
 def launched(store: str, cwd: Path, *params: str) -> str:
@@ -23,8 +24,8 @@ def test_mlflow_run_twice_is_identical_and_another_seed_differs_from_step_0(tmp_
     run = mlflow.MlflowClient().get_run(first)
     assert run.data.tags["mlflow.project.entryPoint"] == "main"
     assert run.data.params["seed"] == "3"
-    assert run.data.tags["mlrepro.env.PYTHONHASHSEED"] == "0"  # fixed by the MLproject command
-    assert run.data.tags["mlrepro.determinism.hash_randomization"] == "false"
+    assert run.data.tags["mlrepro.environment.env.PYTHONHASHSEED"] == "0"  # fixed by the MLproject command
+    assert run.data.tags["mlrepro.environment.determinism.hash_randomization"] == "false"
 
     same = mlrepro_cli(store, tmp_path, "compare", first, second)
     assert same.returncode == 0 and same.stdout.startswith("identical:"), same.stdout + same.stderr
@@ -34,13 +35,34 @@ def test_mlflow_run_twice_is_identical_and_another_seed_differs_from_step_0(tmp_
     assert different.returncode == 1
     assert "first differ at step 0" in different.stdout
 
+    # Through MLflow: the comparison is a run of its own, FINISHED because the comparison was made,
+    # and it carries the verdict, both runs' ids and the plot.
+    comparison = mlflow_run(store, tmp_path, f"run_a={first}", f"run_b={other_seed}", entry_point="compare")
+    assert comparison.returncode == 0, comparison.stderr[-3000:]
+    client = mlflow.MlflowClient()
+    made = client.get_run(only_run_id(store))
+    assert made.info.status == "FINISHED"
+    assert made.data.tags["mlrepro.compared.run_a"] == first and made.data.tags["mlrepro.compared.run_b"] == other_seed
+    assert made.data.tags["mlrepro.compared.verdict"] == "different from step 0 (likely cause: seed)"
+    assert made.data.tags["mlrepro.compared.identical"] == "false"
+    plots = [entry.path for entry in client.list_artifacts(made.info.run_id, "mlrepro/compare")]
+    assert plots == [f"mlrepro/compare/{first}-vs-{other_seed}.png"]
+    # A CI gate asks for a difference to fail the run: exactly what `-P fail_on_difference=true` passes on.
+    gate_run = client.create_run("0").info.run_id
+    gate = run_command([sys.executable, "-m", "mlrepro", "compare", first, other_seed, "--on-launched-run",
+                        "--fail-on-difference", "true"], store, tmp_path, MLFLOW_RUN_ID=gate_run)
+    assert gate.returncode == 1, gate.stderr
 
-def test_a_bad_parameter_fails_the_launched_run_and_says_why(tmp_path: Path, store: str) -> None:
-    result = mlflow_run(store, tmp_path, "lr=-1")
+
+def test_a_bad_or_mistyped_parameter_fails_the_launched_run_and_says_why(tmp_path: Path, store: str) -> None:
+    # `sed` is not declared in the MLproject, so `mlflow run` passes it on as `--sed 4`.
+    result = mlflow_run(store, tmp_path, "lr=-1", "sed=4")
     assert result.returncode != 0
-    assert "mlrepro: error: invalid linefit spec: lr: must be greater than 0" in result.stderr
-    assert "Traceback" not in result.stderr
+    message = ("invalid linefit spec: lr: must be greater than 0 (got '-1'); sed: unknown field (allowed: "
+               "checkpoint_every, deterministic, device, hidden, job, lr, metric, resume_from, seed, steps, threads)")
+    assert f"mlrepro: error: {message}" in result.stderr.splitlines()
+    assert "Traceback" not in result.stderr and "No such option" not in result.stderr
     run = mlflow.MlflowClient().get_run(only_run_id(store))
     assert run.info.status == "FAILED"
-    assert run.data.tags["mlrepro.error"].startswith("invalid linefit spec: lr:")
+    assert run.data.tags["mlrepro.error"] == message
     assert mlflow.MlflowClient().get_metric_history(run.info.run_id, "loss") == []

@@ -15,26 +15,58 @@ PLAIN_RUN = """
 import json, sys
 import mlflow
 light = "torch" not in sys.modules and "mlrepro.tracking" not in sys.modules
+if sys.argv[1] == "torch":
+    import torch  # a training script: the plugin records what it runs on
 with mlflow.start_run() as run:
     mlflow.log_metric("loss", 1.0)
 tags = mlflow.MlflowClient().get_run(run.info.run_id).data.tags
-print(json.dumps({"import_was_light": light, "tags": tags}))
+print(json.dumps({"import_was_light": light, "torch_after": "torch" in sys.modules, "tags": tags}))
 """
 
 
-def test_a_plain_mlflow_run_carries_the_environment_tags(tmp_path: Path, store: str) -> None:
-    result = run_command([sys.executable, "-c", PLAIN_RUN], store, tmp_path)
+def plain_run(store: str, cwd: Path, uses_torch: bool) -> dict:
+    result = run_command([sys.executable, "-c", PLAIN_RUN, "torch" if uses_torch else "none"], store, cwd)
     assert result.returncode == 0, result.stderr
-    out = json.loads(result.stdout.splitlines()[-1])
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+def test_a_plain_mlflow_run_of_a_torch_script_carries_the_environment_tags(tmp_path: Path, store: str) -> None:
+    out = plain_run(store, tmp_path, uses_torch=True)
     tags = out["tags"]
-    for key in [
-        "mlrepro.torch.version", "mlrepro.cuda.available", "mlrepro.cpu.model", "mlrepro.python.version",
-        "mlrepro.determinism.deterministic_algorithms", "mlrepro.determinism.cudnn_benchmark",
-        "mlrepro.determinism.intra_op_threads", "mlrepro.env_hash",
+    for fact in [
+        "torch.version", "cuda.available", "cpu.model", "python.version", "code.entry", "code.source_digest",
+        "determinism.deterministic_algorithms", "determinism.cudnn_benchmark", "determinism.intra_op_threads",
     ]:
-        assert tags.get(key), key
+        assert tags.get(f"mlrepro.environment.{fact}"), fact
+    assert tags.get("mlrepro.env_hash")
     # `import mlflow` loads the plugin; it must not drag torch into every MLflow user's start-up.
     assert out["import_was_light"] is True
+
+
+def test_a_script_without_torch_pays_nothing(tmp_path: Path, store: str) -> None:
+    out = plain_run(store, tmp_path, uses_torch=False)
+    assert out["torch_after"] is False
+    assert not [key for key in out["tags"] if key.startswith("mlrepro.")]
+
+
+def test_mlrepro_runs_record_their_environment_once(store: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mlrepro.environment
+    import mlrepro.tracking
+    from mlrepro import start_run
+    from mlrepro.spec import LineFitSpec
+
+    calls = []
+    real = mlrepro.environment.capture_environment
+
+    def counted(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mlrepro.environment, "capture_environment", counted)
+    monkeypatch.setattr(mlrepro.tracking, "capture_environment", counted)
+    with start_run(LineFitSpec(steps=1)) as run:
+        run.log_loss(1.0)
+    assert len(calls) == 1
 
 
 def test_a_failing_record_warns_and_the_run_goes_on(monkeypatch: pytest.MonkeyPatch) -> None:

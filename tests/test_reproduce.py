@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,47 +13,44 @@ from mlrepro.reproduce import environment_drift
 from tests.conftest import REPO, assert_one_line_error, mlrepro_cli, only_run_id, run_command, run_linefit
 
 
-def test_a_line_fit_run_reproduces_and_both_runs_say_so(tmp_path: Path, store: str) -> None:
-    assert run_linefit(store, tmp_path, "seed=5", "steps=60").returncode == 0
-    original = only_run_id(store)
-    result = mlrepro_cli(store, tmp_path, "reproduce", original, "--project", str(REPO))
-    assert result.returncode == 0, result.stderr[-2000:]
-    repeat = only_run_id(store)
-    assert f"repeated run {original} as run {repeat}" in result.stdout
-    assert "identical: runs" in result.stdout
-
-    client = mlflow.MlflowClient()
-    new = client.get_run(repeat)
-    assert new.info.status == "FINISHED" and new.data.tags["mlrepro.reproduces"] == original
-    assert new.data.params["seed"] == "5" and new.data.params["steps"] == "60"
-    assert client.get_run(original).data.tags[f"mlrepro.verdict.{repeat}"] == "identical bit for bit (60 steps)"
-
-
-def test_a_small_cifar10_run_reproduces(tmp_path: Path, store: str) -> None:
+def test_a_built_in_job_reproduces_and_both_runs_say_so(tmp_path: Path, store: str) -> None:
     job = run_command(
         [sys.executable, "-m", "projects.cifar10", "dataset=fake", "train_limit=80", "test_limit=20",
          "epochs=1"], store, tmp_path, PYTHONHASHSEED="0",
     )
     assert job.returncode == 0, job.stderr[-2000:]
     original = only_run_id(store)
-    result = mlrepro_cli(store, tmp_path, "reproduce", original, "--project", str(REPO))
+    result = mlrepro_cli(store, tmp_path, "reproduce", original)  # the run knows its project folder
     assert result.returncode == 0, result.stdout + result.stderr[-2000:]
+    repeat = only_run_id(store)
+    assert f"repeated run {original} as run {repeat}" in result.stdout and "identical: runs" in result.stdout
+
+    client = mlflow.MlflowClient()
+    new = client.get_run(repeat)
+    assert new.info.status == "FINISHED" and new.data.tags["mlrepro.reproduces"] == original
+    assert new.data.params["train_limit"] == "80" and new.data.params["epochs"] == "1"
+    assert client.get_run(original).data.tags[f"mlrepro.verdict.{repeat}"] == "identical bit for bit (20 steps)"
 
 
-def test_it_warns_when_the_code_changed_since_the_run(tmp_path: Path, store: str) -> None:
+def test_it_warns_when_the_job_s_code_changed_since_the_run(tmp_path: Path, store: str) -> None:
+    project = Path(shutil.copytree(REPO / "examples" / "own_job", tmp_path / "noisy"))
+
     def git(*args: str) -> None:
-        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=project, check=True,
                        capture_output=True)
 
     git("init", "-q")
-    git("commit", "-q", "--allow-empty", "-m", "first")
-    assert run_linefit(store, tmp_path, "steps=10").returncode == 0
+    git("add", ".")
+    git("commit", "-q", "-m", "first")
+    assert run_command([sys.executable, "train.py", "steps=10"], store, project).returncode == 0
     original = only_run_id(store)
-    git("commit", "-q", "--allow-empty", "-m", "second")
-    result = mlrepro_cli(store, tmp_path, "reproduce", original, "--project", str(REPO))
-    assert result.returncode == 0
+    train = project / "train.py"
+    train.write_text(train.read_text() + "# a comment: the sources differ, the numbers do not\n")
+    result = mlrepro_cli(store, tmp_path, "reproduce", original)
+    assert result.returncode == 0, result.stdout + result.stderr[-2000:]
     assert "mlrepro: warning: this is not the code or environment the run was logged with" in result.stderr
-    assert any(line.split()[:2] == ["env", "git.commit"] for line in result.stderr.splitlines())
+    warned = [line.split()[1] for line in result.stderr.splitlines() if line.startswith("  env ")]
+    assert warned[:2] == ["code.source_digest", "git.diff_digest"] and "git.dirty" in warned
 
 
 def test_runs_that_cannot_be_repeated_exit_2_with_one_line(tmp_path: Path, store: str) -> None:
@@ -65,8 +63,8 @@ def test_runs_that_cannot_be_repeated_exit_2_with_one_line(tmp_path: Path, store
     assert_one_line_error(mlrepro_cli(store, tmp_path, "reproduce", "nosuchrun"), "no run 'nosuchrun'")
     assert run_linefit(store, tmp_path, "steps=5").returncode == 0
     assert_one_line_error(
-        mlrepro_cli(store, tmp_path, "reproduce", only_run_id(store), "--project", str(tmp_path)),
-        "is not an mlrepro project checkout",
+        mlrepro_cli(store, tmp_path, "reproduce", only_run_id(store), "--project", str(tmp_path / "gone")),
+        f"the project folder {tmp_path / 'gone'} is not here: pass --project DIR",
     )
 
 

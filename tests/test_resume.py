@@ -1,49 +1,16 @@
 """Killed with SIGKILL at a step the test does not choose, resumed, and the stitched losses equal
-the uninterrupted run's bit for bit: the line fit, and CIFAR-10 with two workers and a mid-epoch kill."""
+the uninterrupted run's bit for bit: CIFAR-10 with two workers and a mid-epoch kill (a user's own job
+is killed and resumed in test_own_job.py)."""
 
 from __future__ import annotations
 
-import random
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import mlflow
 
 from mlrepro import load_run
-from tests.conftest import assert_one_line_error, job_env, mlrepro_cli, only_run_id, run_command
-
-
-def start_job(store: str, cwd: Path, job: str, *assignments: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", f"projects.{job}", *assignments], cwd=cwd,
-                            env=job_env(store, PYTHONHASHSEED="0"),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-
-
-def checkpoints(run_id: str) -> list[str]:
-    entries = mlflow.MlflowClient().list_artifacts(run_id, "mlrepro/checkpoints")
-    return [entry.path for entry in entries if entry.path.endswith(".pt")]
-
-
-def kill_after_checkpoints(store: str, job: subprocess.Popen[str], at_least: int) -> str:
-    """SIGKILL the job once it has logged ``at_least`` checkpoints, after a random extra moment."""
-    deadline = time.monotonic() + 300
-    run_id = None
-    while time.monotonic() < deadline:
-        assert job.poll() is None, f"the job ended before it could be killed: {job.stderr.read()[-2000:]}"
-        runs = mlflow.MlflowClient().search_runs(["0"])
-        if runs:
-            run_id = runs[0].info.run_id
-            if len(checkpoints(run_id)) >= at_least:
-                break
-        time.sleep(0.05)
-    time.sleep(random.uniform(0.0, 0.3))  # the step it dies at is not chosen here
-    job.send_signal(signal.SIGKILL)
-    job.wait()
-    assert job.returncode == -signal.SIGKILL and run_id is not None
-    return run_id
+from tests.conftest import assert_one_line_error, kill_after_checkpoints, mlrepro_cli, only_run_id, run_command, start_job
 
 
 def resume_and_compare(store: str, cwd: Path, job: str, killed: str, *assignments: str) -> None:
@@ -65,16 +32,11 @@ def resume_and_compare(store: str, cwd: Path, job: str, killed: str, *assignment
     assert f"logged the same {len(load_run(uninterrupted).losses)} losses, bit for bit" in verdict.stdout
 
 
-def test_a_killed_line_fit_resumes_bit_for_bit(tmp_path: Path, store: str) -> None:
-    spec = ["steps=30000", "checkpoint_every=2000"]
-    killed = kill_after_checkpoints(store, start_job(store, tmp_path, "linefit", *spec), at_least=2)
-    resume_and_compare(store, tmp_path, "linefit", killed, *spec)
-
-
 def test_a_killed_cifar10_run_with_two_workers_resumes_bit_for_bit(tmp_path: Path, store: str) -> None:
     # 300 steps an epoch; checkpoints every 50 steps land mid-epoch and at its end.
     spec = ["dataset=fake", "train_limit=1200", "test_limit=40", "epochs=2", "num_workers=2", "checkpoint_every=50"]
-    killed = kill_after_checkpoints(store, start_job(store, tmp_path, "cifar10", *spec), at_least=3)
+    job = start_job(store, tmp_path, [sys.executable, "-m", "projects.cifar10", *spec])
+    killed = kill_after_checkpoints(store, job, at_least=3)
     resume_and_compare(store, tmp_path, "cifar10", killed, *spec)
 
 

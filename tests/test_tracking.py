@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import random
 
@@ -28,9 +27,9 @@ def test_the_run_carries_spec_params_environment_tags_and_json_artifacts(store: 
     tags = logged.data.tags
     assert tags[keys.TAG_SPEC_HASH] == spec.hash and tags[keys.TAG_ENV_HASH] == run.environment.hash
     assert tags[keys.TAG_JOB] == "linefit"
-    assert tags["mlrepro.torch.version"] == run.environment.facts["torch.version"]
-    assert tags["mlrepro.determinism.deterministic_algorithms"] == "true"
-    assert tags["mlrepro.run.device"] == "cpu"
+    assert tags["mlrepro.environment.torch.version"] == run.environment.facts["torch.version"]
+    assert tags["mlrepro.environment.determinism.deterministic_algorithms"] == "true"
+    assert tags["mlrepro.environment.run.device"] == "cpu"
     spec_json = mlflow.artifacts.load_dict(f"{logged.info.artifact_uri}/{keys.SPEC_ARTIFACT}")
     assert LineFitSpec.model_validate(spec_json) == spec
     seeding = mlflow.artifacts.load_dict(f"{logged.info.artifact_uri}/{keys.SEED_ARTIFACT}")

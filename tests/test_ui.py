@@ -120,8 +120,9 @@ def test_the_run_comparison_view_shows_loss_seed_and_mlrepro_tags(tmp_path: Path
     rows = {line.split("\t")[0].strip(): line.split("\t")[1:] for line in body.splitlines() if "\t" in line}
     assert rows["seed"] == ["3", "4"] or rows["seed"] == ["4", "3"]
     assert "loss" in body.split("Metrics", 1)[1]
-    for key in ["mlrepro.spec_hash", "mlrepro.env_hash", "mlrepro.loss_digest", "mlrepro.torch.version",
-                "mlrepro.determinism.deterministic_algorithms", "mlrepro.determinism.intra_op_threads",
+    for key in ["mlrepro.spec_hash", "mlrepro.env_hash", "mlrepro.loss_digest", "mlrepro.environment.torch.version",
+                "mlrepro.environment.determinism.deterministic_algorithms",
+                "mlrepro.environment.determinism.intra_op_threads",
                 f"mlrepro.verdict.{run_b}"]:
         assert key in rows, key
         shown = {value.strip() for value in rows[key]}

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from mlrepro import compare_runs, find_runs, load_run, record_comparison, start_run
-from mlrepro.compare import LossSeries
+from mlrepro.losses import LossSeries
 from mlrepro.errors import ExperimentNotFoundError, SpecError
 from mlrepro.spec import LineFitSpec
 from tests.conftest import mlrepro_cli
@@ -93,6 +93,8 @@ def test_the_cli_find_show_and_compare_log(store: str, tmp_path: Path) -> None:
     a, b = logged_run([2.0, 1.0], seed=9), logged_run([2.0, 1.0], seed=9)
     logged = mlrepro_cli(store, tmp_path, "compare", "--log", a, b)
     assert logged.returncode == 0, logged.stderr
+    assert (f"recorded on run {a}: tag mlrepro.verdict.{b} = 'identical bit for bit (2 steps)', "
+            f"plot mlrepro/compare/{b}.png") in logged.stdout.splitlines()
 
     found = json.loads(mlrepro_cli(store, tmp_path, "find", "--json", "--job", "linefit", "seed=9", "steps=2").stdout)
     assert [run["run_id"] for run in found] == [b, a]
@@ -101,12 +103,15 @@ def test_the_cli_find_show_and_compare_log(store: str, tmp_path: Path) -> None:
     table = mlrepro_cli(store, tmp_path, "find", "--spec", "spec.yaml").stdout.splitlines()
     assert table[0].split()[:3] == ["run", "id", "started"] and len(table) == 3
 
-    shown = mlrepro_cli(store, tmp_path, "show", a)
+    shown = mlrepro_cli(store, tmp_path, "show", a[:8])  # the form find prints
     assert shown.returncode == 0
     assert f"run {a} (FINISHED)" in shown.stdout and "  seed: 9" in shown.stdout
     assert "losses (loss, from the artifact): 2 steps (0..1)" in shown.stdout
     assert f"  vs {b}: identical bit for bit (2 steps)" in shown.stdout
     assert "  torch.version: " in shown.stdout
 
-    unknown = mlrepro_cli(store, tmp_path, "find", "--job", "resnet")
-    assert unknown.returncode == 2 and "job: must be one of cifar10, linefit" in unknown.stderr
+    # A job this process cannot import is looked up by its logged params; none here.
+    unknown = mlrepro_cli(store, tmp_path, "find", "--job", "resnet", "depth=50")
+    assert unknown.returncode == 0 and unknown.stdout.strip() == "no matching runs"
+    no_job = mlrepro_cli(store, tmp_path, "find", "seed=9")
+    assert no_job.returncode == 2 and "job: missing" in no_job.stderr

@@ -1,0 +1,437 @@
+"""Everything a run holds in MLflow, written and read here and nowhere else.
+
+A run made by mlrepro holds:
+
+- params: the spec's fields, as text;
+- tags: ``mlrepro.job``, ``mlrepro.spec_hash``, ``mlrepro.spec_class``, ``mlrepro.env_hash``,
+  ``mlrepro.loss_digest`` (also the mark of a complete loss record), the resume links,
+  ``mlrepro.error``, the verdicts of ``compare --log``, and every environment fact under
+  ``mlrepro.environment.`` (bookkeeping and facts never share a prefix);
+- artifacts under ``mlrepro/``: ``spec.json``, ``environment.json``, ``seeding.json``,
+  ``code.json``, the exact loss record ``losses.npz``, ``checkpoints/`` and ``compare/`` plots;
+- the metric ``loss`` (or the spec's ``metric``) at every step, written by the writer process.
+
+Every MLflow or OS error of the store becomes an mlrepro error in ``store_errors``,
+once. This module imports neither torch nor the training side, so the commands that
+only read stay light.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+import time
+import zipfile
+from array import array
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from mlflow.entities import Metric, Param, Run, RunTag, ViewType
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST, ErrorCode
+from mlflow.tracking import MlflowClient
+
+from mlrepro import keys
+from mlrepro.code import CodeRecord
+from mlrepro.compare import LoggedRun
+from mlrepro.errors import (
+    CheckpointError,
+    ExperimentNotFoundError,
+    NoLossesError,
+    RunNotFoundError,
+    SpecError,
+    TrackingError,
+    describe_store_failure,
+)
+from mlrepro.losses import LossSeries
+from mlrepro.spec import NOT_IN_HASH, AnySpec, BaseSpec, read_logged_spec
+
+if TYPE_CHECKING:
+    from mlrepro.checkpoint import Checkpoint
+    from mlrepro.environment import EnvironmentRecord
+    from mlrepro.seeding import SeedRecord
+
+# MLflow accepts at most 1,000 metrics, and 100 params and tags, in one log_batch call.
+MAX_METRICS_PER_BATCH = 1000
+MAX_PARAMS_TAGS_PER_BATCH = 100
+# Run ids as MLflow makes them, and the shortest prefix a command accepts for one.
+_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+_RUN_ID_PREFIX = re.compile(r"^[0-9a-f]{8,31}$")
+MIN_PREFIX = 8
+_NOT_FOUND_CODES = {ErrorCode.Name(RESOURCE_DOES_NOT_EXIST), ErrorCode.Name(INVALID_PARAMETER_VALUE)}
+# Runs logged before mlrepro 0.2 kept environment facts as mlrepro.<fact>, beside these.
+_LEGACY_BOOKKEEPING = {
+    keys.TAG_JOB, keys.TAG_SPEC_HASH, keys.TAG_ENV_HASH, keys.TAG_ERROR, keys.TAG_LOSS_DIGEST, keys.TAG_REPRODUCES,
+    keys.TAG_RESUMED_FROM, keys.TAG_RESUMED_AT_STEP, keys.TAG_RESUMED_BY, keys.TAG_SPEC_CLASS,
+}
+_TAG_LIMIT = 5000
+# Set by `mlflow run` on the runs it creates.
+MLFLOW_ENTRY_POINT_TAG = "mlflow.project.entryPoint"
+
+
+# --- store errors, in one place --------------------------------------------------
+
+
+def is_missing_run(err: BaseException) -> bool:
+    """Whether MLflow's error says the run does not exist (or its id is malformed)."""
+    return getattr(err, "error_code", None) in _NOT_FOUND_CODES
+
+
+@contextmanager
+def store_errors(client: MlflowClient, run_id: str | None = None, context: str = "") -> Iterator[None]:
+    """Turn the store's failures into mlrepro's: a missing run, or a store that failed.
+
+    ``context`` (``"resume_from: "``, say) goes before the message of a missing run.
+    """
+    try:
+        yield
+    except (MlflowException, OSError) as err:  # OSError: DNS, a vanished artifact folder
+        if run_id is not None and is_missing_run(err):
+            raise RunNotFoundError(f"{context}no run {run_id!r} in the tracking store {client.tracking_uri}") from err
+        raise TrackingError(describe_store_failure(client.tracking_uri, err)) from err
+
+
+def resolve_run_id(client: MlflowClient, text: str, context: str = "") -> str:
+    """A full run id for ``text``: a run id, or a unique prefix of 8 or more hex digits
+    (the form ``find`` and ``show`` print)."""
+    if _RUN_ID.match(text) or not _RUN_ID_PREFIX.match(text):
+        return text  # a full id, or not a prefix: the store says whether such a run exists
+    with store_errors(client):
+        experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
+        found = client.search_runs(experiments, filter_string=f"attributes.run_id LIKE '{text}%'",
+                                   run_view_type=ViewType.ALL, max_results=2) if experiments else []
+    if not found:
+        raise RunNotFoundError(f"{context}no run {text!r} in the tracking store {client.tracking_uri}")
+    if len(found) > 1:
+        raise RunNotFoundError(f"{context}{text!r} is the start of more than one run id; give more digits")
+    return found[0].info.run_id
+
+
+# --- writing ------------------------------------------------------------------------
+
+
+def write_start(
+    client: MlflowClient,
+    run_id: str,
+    spec: BaseSpec,
+    seed_record: SeedRecord,
+    environment: EnvironmentRecord,
+    code: CodeRecord,
+) -> CodeRecord:
+    """Log what a run is before it trains: the spec, the seeding, the environment, the code.
+
+    Returns the code record completed with what ``mlflow run`` gave the job: its entry
+    point and the parameters it logged, the words a repeat must give again.
+    """
+    from mlrepro.environment import environment_tags
+    from mlrepro.spec import class_path
+
+    with store_errors(client, run_id):
+        run = client.get_run(run_id)
+        # `mlflow run` has already logged the entry point's parameters as the user typed
+        # them ("1e-4"); logging the same key again with other text ("0.0001") is an
+        # error in MLflow, so only the fields it did not log are added.
+        launcher_params = dict(run.data.params)
+        entry_point = run.data.tags.get(MLFLOW_ENTRY_POINT_TAG)
+        if entry_point:
+            code = code.model_copy(update={"mlproject_entry_point": entry_point,
+                                           "mlproject_parameters": launcher_params})
+        params = {key: value for key, value in spec.to_params().items() if key not in launcher_params}
+        tags = {
+            keys.TAG_JOB: spec.job,
+            keys.TAG_SPEC_HASH: spec.hash,
+            keys.TAG_SPEC_CLASS: class_path(type(spec)),
+            **environment_tags(environment),
+        }
+        param_list = [Param(key, value) for key, value in params.items()]
+        tag_list = [RunTag(key, value) for key, value in tags.items()]
+        for start in range(0, max(len(param_list), len(tag_list)), MAX_PARAMS_TAGS_PER_BATCH):
+            end = start + MAX_PARAMS_TAGS_PER_BATCH
+            client.log_batch(run_id, params=param_list[start:end], tags=tag_list[start:end], synchronous=True)
+        _log_json(client, run_id, keys.SPEC_ARTIFACT, spec.model_dump(mode="json"))
+        _log_json(client, run_id, keys.ENVIRONMENT_ARTIFACT, environment.model_dump(mode="json")["facts"])
+        _log_json(client, run_id, keys.SEED_ARTIFACT, seed_record.model_dump(mode="json"))
+        _log_json(client, run_id, keys.CODE_ARTIFACT, code.model_dump(mode="json"))
+    return code
+
+
+def _log_json(client: MlflowClient, run_id: str, artifact: str, content: Any) -> None:
+    folder, name = artifact.rsplit("/", 1)
+    with tempfile.TemporaryDirectory() as temporary:
+        path = Path(temporary) / name
+        path.write_text(json.dumps(content, indent=2, sort_keys=True))
+        client.log_artifact(run_id, str(path), artifact_path=folder)
+
+
+def write_loss_metrics(client: MlflowClient, run_id: str, metric: str, values: array, first_step: int) -> None:
+    """Log ``values`` as metric ``metric`` at steps ``first_step``, ``first_step + 1``, ..., in
+    batches MLflow accepts. The writer process calls this; store errors are its to handle."""
+    timestamp = int(time.time() * 1000)
+    for start in range(0, len(values), MAX_METRICS_PER_BATCH):
+        chunk = values[start : start + MAX_METRICS_PER_BATCH]
+        metrics = [Metric(metric, value, timestamp, first_step + start + i) for i, value in enumerate(chunk)]
+        client.log_batch(run_id, metrics=metrics, synchronous=True)
+
+
+def write_losses(client: MlflowClient, run_id: str, losses: LossSeries, complete: bool) -> None:
+    """The exact loss record, bit for bit (the metric store loses inf and NaN payloads).
+
+    ``complete`` adds the digest tag, which marks the record whole: without it (a killed
+    run) the record ends at its last flush and the metric history holds the steps after.
+    Each call rewrites the whole record, 8 bytes a step."""
+    with store_errors(client, run_id), tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / Path(keys.LOSSES_ARTIFACT).name
+        np.savez(path, steps=losses.steps, values=losses.values)
+        client.log_artifact(run_id, str(path), artifact_path=keys.ARTIFACT_DIR)
+        if complete:
+            client.set_tag(run_id, keys.TAG_LOSS_DIGEST, losses.digest)
+
+
+def write_checkpoint(client: MlflowClient, run_id: str, checkpoint: Checkpoint) -> None:
+    """A checkpoint as ``mlrepro/checkpoints/step-NNNNNNNNN.pt``, with its SHA-256 beside it."""
+    from mlrepro.checkpoint import checksum_path, save_checkpoint
+
+    with store_errors(client, run_id), tempfile.TemporaryDirectory() as folder:
+        path = save_checkpoint(Path(folder) / f"step-{checkpoint.step:09d}.pt", checkpoint)
+        for file in (path, checksum_path(path)):
+            client.log_artifact(run_id, str(file), artifact_path=keys.CHECKPOINT_ARTIFACT_DIR)
+
+
+def write_resume_links(client: MlflowClient, run_id: str, resumed_from: str, step: int) -> None:
+    """Tie a resumed run to the run it continues, both ways."""
+    with store_errors(client, run_id):
+        client.set_tag(run_id, keys.TAG_RESUMED_FROM, resumed_from)
+        client.set_tag(run_id, keys.TAG_RESUMED_AT_STEP, str(step))
+        client.set_tag(resumed_from, keys.TAG_RESUMED_BY, run_id)
+
+
+def write_error(client: MlflowClient, run_id: str, message: str) -> None:
+    """Why a run stopped, on the run. Best effort: a store that fails must not hide the error."""
+    try:
+        client.set_tag(run_id, keys.TAG_ERROR, message[:_TAG_LIMIT])
+    except (MlflowException, OSError):
+        pass
+
+
+def write_launcher_error(message: str) -> None:
+    """Say on the run ``mlflow run`` opened why the job stopped before training.
+
+    The launcher creates the run before the job can validate its spec; it marks
+    it FAILED when the job exits, and this tag tells why."""
+    from mlflow.environment_variables import MLFLOW_RUN_ID
+
+    run_id = MLFLOW_RUN_ID.get()
+    if run_id:
+        write_error(MlflowClient(), run_id, message)
+
+
+def write_tags(client: MlflowClient, run_id: str, tags: Mapping[str, str]) -> None:
+    with store_errors(client, run_id):
+        for key, value in tags.items():
+            client.set_tag(run_id, key, value[:_TAG_LIMIT])
+
+
+def write_artifact(client: MlflowClient, run_id: str, path: Path, folder: str) -> None:
+    with store_errors(client, run_id):
+        client.log_artifact(run_id, str(path), artifact_path=folder)
+
+
+def write_verdict(client: MlflowClient, run_id: str, other_run_id: str, text: str, plot: Path) -> None:
+    """The verdict of ``compare --log`` against another run: a tag and the plot."""
+    with store_errors(client, run_id):
+        client.set_tag(run_id, keys.TAG_VERDICT_PREFIX + other_run_id, text)
+        client.log_artifact(run_id, str(plot), artifact_path=keys.COMPARE_ARTIFACT_DIR)
+
+
+def create_run(client: MlflowClient, experiment_id: str, tags: Mapping[str, str]) -> str:
+    with store_errors(client):
+        return client.create_run(experiment_id, tags=dict(tags)).info.run_id
+
+
+def end_run(client: MlflowClient, run_id: str, status: str) -> None:
+    with store_errors(client, run_id):
+        client.set_terminated(run_id, status=status)
+
+
+# --- reading ------------------------------------------------------------------------
+
+
+def verdicts_from_tags(tags: Mapping[str, str]) -> dict[str, str]:
+    """Other run id -> verdict, for every comparison recorded on a run."""
+    prefix = keys.TAG_VERDICT_PREFIX
+    return {key[len(prefix):]: value for key, value in tags.items() if key.startswith(prefix)}
+
+
+def environment_from_tags(tags: Mapping[str, str]) -> dict[str, str]:
+    """The environment facts among a run's tags (a plain MLflow run tagged by the plugin)."""
+    facts = {key[len(keys.ENV_TAG_PREFIX):]: value for key, value in tags.items() if key.startswith(keys.ENV_TAG_PREFIX)}
+    if facts:
+        return facts
+    return {  # logged before facts had a prefix of their own
+        key[len(keys.TAG_PREFIX):]: value
+        for key, value in tags.items()
+        if key.startswith(keys.TAG_PREFIX) and key not in _LEGACY_BOOKKEEPING and not key.startswith(keys.TAG_VERDICT_PREFIX)
+    }
+
+
+_RECORDS = (keys.SPEC_ARTIFACT, keys.ENVIRONMENT_ARTIFACT, keys.LOSSES_ARTIFACT, keys.CODE_ARTIFACT)
+
+
+def read_run(client: MlflowClient, run_id: str) -> LoggedRun:
+    """A run's spec, environment, code and losses; losses from the exact record where there is one,
+    stitched to the runs a resumed run continues."""
+    run_id = resolve_run_id(client, run_id)
+    with store_errors(client, run_id), tempfile.TemporaryDirectory() as folder:
+        run = client.get_run(run_id)
+        files = _download_records(client, run_id, Path(folder))
+        tags = run.data.tags
+        spec = _read_spec(files, tags) if keys.SPEC_ARTIFACT in files else None
+        environment = _read_json(files, keys.ENVIRONMENT_ARTIFACT) if keys.ENVIRONMENT_ARTIFACT in files \
+            else environment_from_tags(tags)
+        metric = spec.metric if spec is not None else keys.DEFAULT_LOSS_METRIC
+        if keys.LOSSES_ARTIFACT in files:
+            losses = _read_loss_record(files[keys.LOSSES_ARTIFACT])
+            source = "artifact"
+            if keys.TAG_LOSS_DIGEST not in tags:
+                # The run never finished (killed, or still going): its exact record ends at its
+                # last flush, and the steps after that are only in the metric history.
+                after_exact = int(losses.steps[-1]) + 1 if len(losses) else 0
+                spliced = losses.spliced(_metric_history(client, run_id, metric), after_exact)
+                if len(spliced) > len(losses):
+                    losses, source = spliced, f"artifact to step {after_exact - 1}, metric history after"
+        else:
+            losses = _metric_history(client, run_id, metric)
+            source = "metric history"
+        code = CodeRecord.model_validate(_read_json(files, keys.CODE_ARTIFACT)) if keys.CODE_ARTIFACT in files else None
+
+    resumed_from = tags.get(keys.TAG_RESUMED_FROM)
+    if resumed_from:
+        # A resumed run is the continuation of another: its losses start where that
+        # run's checkpoint was, and the steps before come from that run (and its own
+        # predecessors), so it compares whole against an uninterrupted run.
+        first_own = int(tags.get(keys.TAG_RESUMED_AT_STEP, losses.steps[0] if len(losses) else 0))
+        losses = read_run(client, resumed_from).losses.spliced(losses, first_own)
+        source = f"{source}; steps before {first_own} from run {resumed_from}"
+    if len(losses) == 0:
+        raise NoLossesError(f"run {run_id} logged no {metric!r} metric to compare")
+    return LoggedRun(
+        run_id=run_id,
+        status=run.info.status,
+        spec=spec,
+        spec_fields=spec.to_params() if spec is not None else dict(run.data.params),
+        environment=environment,
+        losses=losses,
+        metric=metric,
+        loss_source=source,
+        tags=dict(tags),
+        code=code,
+        experiment_id=run.info.experiment_id,
+    )
+
+
+def _download_records(client: MlflowClient, run_id: str, folder: Path) -> dict[str, Path]:
+    """The records compare needs, downloaded (not the plots beside them); none for a run logged without mlrepro."""
+    listed = {entry.path for entry in client.list_artifacts(run_id, keys.ARTIFACT_DIR)}
+    return {path: Path(client.download_artifacts(run_id, path, str(folder))) for path in _RECORDS if path in listed}
+
+
+def _read_json(files: Mapping[str, Path], artifact: str) -> Any:
+    try:
+        return json.loads(files[artifact].read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise SpecError(f"the run's {artifact} is damaged: not JSON ({err.__class__.__name__})") from err
+
+
+def _read_spec(files: Mapping[str, Path], tags: Mapping[str, str]) -> AnySpec:
+    return read_logged_spec(_read_json(files, keys.SPEC_ARTIFACT), tags.get(keys.TAG_SPEC_CLASS))
+
+
+def _read_loss_record(path: Path) -> LossSeries:
+    try:
+        with np.load(path, allow_pickle=False) as exact:
+            return LossSeries.from_steps_and_values(exact["steps"], exact["values"])
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as err:
+        raise SpecError(f"the run's {keys.LOSSES_ARTIFACT} is damaged ({err.__class__.__name__})") from err
+
+
+def _metric_history(client: MlflowClient, run_id: str, metric: str) -> LossSeries:
+    history = client.get_metric_history(run_id, metric)
+    return LossSeries.from_steps_and_values([point.step for point in history], [point.value for point in history])
+
+
+def read_spec(client: MlflowClient, run_id: str, context: str = "") -> AnySpec | None:
+    """The spec a run logged, or None for a run mlrepro did not log."""
+    with store_errors(client, run_id, context), tempfile.TemporaryDirectory() as folder:
+        tags = client.get_run(run_id).data.tags
+        files = _download_records(client, run_id, Path(folder))
+        return _read_spec(files, tags) if keys.SPEC_ARTIFACT in files else None
+
+
+def read_newest_checkpoint(client: MlflowClient, spec: BaseSpec) -> tuple[str, Checkpoint]:
+    """The run ``spec.resume_from`` names (its full id) and its newest checkpoint; that run must
+    have run the same spec. Everything is checked before the resumed run is created."""
+    from mlrepro.checkpoint import load_checkpoint
+    from mlrepro.diagnosis import differences
+
+    context = "resume_from: "
+    run_id = resolve_run_id(client, spec.resume_from, context)
+    logged = read_spec(client, run_id, context)
+    if logged is None:
+        raise SpecError(f"resume_from: run {run_id} was not logged by an mlrepro job")
+    if logged.job != spec.job or logged.hash != spec.hash:
+        changed = ", ".join(
+            f"{d.key} {d.value_a} there, {d.value_b} here"
+            for d in differences(logged.to_params(), spec.to_params(), {}, {})
+            if d.key not in NOT_IN_HASH
+        )
+        raise SpecError(f"resume_from: run {run_id} ran another spec ({changed}); resume with the spec it ran")
+    with store_errors(client, run_id, context), tempfile.TemporaryDirectory() as folder:
+        listed = {entry.path for entry in client.list_artifacts(run_id, keys.CHECKPOINT_ARTIFACT_DIR)}
+        names = sorted(name for name in listed if name.endswith(".pt"))
+        if not names:
+            raise CheckpointError(f"resume_from: run {run_id} logged no checkpoint (its checkpoint_every was 0?)")
+        if names[-1] + ".sha256" not in listed:
+            raise CheckpointError(f"resume_from: checkpoint {names[-1]} of run {run_id} has no checksum beside it; "
+                                  "it was not loaded")
+        path = Path(client.download_artifacts(run_id, names[-1], folder))
+        client.download_artifacts(run_id, names[-1] + ".sha256", folder)
+        return run_id, load_checkpoint(path)
+
+
+def search(
+    client: MlflowClient, criteria: Mapping[str, str], params: Mapping[str, str], experiment: str | None,
+    max_results: int,
+) -> list[Run]:
+    """mlrepro runs whose tags and params equal ``criteria`` and ``params``, newest first."""
+    clauses = [f"tags.`{tag}` = '{value}'" for tag, value in criteria.items()]
+    clauses += [f"params.`{name}` = '{_quoted(value)}'" for name, value in params.items()]
+    if not clauses:
+        clauses.append(f"tags.`{keys.TAG_SPEC_HASH}` LIKE '%'")
+    with store_errors(client):
+        experiment_ids = _experiment_ids(client, experiment)
+        if not experiment_ids:
+            return []
+        return client.search_runs(experiment_ids, filter_string=" and ".join(clauses),
+                                  order_by=["attributes.start_time DESC"], max_results=max_results)
+
+
+def _quoted(value: str) -> str:
+    return value.replace("'", "\\'")
+
+
+def _experiment_ids(client: MlflowClient, experiment: str | None) -> list[str]:
+    if experiment is None:
+        return [e.experiment_id for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY)]
+    found = client.get_experiment_by_name(experiment)
+    if found is None and experiment.isdigit():
+        try:
+            found = client.get_experiment(experiment)
+        except MlflowException:
+            found = None
+    if found is None:
+        raise ExperimentNotFoundError(f"no experiment named or numbered {experiment!r} in {client.tracking_uri}")
+    return [found.experiment_id]

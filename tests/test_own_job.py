@@ -1,0 +1,112 @@
+"""A user's own project, as a new user writes it: its own MLproject, spec class and training loop
+(examples/own_job, copied to a temporary folder; nothing from projects/). It gets every guarantee,
+and every read path works where its spec class cannot be imported."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from tests.conftest import (
+    REPO, assert_one_line_error, kill_after_checkpoints, mlrepro_cli, only_run_id, run_command, start_job,
+)
+
+# Read where `train` (the module that defines NoisySpec) cannot be imported.
+READ_WITHOUT_THE_CLASS = """
+import json, sys
+import mlrepro
+try:
+    import train
+    raise SystemExit("train.py was importable: this process proves nothing")
+except ImportError:
+    pass
+run = mlrepro.load_run(sys.argv[1])
+print(json.dumps({"type": type(run.spec).__name__, "job": run.spec.job, "hash": run.spec.hash,
+                  "width": run.spec.fields["width"], "spec_class": run.spec.spec_class,
+                  "spec_hash_tag": run.tags["mlrepro.spec_hash"], "torch": "torch" in sys.modules}))
+"""
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    return Path(shutil.copytree(REPO / "examples" / "own_job", tmp_path / "noisy"))
+
+
+def launched(store: str, cwd: Path, project: Path, *params: str) -> str:
+    args = [sys.executable, "-m", "mlflow", "run", str(project), "--env-manager", "local"]
+    for param in params:
+        args += ["-P", param]
+    result = run_command(args, store, cwd)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return only_run_id(store)
+
+
+def test_mlflow_run_compare_show_find_and_reproduce_a_users_own_job(tmp_path: Path, store: str, project: Path) -> None:
+    a = launched(store, tmp_path, project, "steps=150")
+    b = launched(store, tmp_path, project, "steps=150")
+    wider = launched(store, tmp_path, project, "steps=150", "width=32")
+
+    same = mlrepro_cli(store, tmp_path, "compare", a, b)
+    assert same.returncode == 0, same.stdout + same.stderr
+    assert same.stdout.startswith(f"identical: runs {a} and {b} logged the same 150 losses, bit for bit")
+
+    different = mlrepro_cli(store, tmp_path, "compare", "--json", a[:8], wider[:8])
+    assert different.returncode == 1, different.stderr
+    verdict = json.loads(different.stdout)
+    assert verdict["first_divergent_step"] == 0
+    assert [(d["source"], d["key"], d["value_a"], d["value_b"]) for d in verdict["differences"]] == [
+        ("spec", "width", "16", "32")]
+    assert verdict["diagnosis"].startswith("most likely cause: width (16 | 32)")
+
+    shown = mlrepro_cli(store, tmp_path, "show", a)
+    assert shown.returncode == 0, shown.stderr
+    assert f"code: script train.py in {project}" in shown.stdout and "MLproject entry point main" in shown.stdout
+    assert "spec (noisy, hash " in shown.stdout and "  width: 16" in shown.stdout
+
+    found = json.loads(mlrepro_cli(store, tmp_path, "find", "--json", "--job", "noisy", "width=32").stdout)
+    assert [(run["run_id"], run["job"], run["entry"]) for run in found] == [(wider, "noisy", "train.py")]
+
+    record = run_command([sys.executable, "-c", READ_WITHOUT_THE_CLASS, a], store, tmp_path)
+    assert record.returncode == 0, record.stderr[-2000:]
+    read = json.loads(record.stdout)
+    assert (read["type"], read["job"], read["width"], read["spec_class"]) == ("LoggedSpec", "noisy", 16, "__main__:NoisySpec")
+    assert read["hash"] == read["spec_hash_tag"] and read["torch"] is False
+
+    # From another folder, with no --project: the run knows its project and its MLproject entry point.
+    repeated = mlrepro_cli(store, tmp_path, "reproduce", a[:8])
+    assert repeated.returncode == 0, repeated.stdout + repeated.stderr[-3000:]
+    repeat = only_run_id(store)
+    assert f"repeated run {a} as run {repeat}" in repeated.stdout and "identical: runs" in repeated.stdout
+    tags = mlflow.MlflowClient().get_run(repeat).data.tags
+    assert tags["mlrepro.reproduces"] == a and tags["mlflow.project.entryPoint"] == "main"
+
+
+def test_a_killed_run_of_a_users_job_resumes_bit_for_bit(tmp_path: Path, store: str, project: Path) -> None:
+    spec = ["steps=20000", "checkpoint_every=2000"]
+    job = start_job(store, project, [sys.executable, "train.py", *spec])
+    killed = kill_after_checkpoints(store, job, at_least=2)
+
+    resumed = run_command([sys.executable, "train.py", *spec, f"resume_from={killed[:8]}"], store, project,
+                          PYTHONHASHSEED="0")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    resumed_id = only_run_id(store)
+    assert f"mlrepro: run {resumed_id} in {store}" in resumed.stderr
+    assert f"mlrepro: continues run {killed} from step " in resumed.stderr
+    whole = run_command([sys.executable, "train.py", *spec], store, project, PYTHONHASHSEED="0")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+
+    verdict = mlrepro_cli(store, tmp_path, "compare", resumed_id, only_run_id(store))
+    assert verdict.returncode == 0, verdict.stdout + verdict.stderr
+    assert "logged the same 20000 losses, bit for bit" in verdict.stdout
+
+
+def test_bad_input_to_a_users_job_is_one_line(tmp_path: Path, store: str, project: Path) -> None:
+    result = run_command([sys.executable, "train.py", "width=wide", "--colour", "red"], store, project)
+    assert_one_line_error(result, "invalid noisy spec: width: must be a whole number (got 'wide')",
+                          "colour: unknown field (allowed: ")
+    assert mlflow.MlflowClient().search_runs(["0"]) == []
