@@ -15,19 +15,19 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
-import numpy as np
 from pydantic import ValidationError
 
-# Only what reading runs needs is imported here: `mlrepro --help`, compare, show and
-# find must not pay for torch. The training side is imported by the commands that train.
-from mlrepro import keys, record
-from mlrepro.compare import LoggedRun, RunComparison, StepRange
-from mlrepro.diagnosis import Difference
+# Nothing heavy is imported here: `mlrepro --help` needs neither MLflow nor torch, and
+# compare, show and find import MLflow when they run, never torch. The training side is
+# imported by the commands that train.
+from mlrepro import keys
 from mlrepro.errors import MlreproError, describe_validation_error
-from mlrepro.runs import RunSummary, compare_runs, find_runs, load_run
 from mlrepro.spec import BaseSpec, build_spec, parse_assignments, parse_spec, read_spec_file, registered_jobs
 
 if TYPE_CHECKING:
+    from mlrepro.compare import LoggedRun, RunComparison, StepRange
+    from mlrepro.diagnosis import Difference
+    from mlrepro.runs import RunSummary
     from mlrepro.tracking import TrackedRun
 
 EXIT_OK = 0
@@ -76,9 +76,11 @@ def compare(run_a: str, run_b: str, as_json: bool, log_verdict: bool, on_launche
     RUN_A and RUN_B are run ids, or unique prefixes of 8 or more hex digits. The
     tracking store is MLflow's: MLFLOW_TRACKING_URI, else ./mlflow.db.
     """
+    from mlrepro.record import write_launcher_error
+    from mlrepro.runs import compare_runs, load_run
     from mlrepro.verdicts import record_comparison, record_on_comparison_run
 
-    with user_errors(on_error=record.write_launcher_error if on_launched_run else None):
+    with user_errors(on_error=write_launcher_error if on_launched_run else None):
         a, b = load_run(run_a), load_run(run_b)
         comparison = compare_runs(a, b)
         recorded = record_comparison(comparison, a, b) if log_verdict else []
@@ -123,7 +125,9 @@ def _warn_drift(drift: list[Difference]) -> None:
 @main.command()
 @click.argument("run_id")
 def show(run_id: str) -> None:
-    """Print a run's spec, environment, loss summary and recorded verdicts."""
+    """Print a run's code, spec, environment, loss summary and recorded verdicts."""
+    from mlrepro.runs import load_run
+
     with user_errors():
         run = load_run(run_id)
     click.echo(format_run(run))
@@ -153,6 +157,8 @@ def find(
     `mlrepro find --job linefit seed=3` finds every run of the default line fit with seed 3.
     For a job whose spec class is not importable here, FIELD=VALUE match the logged params as text.
     """
+    from mlrepro.runs import find_runs
+
     with user_errors():
         spec, by_job, params = None, None, {}
         if spec_file or assignments or job:
@@ -246,6 +252,8 @@ def format_run(run: LoggedRun) -> str:
     lines += [f"  {key}: {value}" for key, value in sorted(run.spec_fields.items())]
     lines.append(f"environment (hash {run.tags.get(keys.TAG_ENV_HASH, 'not recorded')}):")
     lines += [f"  {key}: {value}" for key, value in sorted(run.environment.items())]
+    import numpy as np
+
     values = run.losses.values
     finite = values[np.isfinite(values)]
     lines += [
@@ -255,7 +263,9 @@ def format_run(run: LoggedRun) -> str:
         + (f", min {float(finite.min())!r}, max {float(finite.max())!r}" if len(finite) else "")
         + (f", {len(values) - len(finite)} not finite" if len(finite) < len(values) else ""),
     ]
-    verdicts = record.verdicts_from_tags(run.tags)
+    from mlrepro.record import verdicts_from_tags
+
+    verdicts = verdicts_from_tags(run.tags)
     lines.append("verdicts:" if verdicts else "verdicts: none recorded (mlrepro compare --log adds them)")
     lines += [f"  vs {other}: {verdict}" for other, verdict in sorted(verdicts.items())]
     return "\n".join(lines)
@@ -333,7 +343,9 @@ def job_command(spec_type: type[BaseSpec], train: TrainFunction) -> click.Comman
     @click.option("--spec", "spec_file", metavar="FILE", help="YAML or JSON spec; field=value words override it.")
     @click.argument("assignments", nargs=-1, type=click.UNPROCESSED, metavar="[FIELD=VALUE]...")
     def command(spec_file: str | None, assignments: tuple[str, ...]) -> None:
-        with user_errors(on_error=record.write_launcher_error):
+        from mlrepro.record import write_launcher_error
+
+        with user_errors(on_error=write_launcher_error):
             spec = build_spec(spec_type, spec_values(spec_file, assignments))
             run_job(spec, train)
 
@@ -358,7 +370,9 @@ def spec_file_command(trainers: dict[str, Callable[[], TrainFunction]]) -> click
     @click.option("--spec", "spec_file", metavar="FILE", required=True, help="YAML or JSON spec with a job field.")
     @click.argument("assignments", nargs=-1, type=click.UNPROCESSED, metavar="[FIELD=VALUE]...")
     def command(spec_file: str, assignments: tuple[str, ...]) -> None:
-        with user_errors(on_error=record.write_launcher_error):
+        from mlrepro.record import write_launcher_error
+
+        with user_errors(on_error=write_launcher_error):
             spec = parse_spec(spec_values(spec_file, assignments))
             if spec.job not in trainers:
                 raise MlreproError(f"job: {spec.job!r} is not one of this project's jobs ({', '.join(sorted(trainers))})")

@@ -162,10 +162,15 @@ def _sources(project: Path, extra: Iterable[Path]) -> dict[str, str]:
     """Every Python file loaded from the project folder (libraries inside it excluded)."""
     files = {Path(module.__file__) for module in list(sys.modules.values())
              if isinstance(getattr(module, "__file__", None), str)}
+    # Python's own installation (a virtualenv inside the project, a pyenv under a home folder
+    # kept in git) holds libraries, never the job.
+    installations = {Path(prefix).resolve() for prefix in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
     found = {}
     for file in [*files, *extra]:
         relative = _relative(file, project)
         if relative is None or file.suffix != ".py" or _is_library(Path(relative)):
+            continue
+        if any(_relative(file, installation) is not None for installation in installations):
             continue
         try:
             found[relative] = hashlib.sha256(file.read_bytes()).hexdigest()[:16]

@@ -144,7 +144,7 @@ def write_start(
         tags = {
             keys.TAG_JOB: spec.job,
             keys.TAG_SPEC_HASH: spec.hash,
-            keys.TAG_SPEC_CLASS: class_path(type(spec)),
+            keys.TAG_SPEC_CLASS: _importable_class_path(class_path(type(spec)), code),
             **environment_tags(environment),
         }
         param_list = [Param(key, value) for key, value in params.items()]
@@ -157,6 +157,19 @@ def write_start(
         _log_json(client, run_id, keys.SEED_ARTIFACT, seed_record.model_dump(mode="json"))
         _log_json(client, run_id, keys.CODE_ARTIFACT, code.model_dump(mode="json"))
     return code
+
+
+def _importable_class_path(path: str, code: CodeRecord) -> str:
+    """A class defined in ``__main__`` named by the module another process imports it as:
+    ``train:NoisySpec`` for ``python train.py``, run from its project folder."""
+    module, _, name = path.partition(":")
+    if module != "__main__":
+        return path
+    if code.entry_kind == "script" and code.entry.endswith(".py"):
+        return f"{code.entry[:-3].replace('/', '.')}:{name}"
+    if code.entry_kind == "module":
+        return f"{code.entry}:{name}"
+    return path
 
 
 def _log_json(client: MlflowClient, run_id: str, artifact: str, content: Any) -> None:
@@ -175,6 +188,12 @@ def write_loss_metrics(client: MlflowClient, run_id: str, metric: str, values: a
         chunk = values[start : start + MAX_METRICS_PER_BATCH]
         metrics = [Metric(metric, value, timestamp, first_step + start + i) for i, value in enumerate(chunk)]
         client.log_batch(run_id, metrics=metrics, synchronous=True)
+
+
+def write_metric(client: MlflowClient, run_id: str, key: str, value: float, step: int) -> None:
+    """Any other metric of a run (test accuracy per epoch, say), written at once."""
+    with store_errors(client, run_id):
+        client.log_metric(run_id, key, value, step=step)
 
 
 def write_losses(client: MlflowClient, run_id: str, losses: LossSeries, complete: bool) -> None:

@@ -106,7 +106,7 @@ class TrackedRun:
 
     def log_metric(self, key: str, value: float, step: int) -> None:
         """Any other metric (test accuracy per epoch, say), written at once."""
-        self._client.log_metric(self.run_id, key, value, step=step)
+        record.write_metric(self._client, self.run_id, key, value, step)
 
     def save_checkpoint(self, checkpoint: Checkpoint) -> None:
         """Log a checkpoint as an artifact, after handing every loss before it to the writer:

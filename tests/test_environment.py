@@ -8,7 +8,6 @@ import sys
 import pytest
 import torch
 
-from mlrepro import environment
 from mlrepro.environment import COLLECTORS, UNAVAILABLE, UNSET, capture_environment
 from mlrepro.seeding import read_determinism_state
 

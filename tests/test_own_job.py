@@ -74,7 +74,7 @@ def test_mlflow_run_compare_show_find_and_reproduce_a_users_own_job(tmp_path: Pa
     record = run_command([sys.executable, "-c", READ_WITHOUT_THE_CLASS, a], store, tmp_path)
     assert record.returncode == 0, record.stderr[-2000:]
     read = json.loads(record.stdout)
-    assert (read["type"], read["job"], read["width"], read["spec_class"]) == ("LoggedSpec", "noisy", 16, "__main__:NoisySpec")
+    assert (read["type"], read["job"], read["width"], read["spec_class"]) == ("LoggedSpec", "noisy", 16, "train:NoisySpec")
     assert read["hash"] == read["spec_hash_tag"] and read["torch"] is False
 
     # From another folder, with no --project: the run knows its project and its MLproject entry point.
