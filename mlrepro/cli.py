@@ -4,11 +4,14 @@ Exit codes, like ``cmp``:
     0  success; for compare, the runs are identical
     1  compare: the runs differ
     2  bad input or an unusable store: a one-line message on stderr, nothing half-written
+    3  compare: identical so far, but a run did not finish (RUNNING, KILLED, FAILED)
+    128+N  a job stopped by signal N (130 SIGINT, 143 SIGTERM), its run KILLED with every step recorded
 """
 
 from __future__ import annotations
 
 import json
+import struct
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -21,7 +24,7 @@ from pydantic import ValidationError
 # compare, show and find import MLflow when they run, never torch. The training side is
 # imported by the commands that train.
 from mlrepro import keys
-from mlrepro.errors import MlreproError, describe_validation_error
+from mlrepro.errors import MlreproError, describe_validation_error, one_line, redacted
 from mlrepro.spec import BaseSpec, build_spec, parse_assignments, parse_spec, read_spec_file, registered_jobs
 
 if TYPE_CHECKING:
@@ -33,12 +36,13 @@ if TYPE_CHECKING:
 EXIT_OK = 0
 EXIT_DIFFERENT = 1
 EXIT_ERROR = 2
+EXIT_UNFINISHED = 3
 
 TrainFunction = Callable[[Any, "TrackedRun"], None]
 
 
 def fail(message: str) -> NoReturn:
-    click.echo(f"mlrepro: error: {message}", err=True)
+    click.echo(f"mlrepro: error: {one_line(redacted(message))}", err=True)
     sys.exit(EXIT_ERROR)
 
 
@@ -71,7 +75,8 @@ def main() -> None:
               help="With --on-launched-run: exit 1 (the run ends FAILED) when the runs differ, for CI gates.")
 def compare(run_a: str, run_b: str, as_json: bool, log_verdict: bool, on_launched_run: bool,
             fail_on_difference: bool) -> None:
-    """Check two runs' per-step losses for bitwise equality (exit 0 identical, 1 different, 2 error).
+    """Check two runs' per-step losses for bitwise equality (exit 0 identical, 1 different, 2 error,
+    3 identical so far but a run did not finish).
 
     RUN_A and RUN_B are run ids, or unique prefixes of 8 or more hex digits. The
     tracking store is MLflow's: MLFLOW_TRACKING_URI, else ./mlflow.db.
@@ -92,7 +97,11 @@ def compare(run_a: str, run_b: str, as_json: bool, log_verdict: bool, on_launche
     if comparison_run is not None:
         click.echo(f"recorded on run {comparison_run}: the verdict and the plot", err=as_json)
         sys.exit(EXIT_DIFFERENT if fail_on_difference and not comparison.identical else EXIT_OK)
-    sys.exit(EXIT_OK if comparison.identical else EXIT_DIFFERENT)
+    sys.exit(exit_code(comparison))
+
+
+def exit_code(comparison: RunComparison) -> int:
+    return {"identical": EXIT_OK, "identical so far": EXIT_UNFINISHED}.get(comparison.verdict, EXIT_DIFFERENT)
 
 
 @main.command()
@@ -113,7 +122,7 @@ def reproduce(run_id: str, project: str | None) -> None:
         result = reproduce_run(run_id, project, on_drift=_warn_drift)
     click.echo(f"repeated run {result.original.run_id} as run {result.new_run_id}")
     click.echo(format_comparison(result.comparison))
-    sys.exit(EXIT_OK if result.comparison.identical else EXIT_DIFFERENT)
+    sys.exit(exit_code(result.comparison))
 
 
 def _warn_drift(drift: list[Difference]) -> None:
@@ -131,6 +140,25 @@ def show(run_id: str) -> None:
     with user_errors():
         run = load_run(run_id)
     click.echo(format_run(run))
+
+
+@main.command(name="mark-killed")
+@click.argument("run_ids", nargs=-1, required=True, metavar="RUN...")
+def mark_killed(run_ids: tuple[str, ...]) -> None:
+    """End RUNNING runs whose process is gone (killed with SIGKILL, or lost with its machine) as KILLED.
+
+    Only a run whose recorded process is checked gone on this host is marked; a live one is left alone.
+    """
+    from mlflow.tracking import MlflowClient
+
+    from mlrepro import record
+
+    with user_errors():
+        client = MlflowClient()
+        for run_id in run_ids:
+            run = record.mark_killed(client, run_id)
+            click.echo(f"marked run {run.run_id} KILLED: its process is gone; it logged {len(run.losses)} steps "
+                       f"({run.loss_source})")
 
 
 @main.command()
@@ -186,8 +214,12 @@ def format_comparison(comparison: RunComparison) -> str:
     """The verdict first, then the evidence, then the differences, most likely cause first."""
     losses = comparison.losses
     a, b = comparison.run_a, comparison.run_b
-    if losses.identical:
+    if comparison.verdict == "identical":
         lines = [f"identical: runs {a} and {b} logged the same {losses.steps_in_both} losses, bit for bit"]
+    elif comparison.verdict == "identical so far":
+        lines = [f"identical so far: runs {a} and {b} logged the same {losses.steps_in_both} losses where both have "
+                 "them, bit for bit", f"  {_only(losses.only_in_a)} only in A; {_only(losses.only_in_b)} only in B",
+                 comparison.diagnosis]
     else:
         lines = [
             f"different: runs {a} and {b} first differ at step {losses.first_divergent_step}",
@@ -197,21 +229,25 @@ def format_comparison(comparison: RunComparison) -> str:
             f" {_only(losses.only_in_a)} only in A; {_only(losses.only_in_b)} only in B",
             comparison.diagnosis,
         ]
+    lines += [f"note: {note}" for note in comparison.notes]
     if not comparison.differences:
         lines.append("spec and environment: the same in both runs")
     else:
-        lines.append(
-            "differences (A | B), none changed the losses:"
-            if losses.identical
-            else "differences (A | B), most likely cause first:"
-        )
+        lines.append({
+            "identical": "differences (A | B), none changed the losses:",
+            "identical so far": "differences (A | B), none changed the steps both runs have:",
+        }.get(comparison.verdict, "differences (A | B), most likely cause first:"))
         lines += _side_by_side(comparison.differences)
     return "\n".join(lines)
 
 
 def _value(value: float | None) -> str:
     # repr is the shortest text that reads back to the same float; hex shows the bits.
-    return "(no such step)" if value is None else f"{value!r}  [{value.hex()}]"
+    if value is None:
+        return "(no such step)"
+    if value != value:  # NaN: float.hex says only "nan"; two NaNs differ in sign and payload bits
+        return f"nan  [bits 0x{struct.unpack('<Q', struct.pack('<d', value))[0]:016x}]"
+    return f"{value!r}  [{value.hex()}]"
 
 
 def _only(steps: StepRange) -> str:
@@ -243,7 +279,7 @@ def _missing(value: str | None) -> str:
 def format_run(run: LoggedRun) -> str:
     """What `show` prints: spec, environment, losses, verdicts."""
     spec_title = f"spec ({run.spec.job}, hash {run.spec.hash})" if run.spec else "params (not an mlrepro spec)"
-    lines = [f"run {run.run_id} ({run.status})"]
+    lines = [f"run {run.run_id} ({run.state}{', deleted' if run.deleted else ''})"]
     if run.code is not None:
         lines.append(f"code: {run.code.entry_kind} {run.code.entry} in {run.code.project_dir}, "
                      f"sources {run.code.source_digest}" + (f", MLproject entry point {run.code.mlproject_entry_point}"
@@ -325,9 +361,16 @@ def run_job(spec: BaseSpec, train: TrainFunction) -> None:
     from mlrepro.code import mark_job_command_line
     from mlrepro.tracking import start_run
 
+    from mlrepro.signals import RunInterrupted
+
     mark_job_command_line()
-    with start_run(spec) as run:
-        train(spec, run)
+    try:
+        with start_run(spec) as run:
+            train(spec, run)
+    except RunInterrupted as interrupted:
+        click.echo(f"mlrepro: run {interrupted.run_id} stopped by {interrupted.signal_name} after "
+                   f"{interrupted.steps} steps; every step is recorded, and the run is KILLED", err=True)
+        sys.exit(interrupted.exit_code)
 
 
 _JOB_SETTINGS = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": ["-h", "--help"]}

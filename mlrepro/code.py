@@ -159,18 +159,23 @@ def _relative(path: Path, root: Path) -> str | None:
 
 
 def _sources(project: Path, extra: Iterable[Path]) -> dict[str, str]:
-    """Every Python file loaded from the project folder (libraries inside it excluded)."""
-    files = {Path(module.__file__) for module in list(sys.modules.values())
-             if isinstance(getattr(module, "__file__", None), str)}
+    """Every Python file loaded from the project folder (libraries inside it excluded).
+
+    A process with torch loaded holds thousands of modules, so they are sifted by the
+    text of their paths (absolute, as Python records them), and only the project's own are read."""
     # Python's own installation (a virtualenv inside the project, a pyenv under a home folder
     # kept in git) holds libraries, never the job.
-    installations = {Path(prefix).resolve() for prefix in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    installations = tuple(str(Path(prefix).resolve()) + os.sep for prefix in {sys.prefix, sys.base_prefix, sys.exec_prefix})
+    root = str(project) + os.sep
+    paths = {module.__file__ for module in list(sys.modules.values()) if isinstance(getattr(module, "__file__", None), str)}
+    paths.update(str(path) for path in extra)
     found = {}
-    for file in [*files, *extra]:
-        relative = _relative(file, project)
-        if relative is None or file.suffix != ".py" or _is_library(Path(relative)):
+    for text in paths:
+        if not text.endswith(".py") or not text.startswith(root) or text.startswith(installations):
             continue
-        if any(_relative(file, installation) is not None for installation in installations):
+        file = Path(text)
+        relative = file.relative_to(project).as_posix()
+        if _is_library(Path(relative)):
             continue
         try:
             found[relative] = hashlib.sha256(file.read_bytes()).hexdigest()[:16]

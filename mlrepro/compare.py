@@ -10,13 +10,14 @@ Pure: arrays and records in, typed verdicts out. Loading runs from MLflow is
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, computed_field
 
 from mlrepro.code import CodeRecord
 from mlrepro.diagnosis import Difference, diagnose, differences
-from mlrepro.losses import LossSeries
+from mlrepro.losses import LossSeries, as_the_store_keeps
 from mlrepro.spec import AnySpec
 
 
@@ -45,6 +46,8 @@ class LossComparison(BaseModel):
     value_b: float | None
     only_in_a: StepRange
     only_in_b: StepRange
+    # Common steps where a side came from MLflow's metric history: compared as the store keeps them.
+    steps_compared_as_stored: int = 0
 
 
 def _step_range(steps: np.ndarray) -> StepRange:
@@ -54,11 +57,18 @@ def _step_range(steps: np.ndarray) -> StepRange:
 
 
 def compare_losses(a: LossSeries, b: LossSeries) -> LossComparison:
-    """Compare step by step, bit for bit; the first divergence may be a step only one run has."""
+    """Compare step by step, bit for bit; the first divergence may be a step only one run has.
+
+    A step that one side only has from MLflow's metric history is compared as the store keeps
+    values (inf as max-float, one NaN, no -0.0): the exact bits on the other side are brought
+    to the same form, so the store's rounding is never taken for a difference."""
     common, index_a, index_b = np.intersect1d(a.steps, b.steps, assume_unique=True, return_indices=True)
-    bits_a = a.values[index_a].view(np.uint64)
-    bits_b = b.values[index_b].view(np.uint64)
-    differs = bits_a != bits_b
+    values_a, values_b = a.values[index_a], b.values[index_b]
+    as_stored = a.stored_mask[index_a] | b.stored_mask[index_b]
+    if as_stored.any():
+        values_a = np.where(as_stored, as_the_store_keeps(values_a), values_a)
+        values_b = np.where(as_stored, as_the_store_keeps(values_b), values_b)
+    differs = values_a.view(np.uint64) != values_b.view(np.uint64)
     only_a = np.setdiff1d(a.steps, b.steps, assume_unique=True)
     only_b = np.setdiff1d(b.steps, a.steps, assume_unique=True)
 
@@ -76,6 +86,7 @@ def compare_losses(a: LossSeries, b: LossSeries) -> LossComparison:
         value_b=_value_at(b, first),
         only_in_a=_step_range(only_a),
         only_in_b=_step_range(only_b),
+        steps_compared_as_stored=int(as_stored.sum()),
     )
 
 
@@ -88,9 +99,13 @@ def _value_at(series: LossSeries, step: int | None) -> float | None:
     return None
 
 
+# MLflow's statuses of a run that did not run to its end (SCHEDULED: not started yet).
+UNFINISHED = ("RUNNING", "SCHEDULED", "KILLED", "FAILED")
+
+
 @dataclass(frozen=True)
 class LoggedRun:
-    """A finished (or failed) run as compare sees it: what it was asked, what it ran on, what it got."""
+    """A run as compare sees it: what it was asked, what it ran on, what it got, and how it ended."""
 
     run_id: str
     status: str
@@ -103,6 +118,19 @@ class LoggedRun:
     tags: dict[str, str] = field(default_factory=dict)
     code: CodeRecord | None = None  # the code that ran and how to start it again; None before mlrepro 0.2
     experiment_id: str | None = None
+    deleted: bool = False  # in the store's trash (MLflow's lifecycle stage "deleted")
+    process: str = "unknown"  # for a RUNNING run: "alive", "gone" (killed, never ended) or "unknown"
+
+    @property
+    def unfinished(self) -> bool:
+        return self.status in UNFINISHED
+
+    @property
+    def state(self) -> str:
+        """How the run ended, in words: ``FINISHED``, ``KILLED``, ``RUNNING, its process gone``."""
+        if self.status == "RUNNING" and self.process == "gone":
+            return "RUNNING, its process gone: killed without a chance to say so"
+        return self.status
 
 
 class RunComparison(BaseModel):
@@ -112,14 +140,17 @@ class RunComparison(BaseModel):
 
     run_a: str
     run_b: str
+    # "identical so far": no common step differs, but a run did not finish, so the rest is unknown.
+    verdict: Literal["identical", "identical so far", "different"]
     losses: LossComparison
     differences: list[Difference]  # spec fields and environment facts, most likely cause first
     diagnosis: str
+    notes: list[str] = []  # what the reader must know to trust the verdict: deleted runs, stored values
 
     @computed_field  # type: ignore[prop-decorator]
     @property
     def identical(self) -> bool:
-        return self.losses.identical
+        return self.verdict == "identical"
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -128,13 +159,30 @@ class RunComparison(BaseModel):
 
 
 def compare_logged_runs(a: LoggedRun, b: LoggedRun) -> RunComparison:
-    """Compare two loaded runs: losses bit for bit, and the spec and environment side by side."""
+    """Compare two loaded runs: losses bit for bit, the spec and environment side by side, and
+    how each run ended: a run that stopped early is not a difference, and never "nondeterminism"."""
     losses = compare_losses(a.losses, b.losses)
     ranked = differences(a.spec_fields, b.spec_fields, a.environment, b.environment)
+    unfinished = [(name, run) for name, run in (("A", a), ("B", b)) if run.unfinished]
+    if losses.divergent_steps == 0 and unfinished and len(a.losses) and len(b.losses):
+        verdict = "identical so far"
+        stopped = "; ".join(f"{name} stopped at step {int(run.losses.steps[-1])} ({run.state})" for name, run in unfinished)
+        diagnosis = (f"identical so far: {stopped}; the {losses.steps_in_both} steps both runs have are the same, "
+                     "and what came after is unknown")
+    else:
+        verdict = "identical" if losses.identical else "different"
+        diagnosis = diagnose(losses.identical, ranked, a.environment, b.environment)
+    notes = [f"run {run.run_id} ({name}) is deleted: it is in the tracking store's trash" for name, run in (("A", a), ("B", b))
+             if run.deleted]
+    if losses.steps_compared_as_stored:
+        notes.append(f"{losses.steps_compared_as_stored} steps came from MLflow's metric history, which keeps neither "
+                     "inf, nor NaN payloads, nor -0.0: they were compared as the store keeps them")
     return RunComparison(
         run_a=a.run_id,
         run_b=b.run_id,
+        verdict=verdict,
         losses=losses,
         differences=ranked,
-        diagnosis=diagnose(losses.identical, ranked, a.environment, b.environment),
+        diagnosis=diagnosis,
+        notes=notes,
     )

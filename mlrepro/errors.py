@@ -7,6 +7,7 @@ not in this hierarchy and keep their tracebacks.
 
 from __future__ import annotations
 
+import os
 import re
 
 from pydantic import BaseModel, ValidationError
@@ -58,20 +59,24 @@ def describe_validation_error(err: ValidationError, model: type[BaseModel] | Non
     Pydantic's own rendering spans several lines and links to its docs; users of
     a command line want ``seed: must be <= 4294967295 (got -1)`` instead.
     """
-    problems = []
+    problems, unknown = [], []
     for error in err.errors(include_url=False):
         path = ".".join(str(part) for part in error["loc"]) or "spec"
         bounds = _bounds(model, error["loc"]) if error["type"] in _RANGE_ERRORS else None
         if error["type"] == "extra_forbidden":
-            allowed = ", ".join(sorted(model.model_fields)) if model is not None else ""
-            message = f"unknown field (allowed: {allowed})" if allowed else "unknown field"
-        elif bounds:
-            message = f"must be {bounds} (got {error['input']!r})"
+            unknown.append(path)
+            continue
+        if bounds:
+            message = f"must be {bounds} (got {_shortened(error['input'])})"
         else:
             message = _OWN_WORDS.get(error["type"]) or _PYDANTIC_OPENING.sub("must ", error["msg"])
             if "input" in error and error["type"] != "missing":
                 message += f" (got {_shortened(error['input'])})"
         problems.append(f"{path}: {message}")
+    if unknown:
+        allowed = f" (allowed: {', '.join(sorted(model.model_fields))})" if model is not None else ""
+        names = ", ".join(unknown[:_MAX_NAMED]) + (f" and {len(unknown) - _MAX_NAMED} more" if len(unknown) > _MAX_NAMED else "")
+        problems.append(f"{names}: unknown field{'s' if len(unknown) > 1 else ''}{allowed}")
     return "; ".join(problems)
 
 
@@ -92,6 +97,7 @@ _OWN_WORDS = {
 }
 _PYDANTIC_OPENING = re.compile(r"^(Input|String|Value) should ")
 _MAX_SHOWN = 80
+_MAX_NAMED = 10
 
 
 def _shortened(value: object) -> str:
@@ -116,6 +122,15 @@ def _bounds(model: type[BaseModel] | None, loc: tuple[int | str, ...]) -> str | 
     return " and ".join(f"{words[name]} {value}" for name, value in limits.items()) or None
 
 
+MAX_MESSAGE = 2000
+
+
+def one_line(text: str) -> str:
+    """A message as the one bounded line a terminal and a tag can hold, whatever was put into it."""
+    line = " ".join(text.split())
+    return line if len(line) <= MAX_MESSAGE else line[: MAX_MESSAGE - 3] + "..."
+
+
 def first_line(err: BaseException) -> str:
     """The first line of an error's text: MLflow's errors carry whole server responses."""
     text = str(err).strip()
@@ -127,10 +142,24 @@ _UNREACHABLE_SIGNS = ("Max retries exceeded", "Connection refused", "Failed to e
 
 def redacted_uri(uri: str) -> str:
     """A URI without the credentials it may carry (``http://user:secret@host`` -> ``http://host``)."""
-    return _CREDENTIALS.sub(r"\1", uri)
+    return redacted(uri)
 
 
-_CREDENTIALS = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*://)[^/@]*@")
+# user:password@ in any URL (tracking URIs, database URLs, artifact stores), anywhere in a text.
+_CREDENTIALS = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://)[^/@\s'\"]+@")
+# Environment variables whose values are secrets by their names.
+_SECRET_NAME = re.compile(r"(_TOKEN|_PASSWORD|_KEY)$|SECRET|^AWS_|^MLFLOW_TRACKING_(PASSWORD|TOKEN|USERNAME)$")
+_SHORTEST_SECRET = 4  # shorter values ("1", "true") would blank out ordinary text
+
+
+def redacted(text: str) -> str:
+    """``text`` with URL credentials removed and the value of every secret-named environment
+    variable replaced by ``***``: what mlrepro prints, tags or logs passes through here."""
+    text = _CREDENTIALS.sub(r"\1", text)
+    for name, value in os.environ.items():
+        if len(value) >= _SHORTEST_SECRET and _SECRET_NAME.search(name) and value in text:
+            text = text.replace(value, "***")
+    return text
 
 
 def describe_store_failure(tracking_uri: str, err: BaseException) -> str:

@@ -12,6 +12,13 @@ TAG_ERROR = "mlrepro.error"
 # A digest of the exact loss sequence: the UI rounds metric values, equal digests
 # say "identical" at a glance, and runs can be searched by it.
 TAG_LOSS_DIGEST = "mlrepro.loss_digest"
+# On a resumed run, whose loss_digest covers the stitched losses: the digest of its own steps.
+TAG_OWN_LOSS_DIGEST = "mlrepro.own_loss_digest"
+# How the run ended when a signal stopped it ("KILLED by SIGINT"). `mlflow run` marks an interrupted
+# run FAILED even after the job has ended it KILLED; this tag keeps the truth.
+TAG_ENDED = "mlrepro.ended"
+# The process that runs the run, "host/boot id/pid/start ticks": a RUNNING run whose process is gone was killed.
+TAG_PROCESS = "mlrepro.process"
 # mlrepro.verdict.<other run id> = the verdict of `mlrepro compare --log` against that run.
 TAG_VERDICT_PREFIX = "mlrepro.verdict."
 # Resuming: on the new run, the run it continues and the step it starts at; on the old one, who continued it.

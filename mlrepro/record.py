@@ -46,8 +46,11 @@ from mlrepro.errors import (
     SpecError,
     TrackingError,
     describe_store_failure,
+    one_line,
+    redacted,
 )
 from mlrepro.losses import LossSeries
+from mlrepro.process import identity, liveness
 from mlrepro.spec import NOT_IN_HASH, AnySpec, BaseSpec, read_logged_spec
 
 if TYPE_CHECKING:
@@ -67,6 +70,7 @@ _NOT_FOUND_CODES = {ErrorCode.Name(RESOURCE_DOES_NOT_EXIST), ErrorCode.Name(INVA
 _LEGACY_BOOKKEEPING = {
     keys.TAG_JOB, keys.TAG_SPEC_HASH, keys.TAG_ENV_HASH, keys.TAG_ERROR, keys.TAG_LOSS_DIGEST, keys.TAG_REPRODUCES,
     keys.TAG_RESUMED_FROM, keys.TAG_RESUMED_AT_STEP, keys.TAG_RESUMED_BY, keys.TAG_SPEC_CLASS,
+    keys.TAG_OWN_LOSS_DIGEST, keys.TAG_PROCESS, keys.TAG_ENDED,
 }
 _TAG_LIMIT = 5000
 # Set by `mlflow run` on the runs it creates.
@@ -93,6 +97,55 @@ def store_errors(client: MlflowClient, run_id: str | None = None, context: str =
         if run_id is not None and is_missing_run(err):
             raise RunNotFoundError(f"{context}no run {run_id!r} in the tracking store {client.tracking_uri}") from err
         raise TrackingError(describe_store_failure(client.tracking_uri, err)) from err
+
+
+def sqlite_schema_is_current(path: Path) -> bool:
+    """Whether MLflow would open this SQLite file without migrating it; read-only, never raises."""
+    import sqlite3
+
+    try:
+        from mlflow.store.db.utils import _get_latest_schema_revision
+
+        connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            rows = connection.execute("SELECT version_num FROM alembic_version").fetchall()
+        finally:
+            connection.close()
+        return rows == [(_get_latest_schema_revision(),)]
+    except Exception:  # missing file, a schema half made, another MLflow: leave it to the run
+        return False
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock, as before
+        yield
+        return
+    with open(path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def ready_store(uri: str) -> MlflowClient:
+    """A client of the store at ``uri``, whose schema is made in one process at a time.
+
+    MLflow migrates a SQLite file's schema in every process that opens it first; two at
+    once fail ("duplicate column"), so jobs started together on a new file would crash.
+    The schema is made under a file lock beside the store, once. The client is made
+    inside the lock too: making one opens its store."""
+    if not uri.startswith("sqlite:///") or sqlite_schema_is_current(Path(uri[len("sqlite:///"):])):
+        return MlflowClient(uri)
+    path = Path(uri[len("sqlite:///"):])
+    with _locked(path.with_name(path.name + ".lock")):
+        client = MlflowClient(uri)
+        with store_errors(client):
+            client.search_experiments(max_results=1)
+    return client
 
 
 def resolve_run_id(client: MlflowClient, text: str, context: str = "") -> str:
@@ -142,6 +195,7 @@ def write_start(
                                            "mlproject_parameters": launcher_params})
         params = {key: value for key, value in spec.to_params().items() if key not in launcher_params}
         tags = {
+            keys.TAG_PROCESS: identity(),
             keys.TAG_JOB: spec.job,
             keys.TAG_SPEC_HASH: spec.hash,
             keys.TAG_SPEC_CLASS: _importable_class_path(class_path(type(spec)), code),
@@ -155,7 +209,8 @@ def write_start(
         _log_json(client, run_id, keys.SPEC_ARTIFACT, spec.model_dump(mode="json"))
         _log_json(client, run_id, keys.ENVIRONMENT_ARTIFACT, environment.model_dump(mode="json")["facts"])
         _log_json(client, run_id, keys.SEED_ARTIFACT, seed_record.model_dump(mode="json"))
-        _log_json(client, run_id, keys.CODE_ARTIFACT, code.model_dump(mode="json"))
+        # The words a job was started with may hold a token or a URL with a password.
+        _log_json(client, run_id, keys.CODE_ARTIFACT, json.loads(redacted(code.model_dump_json())))
     return code
 
 
@@ -196,18 +251,23 @@ def write_metric(client: MlflowClient, run_id: str, key: str, value: float, step
         client.log_metric(run_id, key, value, step=step)
 
 
-def write_losses(client: MlflowClient, run_id: str, losses: LossSeries, complete: bool) -> None:
+def write_losses(client: MlflowClient, run_id: str, losses: LossSeries, complete: bool,
+                 stitched: LossSeries | None = None) -> None:
     """The exact loss record, bit for bit (the metric store loses inf and NaN payloads).
 
     ``complete`` adds the digest tag, which marks the record whole: without it (a killed
     run) the record ends at its last flush and the metric history holds the steps after.
+    A resumed run's digest is that of ``stitched``, the losses compare and show use, so
+    ``find --digest`` finds it beside the uninterrupted run; its own part has a tag of its own.
     Each call rewrites the whole record, 8 bytes a step."""
     with store_errors(client, run_id), tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / Path(keys.LOSSES_ARTIFACT).name
         np.savez(path, steps=losses.steps, values=losses.values)
         client.log_artifact(run_id, str(path), artifact_path=keys.ARTIFACT_DIR)
         if complete:
-            client.set_tag(run_id, keys.TAG_LOSS_DIGEST, losses.digest)
+            client.set_tag(run_id, keys.TAG_LOSS_DIGEST, (stitched or losses).digest)
+            if stitched is not None:
+                client.set_tag(run_id, keys.TAG_OWN_LOSS_DIGEST, losses.digest)
 
 
 def write_checkpoint(client: MlflowClient, run_id: str, checkpoint: Checkpoint) -> None:
@@ -231,7 +291,7 @@ def write_resume_links(client: MlflowClient, run_id: str, resumed_from: str, ste
 def write_error(client: MlflowClient, run_id: str, message: str) -> None:
     """Why a run stopped, on the run. Best effort: a store that fails must not hide the error."""
     try:
-        client.set_tag(run_id, keys.TAG_ERROR, message[:_TAG_LIMIT])
+        client.set_tag(run_id, keys.TAG_ERROR, one_line(redacted(message))[:_TAG_LIMIT])
     except (MlflowException, OSError):
         pass
 
@@ -251,7 +311,7 @@ def write_launcher_error(message: str) -> None:
 def write_tags(client: MlflowClient, run_id: str, tags: Mapping[str, str]) -> None:
     with store_errors(client, run_id):
         for key, value in tags.items():
-            client.set_tag(run_id, key, value[:_TAG_LIMIT])
+            client.set_tag(run_id, key, redacted(value)[:_TAG_LIMIT])
 
 
 def write_artifact(client: MlflowClient, run_id: str, path: Path, folder: str) -> None:
@@ -339,7 +399,7 @@ def read_run(client: MlflowClient, run_id: str) -> LoggedRun:
         raise NoLossesError(f"run {run_id} logged no {metric!r} metric to compare")
     return LoggedRun(
         run_id=run_id,
-        status=run.info.status,
+        status=effective_status(run.info.status, tags),
         spec=spec,
         spec_fields=spec.to_params() if spec is not None else dict(run.data.params),
         environment=environment,
@@ -349,7 +409,20 @@ def read_run(client: MlflowClient, run_id: str) -> LoggedRun:
         tags=dict(tags),
         code=code,
         experiment_id=run.info.experiment_id,
+        deleted=run.info.lifecycle_stage == "deleted",
+        process=liveness(tags.get(keys.TAG_PROCESS)) if run.info.status == "RUNNING" else "unknown",
     )
+
+
+def effective_status(status: str, tags: Mapping[str, str]) -> str:
+    """The run's status, KILLED where the job recorded a signal and a launcher wrote FAILED over it."""
+    return "KILLED" if status == "FAILED" and tags.get(keys.TAG_ENDED, "").startswith("KILLED") else status
+
+
+def write_ended_by_signal(client: MlflowClient, run_id: str, signal_name: str) -> None:
+    """Say on the run that a signal ended it, before it is ended KILLED."""
+    with store_errors(client, run_id):
+        client.set_tag(run_id, keys.TAG_ENDED, f"KILLED by {signal_name}")
 
 
 def _download_records(client: MlflowClient, run_id: str, folder: Path) -> dict[str, Path]:
@@ -379,7 +452,26 @@ def _read_loss_record(path: Path) -> LossSeries:
 
 def _metric_history(client: MlflowClient, run_id: str, metric: str) -> LossSeries:
     history = client.get_metric_history(run_id, metric)
-    return LossSeries.from_steps_and_values([point.step for point in history], [point.value for point in history])
+    return LossSeries.from_steps_and_values([point.step for point in history], [point.value for point in history],
+                                            stored=True)
+
+
+def read_losses(client: MlflowClient, run_id: str) -> LossSeries:
+    """A run's losses as compare sees them, stitched to the runs it continues."""
+    return read_run(client, run_id).losses
+
+
+def mark_killed(client: MlflowClient, run_id: str) -> LoggedRun:
+    """End a RUNNING run whose process is gone as KILLED: MLflow's status for it, which a run killed
+    with SIGKILL never got to set. Refuses a run that is not RUNNING or whose process may live."""
+    run = read_run(client, run_id)
+    if run.status != "RUNNING":
+        raise SpecError(f"run {run.run_id} is {run.status}, not RUNNING: nothing to mark")
+    if run.process != "gone":
+        where = "is still alive" if run.process == "alive" else "cannot be checked from this host"
+        raise SpecError(f"run {run.run_id} is RUNNING and its process {where}; it was not marked")
+    end_run(client, run.run_id, "KILLED")
+    return run
 
 
 def read_spec(client: MlflowClient, run_id: str, context: str = "") -> AnySpec | None:
@@ -398,6 +490,9 @@ def read_newest_checkpoint(client: MlflowClient, spec: BaseSpec) -> tuple[str, C
 
     context = "resume_from: "
     run_id = resolve_run_id(client, spec.resume_from, context)
+    with store_errors(client, run_id, context):
+        if client.get_run(run_id).info.lifecycle_stage == "deleted":
+            raise SpecError(f"resume_from: run {run_id} is deleted; restore it first (mlflow runs restore --run-id {run_id})")
     logged = read_spec(client, run_id, context)
     if logged is None:
         raise SpecError(f"resume_from: run {run_id} was not logged by an mlrepro job")

@@ -96,7 +96,7 @@ def _summary(run: Run) -> RunSummary:
         run_id=run.info.run_id,
         experiment_id=run.info.experiment_id,
         run_name=run.info.run_name,
-        status=run.info.status,
+        status=record.effective_status(run.info.status, tags),
         start_time=datetime.fromtimestamp(run.info.start_time / 1000, tz=timezone.utc),
         job=tags.get(keys.TAG_JOB),
         entry=tags.get(f"{keys.ENV_TAG_PREFIX}code.entry"),

@@ -271,17 +271,53 @@ def read_logged_spec(values: Any, spec_class: str | None = None) -> AnySpec:
     return LoggedSpec(job=values["job"], fields=dict(values), spec_class=spec_class)
 
 
+# A spec file is a handful of fields: these bounds stop a hostile file (a YAML alias bomb
+# expands 389 bytes into gigabytes) long before it costs memory or time.
+MAX_SPEC_FILE_BYTES = 1_000_000
+MAX_YAML_ALIASES = 20
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, with duplicate keys refused and aliases counted."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.aliases = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            self.aliases += 1
+            if self.aliases > MAX_YAML_ALIASES:
+                raise SpecError(f"uses more than {MAX_YAML_ALIASES} YAML aliases; a spec needs none")
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise SpecError(f"names {str(key)[:80]!r} twice (line {key_node.start_mark.line + 1})")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_spec_file(path: str | Path) -> dict[str, Any]:
-    """The mapping in a YAML or JSON spec file (YAML reads both)."""
+    """The mapping in a YAML or JSON spec file (YAML reads both): UTF-8 text, no key twice, few aliases."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        if path.stat().st_size > MAX_SPEC_FILE_BYTES:
+            raise SpecError(f"spec file {path} is larger than {MAX_SPEC_FILE_BYTES} bytes: not a spec")
+        text = path.read_bytes().decode("utf-8")
     except FileNotFoundError as err:
         raise SpecError(f"spec file not found: {path}") from err
+    except UnicodeDecodeError as err:
+        raise SpecError(f"spec file {path} is not UTF-8 text (byte {err.start})") from err
     except OSError as err:
         raise SpecError(f"cannot read spec file {path}: {err.strerror}") from err
     try:
-        values = yaml.safe_load(text)
+        values = yaml.load(text, Loader=_SpecLoader)  # noqa: S506 - a SafeLoader, bounded
+    except SpecError as err:
+        raise SpecError(f"spec file {path} {err}") from err
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

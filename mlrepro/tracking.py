@@ -7,6 +7,7 @@ any tracking URI MLflow supports.
 
 from __future__ import annotations
 
+import signal
 import sys
 import tempfile
 from array import array
@@ -29,6 +30,7 @@ from mlrepro.errors import MlreproError, redacted_uri
 from mlrepro.losses import LossSeries
 from mlrepro.plugin import recording_own_run
 from mlrepro.seeding import SeedRecord, seed_everything, seed_generators
+from mlrepro.signals import RunInterrupted, interruptible
 from mlrepro.spec import BaseSpec
 from mlrepro.writer import LossWriter
 
@@ -64,6 +66,7 @@ class TrackedRun:
         self._client = client
         # Where a resumed run starts; the job restores its state from it.
         self.resume = resume
+        self.resumed_from: str | None = None  # the run it continues, set by start_run
         self.first_step = resume.step if resume is not None else 0
         # The step is first_step + the position, so only the value is stored.
         self._losses = array("d")
@@ -129,7 +132,11 @@ class TrackedRun:
         if logged < len(self._losses):
             record.write_loss_metrics(self._client, self.run_id, self.spec.metric, self._losses[logged:],
                                       self.first_step + logged)
-        record.write_losses(self._client, self.run_id, self._losses_so_far(), complete=True)
+        own = self._losses_so_far()
+        stitched = None
+        if self.resumed_from is not None:
+            stitched = record.read_losses(self._client, self.resumed_from).spliced(own, self.first_step)
+        record.write_losses(self._client, self.run_id, own, complete=True, stitched=stitched)
         self._folder.cleanup()
 
     def _losses_so_far(self) -> LossSeries:
@@ -145,10 +152,12 @@ def start_run(spec: BaseSpec, *, run_name: str | None = None) -> Iterator[Tracke
 
     Everything is checked before a run exists: the device, and for ``resume_from`` the
     run, its spec and its checkpoint. A run that raises ends FAILED, with every loss
-    logged before the error. Started outside ``mlflow run``, it says which run it is.
+    logged before the error; one stopped by SIGINT or SIGTERM ends KILLED, with every
+    loss too, and raises ``RunInterrupted``. Started outside ``mlflow run``, it says
+    which run it is.
     """
     device = resolve_device(spec.device)
-    client = MlflowClient()
+    client = record.ready_store(mlflow.get_tracking_uri())
     resumed_from, resume = record.read_newest_checkpoint(client, spec) if spec.resume_from else (None, None)
     launched = bool(MLFLOW_RUN_ID.get())
     code = capture_code()  # before the run: the sources loaded by now are the job's
@@ -163,19 +172,41 @@ def start_run(spec: BaseSpec, *, run_name: str | None = None) -> Iterator[Tracke
         tracked = TrackedRun(run_id, spec, device, seed_record, environment, client, resume)
         if resumed_from is not None and resume is not None:
             record.write_resume_links(client, run_id, resumed_from, resume.step)
+            tracked.resumed_from = resumed_from
         if not launched:  # `mlflow run` prints the run id itself
             print(f"mlrepro: run {run_id} in {redacted_uri(client.tracking_uri)}", file=sys.stderr, flush=True)
         if resume is not None:
             print(f"mlrepro: continues run {resumed_from} from step {resume.step}", file=sys.stderr, flush=True)
-        # MLflow may draw from Python's `random` (run names are drawn from it) while
-        # the run is opened and recorded, so the generators are seeded again last,
-        # right before the training loop gets control: a run created by `mlflow run`
-        # and one created here then start from the same state.
-        seed_generators(spec.seed)
-        try:
-            yield tracked
-        except MlreproError as err:
-            record.write_error(client, run_id, str(err))
-            raise
-        finally:
-            tracked.finish()
+        with interruptible() as interruption:
+            # MLflow may draw from Python's `random` (run names are drawn from it) while
+            # the run is opened and recorded, so the generators are seeded again last,
+            # right before the training loop gets control: a run created by `mlflow run`
+            # and one created here then start from the same state.
+            seed_generators(spec.seed)
+            try:
+                yield tracked
+            except MlreproError as err:
+                record.write_error(client, run_id, str(err))
+                raise
+            except BaseException as err:
+                if interruption.signum is None:
+                    raise
+                # Saving starts before the loop's frames go: a DataLoader iterator shut down with
+                # them must not complain that the group's SIGTERM killed its workers.
+                interruption.saving()
+                # The loop may also have failed on those workers first: the signal still ended the run.
+                raise _interrupted(interruption.signum, tracked) from (None if isinstance(err, RunInterrupted) else err)
+            finally:
+                interruption.saving()
+                tracked.finish()
+                if interruption.signum is not None:
+                    record.write_ended_by_signal(client, run_id, signal.Signals(interruption.signum).name)
+                    mlflow.end_run("KILLED")  # before the `with` marks it FAILED
+            if interruption.signum is not None:  # arrived while the run was being saved
+                raise _interrupted(interruption.signum, tracked)
+
+
+def _interrupted(signum: int, tracked: TrackedRun) -> RunInterrupted:
+    interrupted = RunInterrupted(signum)
+    interrupted.run_id, interrupted.steps = tracked.run_id, tracked.first_step + tracked.steps_logged
+    return interrupted

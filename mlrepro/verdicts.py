@@ -31,6 +31,9 @@ def verdict_text(comparison: RunComparison) -> str:
     """The verdict in a few words, for a tag the UI shows in full."""
     if comparison.identical:
         return f"identical bit for bit ({comparison.losses.steps_in_both} steps)"
+    if comparison.verdict == "identical so far":
+        # Later steps may still differ: the tag says so, and a later compare --log replaces it.
+        return f"provisional: identical so far ({comparison.losses.steps_in_both} steps; a run did not finish)"
     cause = comparison.differences[0].key if comparison.differences else "nothing recorded differs"
     return f"different from step {comparison.first_divergent_step} (likely cause: {cause})"
 

@@ -205,6 +205,8 @@ def _warm_client() -> Any:
     """
     from mlflow.tracking import MlflowClient
 
+    from mlrepro.record import sqlite_schema_is_current
+
     uri = os.environ.get("MLFLOW_TRACKING_URI") or mlflow_default_uri()
     if uri.startswith("sqlite:///") and not sqlite_schema_is_current(Path(uri[len("sqlite:///"):])):
         return None
@@ -216,23 +218,6 @@ def _warm_client() -> Any:
         return None
 
 
-def sqlite_schema_is_current(path: Path) -> bool:
-    """Whether MLflow would open this SQLite file without migrating it; read-only, never raises."""
-    import sqlite3
-
-    try:
-        from mlflow.store.db.utils import _get_latest_schema_revision
-
-        connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-        try:
-            rows = connection.execute("SELECT version_num FROM alembic_version").fetchall()
-        finally:
-            connection.close()
-        return rows == [(_get_latest_schema_revision(),)]
-    except Exception:  # missing file, a schema half made, another MLflow: leave it to the run
-        return False
-
-
 def mlflow_default_uri() -> str:
     import mlflow
 
@@ -241,6 +226,10 @@ def mlflow_default_uri() -> str:
 
 def main() -> int:
     import logging
+
+    from mlrepro.signals import ignore_in_helper_process
+
+    ignore_in_helper_process()  # Ctrl-C reaches the whole group; this process ends when the run closes its pipe
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     from mlflow.tracking import MlflowClient

@@ -13,6 +13,12 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Property tests: the same examples on every run, and a bounded number of them (README: reliability).
+settings.register_profile("ci", derandomize=True, max_examples=200, deadline=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.function_scoped_fixture])
+settings.load_profile("ci")
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -18,14 +18,15 @@ def two_runs(store: str, cwd: Path, *other: str) -> tuple[str, str]:
     return first, only_run_id(store)
 
 
-# Runs the command line in-process and says whether torch was imported on the way.
+# Runs each command line in this one process, then says whether torch was imported on the way.
 IMPORTS_TORCH = """
-import sys
+import json, sys
 from mlrepro.cli import main
-try:
-    main(sys.argv[1:], prog_name="mlrepro")
-except SystemExit as exit:
-    print("exit", exit.code)
+for args in json.loads(sys.argv[1]):
+    try:
+        main(args, prog_name="mlrepro")
+    except SystemExit as exit:
+        print("exit", exit.code)
 print("torch imported:", "torch" in sys.modules)
 """
 
@@ -55,9 +56,10 @@ def test_identical_runs_exit_0_different_runs_exit_1_naming_the_step_and_the_cau
     assert as_json["diagnosis"].startswith("most likely cause: seed (3 | 4): another seed draws")
 
     # Reading commands never import torch: --help and compare start in a fraction of the time.
-    for args in (["--help"], ["compare", a, c], ["show", a], ["find"]):
-        light = run_command([sys.executable, "-c", IMPORTS_TORCH, *args], store, tmp_path)
-        assert "torch imported: False" in light.stdout, (args, light.stdout, light.stderr[-2000:])
+    commands = [["--help"], ["compare", a, c], ["show", a], ["find"]]
+    light = run_command([sys.executable, "-c", IMPORTS_TORCH, json.dumps(commands)], store, tmp_path)
+    assert light.stdout.count("exit ") == 4 and "exit 1" in light.stdout, light.stdout + light.stderr[-2000:]
+    assert "torch imported: False" in light.stdout
 
 
 def test_thread_count_is_named_as_a_difference(tmp_path: Path, store: str) -> None:

@@ -8,7 +8,7 @@ import struct
 import numpy as np
 import pytest
 
-from mlrepro.compare import compare_losses
+from mlrepro.compare import LoggedRun, compare_logged_runs, compare_losses
 from mlrepro.losses import LossSeries
 
 
@@ -88,3 +88,51 @@ def test_a_series_spliced_at_a_step_keeps_its_own_steps_before_it_and_the_others
     assert joined.steps.tolist() == [0, 1, 2, 3, 4]
     assert joined.values.tobytes() == np.array([0.0, nan_with_payload(5), 20.0, 30.0, 40.0]).tobytes()
     assert killed.spliced(series([9.0], steps=[1]), 4).values.tobytes() == killed.values.tobytes()
+
+
+def logged(run_id: str, values: list[float], status: str = "FINISHED", stored: bool = False, **extra) -> LoggedRun:
+    losses = LossSeries.from_steps_and_values(range(len(values)), values, stored=stored)
+    return LoggedRun(run_id=run_id, status=status, spec=None, spec_fields={"seed": "3"}, environment={},
+                     losses=losses, metric="loss", loss_source="test", **extra)
+
+
+def test_a_killed_prefix_of_a_finished_run_is_identical_so_far_never_nondeterminism() -> None:
+    killed = logged("a", [3.0, 2.0, 1.0], status="KILLED")
+    whole = logged("b", [3.0, 2.0, 1.0, 0.5, 0.25])
+    verdict = compare_logged_runs(killed, whole)
+    assert verdict.verdict == "identical so far" and not verdict.identical
+    assert verdict.diagnosis.startswith("identical so far: A stopped at step 2 (KILLED); the 3 steps both runs have")
+    assert "nondeterministic" not in verdict.diagnosis and "cause" not in verdict.diagnosis
+
+
+def test_a_live_run_is_identical_so_far_and_a_real_difference_still_counts_in_an_unfinished_run() -> None:
+    live = logged("a", [3.0, 2.0], status="RUNNING")
+    assert compare_logged_runs(live, logged("b", [3.0, 2.0, 1.0])).verdict == "identical so far"
+    differs = compare_logged_runs(logged("a", [3.0, 2.5], status="KILLED"), logged("b", [3.0, 2.0, 1.0]))
+    assert differs.verdict == "different" and differs.first_divergent_step == 1
+
+
+def test_steps_from_the_metric_history_are_compared_as_the_store_keeps_them_and_the_verdict_says_so() -> None:
+    exact = [math.inf, -math.inf, nan_with_payload(0x123), -0.0, 1.5]
+    # What MLflow's metric store gives back for the same values: max-float, one NaN, +0.0.
+    kept = [1.7976931348623157e308, -1.7976931348623157e308, math.nan, 0.0, 1.5]
+    verdict = compare_logged_runs(logged("a", exact), logged("b", kept, stored=True))
+    assert verdict.verdict == "identical"
+    assert verdict.losses.steps_compared_as_stored == 5
+    assert verdict.notes == ["5 steps came from MLflow's metric history, which keeps neither inf, nor NaN payloads, "
+                             "nor -0.0: they were compared as the store keeps them"]
+    # Between two exact records, the same values still differ bit for bit.
+    assert compare_logged_runs(logged("a", exact), logged("b", kept)).verdict == "different"
+
+
+def test_a_deleted_run_is_named_as_such() -> None:
+    verdict = compare_logged_runs(logged("a", [1.0]), logged("b", [1.0], deleted=True))
+    assert verdict.identical and verdict.notes == ["run b (B) is deleted: it is in the tracking store's trash"]
+
+
+def test_two_nans_with_other_payloads_show_their_bits() -> None:
+    from mlrepro.cli import format_comparison
+
+    verdict = compare_logged_runs(logged("a", [nan_with_payload(1)]), logged("b", [nan_with_payload(2)]))
+    text = format_comparison(verdict)
+    assert "  A: nan  [bits 0x7ff8000000000001]" in text and "  B: nan  [bits 0x7ff8000000000002]" in text

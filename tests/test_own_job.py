@@ -100,9 +100,17 @@ def test_a_killed_run_of_a_users_job_resumes_bit_for_bit(tmp_path: Path, store: 
     whole = run_command([sys.executable, "train.py", *spec], store, project, PYTHONHASHSEED="0")
     assert whole.returncode == 0, whole.stderr[-3000:]
 
-    verdict = mlrepro_cli(store, tmp_path, "compare", resumed_id, only_run_id(store))
+    uninterrupted = only_run_id(store)
+    verdict = mlrepro_cli(store, tmp_path, "compare", resumed_id, uninterrupted)
     assert verdict.returncode == 0, verdict.stdout + verdict.stderr
     assert "logged the same 20000 losses, bit for bit" in verdict.stdout
+    # The digest is of the stitched losses, so `find --digest` finds the resumed run beside the whole one.
+    client = mlflow.MlflowClient()
+    resumed_tags, whole_tags = client.get_run(resumed_id).data.tags, client.get_run(uninterrupted).data.tags
+    assert resumed_tags["mlrepro.loss_digest"] == whole_tags["mlrepro.loss_digest"]
+    assert resumed_tags["mlrepro.own_loss_digest"] != resumed_tags["mlrepro.loss_digest"]
+    found = json.loads(mlrepro_cli(store, tmp_path, "find", "--json", "--digest", whole_tags["mlrepro.loss_digest"]).stdout)
+    assert {run["run_id"] for run in found} == {resumed_id, uninterrupted}
 
 
 def test_bad_input_to_a_users_job_is_one_line(tmp_path: Path, store: str, project: Path) -> None:

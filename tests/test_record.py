@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 
 from mlrepro import keys, load_run, start_run
-from mlrepro.errors import RunNotFoundError
+from mlrepro.errors import CheckpointError, RunNotFoundError, SpecError
 from mlrepro.record import environment_from_tags, resolve_run_id
 from mlrepro.spec import LineFitSpec
+from tests.conftest import job_env
 
 
 def test_a_unique_prefix_of_eight_or_more_digits_names_a_run(tmp_path: Path, store: str) -> None:
@@ -54,3 +59,78 @@ def test_a_loaded_run_carries_its_code_record(store: str) -> None:
     logged = load_run(run.run_id)
     assert logged.code is not None and logged.code.entry == logged.environment["code.entry"]
     assert len(logged.losses) == 1 and list(logged.losses) == [(0, 1.0)]  # len() and iteration
+
+
+def artifact_folder(run_id: str) -> Path:
+    return Path(mlflow.MlflowClient().get_run(run_id).info.artifact_uri.removeprefix("file://")) / "mlrepro"
+
+
+@pytest.mark.parametrize(
+    ("artifact", "damage", "message"),
+    [
+        ("losses.npz", lambda data: data[: len(data) // 2], "the run's mlrepro/losses.npz is damaged"),
+        ("losses.npz", lambda data: b"garbage" * 10, "the run's mlrepro/losses.npz is damaged"),
+        ("losses.npz", None, "the run's mlrepro/losses.npz is damaged"),  # a record without its values
+        ("spec.json", lambda data: data[:-5], "the run's mlrepro/spec.json is damaged: not JSON"),
+        ("spec.json", lambda data: b'["not", "a", "spec"]', "the logged spec is damaged"),
+        ("environment.json", lambda data: b"\xff\xfe{", "the run's mlrepro/environment.json is damaged: not JSON"),
+    ],
+)
+def test_a_damaged_record_is_one_clear_error_never_a_traceback(store: str, artifact: str, damage, message: str) -> None:
+    with start_run(LineFitSpec(steps=2)) as run:
+        run.log_loss(1.0)
+        run.log_loss(0.5)
+    path = artifact_folder(run.run_id) / artifact
+    if damage is None:
+        np.savez(path, steps=np.arange(2))
+    else:
+        path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(SpecError) as caught:
+        load_run(run.run_id)
+    assert str(caught.value).startswith(message) and "\n" not in str(caught.value)
+
+
+def test_resuming_refuses_a_deleted_run_and_a_checkpoint_without_its_checksum_before_any_run_exists(
+    store: str,
+) -> None:
+    client = mlflow.MlflowClient()
+    with start_run(LineFitSpec(steps=2, checkpoint_every=1)) as run:
+        from mlrepro import Checkpoint, capture_rng_state
+
+        run.log_loss(1.0)
+        run.save_checkpoint(Checkpoint(step=1, epoch=0, batch_in_epoch=1, model={}, optimizer=None,
+                                       rng=capture_rng_state(), extra={}))
+    (artifact_folder(run.run_id) / "checkpoints" / "step-000000001.pt.sha256").unlink()
+    before = len(client.search_runs(["0"]))
+    with pytest.raises(CheckpointError, match="has no checksum beside it; it was not loaded"):
+        with start_run(LineFitSpec(steps=2, checkpoint_every=1, resume_from=run.run_id)):
+            pass
+    client.delete_run(run.run_id)
+    with pytest.raises(SpecError, match=f"resume_from: run {run.run_id} is deleted"):
+        with start_run(LineFitSpec(steps=2, checkpoint_every=1, resume_from=run.run_id)):
+            pass
+    assert len(client.search_runs(["0"])) == before - 1  # nothing half-written: no new run, only the deletion
+
+
+STARTS_AT_ONCE = """
+import sys, time
+from mlrepro import start_run
+from mlrepro.spec import LineFitSpec
+while time.time() < float(sys.argv[1]):
+    time.sleep(0.001)
+with start_run(LineFitSpec(steps=3)) as run:
+    for value in (3.0, 2.0, 1.0):
+        run.log_loss(value)
+"""
+
+
+def test_jobs_that_start_at_once_on_a_new_sqlite_file_all_succeed(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'new.db'}"
+    start_at = time.time() + 8  # every process imported and waiting, then all open the new store at once
+    jobs = [subprocess.Popen([sys.executable, "-c", STARTS_AT_ONCE, str(start_at)], cwd=tmp_path,
+                             env=job_env(uri), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(4)]
+    results = [(job.wait(timeout=300), job.stderr.read()) for job in jobs]
+    assert [code for code, _ in results] == [0, 0, 0, 0], [err[-1500:] for _, err in results]
+    runs = mlflow.MlflowClient(uri).search_runs(["0"])
+    assert len(runs) == 4 and all(len(load_run(r.info.run_id, mlflow.MlflowClient(uri)).losses) == 3 for r in runs)

@@ -18,7 +18,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from mlrepro import load_run, start_run
 from mlrepro.spec import LineFitSpec
-from mlrepro.writer import sqlite_schema_is_current, wait_for_exit
+from mlrepro.record import sqlite_schema_is_current
+from mlrepro.writer import wait_for_exit
 
 
 def history(run_id: str) -> list[tuple[int, float]]:

@@ -1,0 +1,96 @@
+"""SIGINT and SIGTERM end a run as KILLED, after every step handed over is saved.
+
+While a run trains, the first SIGINT or SIGTERM raises ``RunInterrupted`` in the
+main thread, wherever the loop is; the run then delivers its steps, writes the exact
+record and ends KILLED. A second signal during that saving (``mlflow run`` answers
+Ctrl-C by sending SIGTERM to the job it started) is noted and does not cut it short.
+A signal that arrives while the run is being saved at its normal end is raised once
+the saving is done, so the run still ends KILLED and nothing is half-written.
+
+Python runs signal handlers in the main thread only; a run opened in another thread
+leaves the process's handlers as they are.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+
+HANDLED = (signal.SIGINT, signal.SIGTERM)
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """A run was stopped by a signal. A ``KeyboardInterrupt``, so ``except Exception`` in a
+    training loop does not swallow it."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        self.run_id: str | None = None  # set by start_run: which run it ended, after how many steps
+        self.steps = 0
+        super().__init__(signal.Signals(signum).name)
+
+    @property
+    def signal_name(self) -> str:
+        return signal.Signals(self.signum).name
+
+    @property
+    def exit_code(self) -> int:
+        """What a shell reports for a process ended by this signal."""
+        return 128 + self.signum
+
+
+class Interruption:
+    """The signal state of one run: what arrived, and whether it may still be raised."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._raising = True
+        self.previous: dict[int, object] = {}  # the handlers to put back when the run is over
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        first = self.signum is None
+        if first:
+            self.signum = signum
+        if first and self._raising:
+            self._raising = False  # once: the saving that follows must not be interrupted
+            raise RunInterrupted(signum)
+
+    def saving(self) -> None:
+        """From here on a signal is noted, not raised: the run is saving what it has.
+
+        DataLoader workers killed with the group make torch's SIGCHLD handler raise
+        "DataLoader worker ... is killed"; while the run saves, that is no news."""
+        self._raising = False
+        if threading.current_thread() is threading.main_thread():
+            self.previous.setdefault(signal.SIGCHLD, signal.signal(signal.SIGCHLD, signal.SIG_DFL))
+
+    def pending(self) -> RunInterrupted | None:
+        """The interruption that arrived while saving, to raise once the saving is done."""
+        return RunInterrupted(self.signum) if self.signum is not None else None
+
+
+@contextmanager
+def interruptible() -> Iterator[Interruption]:
+    """SIGINT and SIGTERM raise ``RunInterrupted`` inside the block (main thread only)."""
+    state = Interruption()
+    if threading.current_thread() is not threading.main_thread():
+        yield state
+        return
+    state.previous.update({signum: signal.getsignal(signum) for signum in HANDLED})
+    for signum in HANDLED:
+        signal.signal(signum, state._handle)
+    try:
+        yield state
+    finally:
+        for signum, handler in state.previous.items():
+            signal.signal(signum, handler)
+
+
+def ignore_in_helper_process() -> None:
+    """For a helper process (the writer): a signal sent to the whole process group must not
+    kill it before it has delivered what the run handed it; it ends when the run closes its pipe."""
+    for signum in HANDLED:
+        signal.signal(signum, signal.SIG_IGN)
