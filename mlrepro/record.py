@@ -48,6 +48,7 @@ from mlrepro.errors import (
     describe_store_failure,
     one_line,
     redacted,
+    redacted_uri,
 )
 from mlrepro.losses import LossSeries
 from mlrepro.process import identity, liveness
@@ -95,7 +96,7 @@ def store_errors(client: MlflowClient, run_id: str | None = None, context: str =
         yield
     except (MlflowException, OSError) as err:  # OSError: DNS, a vanished artifact folder
         if run_id is not None and is_missing_run(err):
-            raise RunNotFoundError(f"{context}no run {run_id!r} in the tracking store {client.tracking_uri}") from err
+            raise RunNotFoundError(f"{context}no run {run_id!r} in the tracking store {redacted_uri(client.tracking_uri)}") from err
         raise TrackingError(describe_store_failure(client.tracking_uri, err)) from err
 
 
@@ -123,7 +124,12 @@ def _locked(path: Path) -> Iterator[None]:
     except ImportError:  # not POSIX: no lock, as before
         yield
         return
-    with open(path, "a") as lock:
+    try:
+        lock = open(path, "a")
+    except OSError:  # no folder for the store: MLflow's own error says so, once it opens it
+        yield
+        return
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield
@@ -158,7 +164,7 @@ def resolve_run_id(client: MlflowClient, text: str, context: str = "") -> str:
         found = client.search_runs(experiments, filter_string=f"attributes.run_id LIKE '{text}%'",
                                    run_view_type=ViewType.ALL, max_results=2) if experiments else []
     if not found:
-        raise RunNotFoundError(f"{context}no run {text!r} in the tracking store {client.tracking_uri}")
+        raise RunNotFoundError(f"{context}no run {text!r} in the tracking store {redacted_uri(client.tracking_uri)}")
     if len(found) > 1:
         raise RunNotFoundError(f"{context}{text!r} is the start of more than one run id; give more digits")
     return found[0].info.run_id
@@ -547,5 +553,5 @@ def _experiment_ids(client: MlflowClient, experiment: str | None) -> list[str]:
         except MlflowException:
             found = None
     if found is None:
-        raise ExperimentNotFoundError(f"no experiment named or numbered {experiment!r} in {client.tracking_uri}")
+        raise ExperimentNotFoundError(f"no experiment named or numbered {experiment!r} in {redacted_uri(client.tracking_uri)}")
     return [found.experiment_id]

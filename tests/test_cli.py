@@ -62,12 +62,6 @@ def test_identical_runs_exit_0_different_runs_exit_1_naming_the_step_and_the_cau
     assert "torch imported: False" in light.stdout
 
 
-def test_thread_count_is_named_as_a_difference(tmp_path: Path, store: str) -> None:
-    a, b = two_runs(store, tmp_path, "seed=3", "threads=2")
-    result = json.loads(mlrepro_cli(store, tmp_path, "compare", "--json", a, b).stdout)
-    assert [d["key"] for d in result["differences"]] == ["threads", "determinism.intra_op_threads"]
-
-
 def test_compare_errors_exit_2_with_one_line(tmp_path: Path, store: str) -> None:
     assert run_linefit(store, tmp_path, "steps=3").returncode == 0
     real = only_run_id(store)

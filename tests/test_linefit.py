@@ -47,20 +47,6 @@ def test_seed_3_losses_equal_the_seed_scripts_bit_for_bit(tmp_path: Path, store:
     assert job_lines == seed_lines and len(job_lines) == 10
 
 
-def test_a_second_process_repeats_the_run_and_another_seed_does_not(tmp_path: Path, store: str) -> None:
-    first = run_linefit(store, tmp_path, "seed=7", "steps=50")
-    first_id = only_run_id(store)
-    second = run_linefit(store, tmp_path, "seed=7", "steps=50")
-    second_id = only_run_id(store)
-    other = run_linefit(store, tmp_path, "seed=8", "steps=50")
-    other_id = only_run_id(store)
-    assert first.returncode == second.returncode == other.returncode == 0
-
-    a, b, c = (load_run(run_id).losses.values for run_id in (first_id, second_id, other_id))
-    assert a.tobytes() == b.tobytes()
-    assert a[0] != c[0]
-
-
 def test_steps_and_lr_come_from_the_spec(tmp_path: Path, store: str) -> None:
     result = run_linefit(store, tmp_path, "steps=20", "lr=1e-3", "hidden=10")
     assert result.returncode == 0, result.stderr
