@@ -54,18 +54,23 @@ class Interruption:
         first = self.signum is None
         if first:
             self.signum = signum
+            # The loop's DataLoader iterator is shut down as the exception leaves the loop, before
+            # start_run can act: its workers' deaths must already be no news then.
+            self._quiet_children()
         if first and self._raising:
             self._raising = False  # once: the saving that follows must not be interrupted
             raise RunInterrupted(signum)
 
     def saving(self) -> None:
-        """From here on a signal is noted, not raised: the run is saving what it has.
-
-        DataLoader workers killed with the group make torch's SIGCHLD handler raise
-        "DataLoader worker ... is killed"; while the run saves, that is no news."""
+        """From here on a signal is noted, not raised: the run is saving what it has."""
         self._raising = False
-        if threading.current_thread() is threading.main_thread():
-            self.previous.setdefault(signal.SIGCHLD, signal.signal(signal.SIGCHLD, signal.SIG_DFL))
+        self._quiet_children()
+
+    def _quiet_children(self) -> None:
+        """DataLoader workers killed with the group make torch's SIGCHLD handler raise
+        "DataLoader worker ... is killed"; once the run is stopping, that is no news."""
+        if threading.current_thread() is threading.main_thread() and signal.SIGCHLD not in self.previous:
+            self.previous[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
 
     def pending(self) -> RunInterrupted | None:
         """The interruption that arrived while saving, to raise once the saving is done."""
