@@ -72,10 +72,6 @@ class Interruption:
         if threading.current_thread() is threading.main_thread() and signal.SIGCHLD not in self.previous:
             self.previous[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
 
-    def pending(self) -> RunInterrupted | None:
-        """The interruption that arrived while saving, to raise once the saving is done."""
-        return RunInterrupted(self.signum) if self.signum is not None else None
-
 
 @contextmanager
 def interruptible() -> Iterator[Interruption]:
