@@ -329,7 +329,7 @@ def write_verdict(client: MlflowClient, run_id: str, other_run_id: str, text: st
     """The verdict of ``compare --log`` against another run: a tag and the plot."""
     with store_errors(client, run_id):
         client.set_tag(run_id, keys.TAG_VERDICT_PREFIX + other_run_id, text)
-        client.log_artifact(run_id, str(plot), artifact_path=keys.COMPARE_ARTIFACT_DIR)
+    write_artifact(client, run_id, plot, keys.COMPARE_ARTIFACT_DIR)
 
 
 def create_run(client: MlflowClient, experiment_id: str, tags: Mapping[str, str]) -> str:
@@ -480,14 +480,6 @@ def mark_killed(client: MlflowClient, run_id: str) -> LoggedRun:
     return run
 
 
-def read_spec(client: MlflowClient, run_id: str, context: str = "") -> AnySpec | None:
-    """The spec a run logged, or None for a run mlrepro did not log."""
-    with store_errors(client, run_id, context), tempfile.TemporaryDirectory() as folder:
-        tags = client.get_run(run_id).data.tags
-        files = _download_records(client, run_id, Path(folder))
-        return _read_spec(files, tags) if keys.SPEC_ARTIFACT in files else None
-
-
 def read_newest_checkpoint(client: MlflowClient, spec: BaseSpec) -> tuple[str, Checkpoint]:
     """The run ``spec.resume_from`` names (its full id) and its newest checkpoint; that run must
     have run the same spec. Everything is checked before the resumed run is created."""
@@ -496,10 +488,12 @@ def read_newest_checkpoint(client: MlflowClient, spec: BaseSpec) -> tuple[str, C
 
     context = "resume_from: "
     run_id = resolve_run_id(client, spec.resume_from, context)
-    with store_errors(client, run_id, context):
-        if client.get_run(run_id).info.lifecycle_stage == "deleted":
+    with store_errors(client, run_id, context), tempfile.TemporaryDirectory() as folder:
+        run = client.get_run(run_id)
+        if run.info.lifecycle_stage == "deleted":
             raise SpecError(f"resume_from: run {run_id} is deleted; restore it first (mlflow runs restore --run-id {run_id})")
-    logged = read_spec(client, run_id, context)
+        files = _download_records(client, run_id, Path(folder))
+        logged = _read_spec(files, run.data.tags) if keys.SPEC_ARTIFACT in files else None
     if logged is None:
         raise SpecError(f"resume_from: run {run_id} was not logged by an mlrepro job")
     if logged.job != spec.job or logged.hash != spec.hash:
