@@ -5,6 +5,8 @@ Exit codes, like ``cmp``:
     1  compare: the runs differ
     2  bad input or an unusable store: a one-line message on stderr, nothing half-written
     3  compare: identical so far, but a run did not finish (RUNNING, KILLED, FAILED)
+    4  a job or ``sync``: the tracking store did not take everything in time; the rest waits in
+       the local spool, and ``mlrepro sync`` delivers it (nothing is lost)
     128+N  a job stopped by signal N (130 SIGINT, 143 SIGTERM), its run KILLED with every step recorded
 """
 
@@ -37,6 +39,7 @@ EXIT_OK = 0
 EXIT_DIFFERENT = 1
 EXIT_ERROR = 2
 EXIT_UNFINISHED = 3
+EXIT_PENDING = 4
 
 TrainFunction = Callable[[Any, "TrackedRun"], None]
 
@@ -49,8 +52,13 @@ def fail(message: str) -> NoReturn:
 @contextmanager
 def user_errors(on_error: Callable[[str], None] | None = None) -> Iterator[None]:
     """Turn every user-facing failure into one line on stderr and exit code 2."""
+    from mlrepro.spool import DeliveryPendingError
+
     try:
         yield
+    except DeliveryPendingError as err:
+        click.echo(f"mlrepro: {one_line(redacted(str(err)))}", err=True)
+        sys.exit(EXIT_PENDING)
     except (ValidationError, MlreproError) as err:
         message = f"invalid input: {describe_validation_error(err)}" if isinstance(err, ValidationError) else str(err)
         if on_error is not None:
@@ -151,14 +159,43 @@ def mark_killed(run_ids: tuple[str, ...]) -> None:
     """
     from mlflow.tracking import MlflowClient
 
-    from mlrepro import record
+    from mlrepro import record, spool
 
     with user_errors():
         client = MlflowClient()
         for run_id in run_ids:
+            run_id = record.resolve_run_id(client, run_id)
+            if run_id in spool.spooled_runs():  # what the killed job spooled but never delivered
+                for result in spool.sync([run_id], spool.store_wait_s(), client.tracking_uri):
+                    click.echo(result.describe())
             run = record.mark_killed(client, run_id)
             click.echo(f"marked run {run.run_id} KILLED: its process is gone; it logged {len(run.losses)} steps "
                        f"({run.loss_source})")
+
+
+@main.command()
+@click.argument("run_ids", nargs=-1, metavar="[RUN]...")
+@click.option("--wait", "wait_s", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
+              help="How long to keep trying a store that fails (default: MLREPRO_STORE_WAIT_S, else 60).")
+def sync(run_ids: tuple[str, ...], wait_s: float | None) -> None:
+    """Deliver what runs on this machine kept in their spool while the tracking store was away.
+
+    With no RUN, every run with a spool. Idempotent: delivered steps are not sent again, and
+    each run's record arrives in order, bit for bit. Exit 0 when nothing is left, 4 when some
+    is still pending.
+    """
+    import mlflow
+
+    from mlrepro import spool
+
+    with user_errors():
+        wait = spool.store_wait_s() if wait_s is None else wait_s
+        results = spool.sync(list(run_ids), wait, mlflow.get_tracking_uri())
+        if not results:
+            click.echo(f"nothing to deliver: no run has a spool in {spool.root()}")
+        for result in results:
+            click.echo(redacted(result.describe()))
+    sys.exit(EXIT_PENDING if any(result.pending is not None for result in results) else EXIT_OK)
 
 
 @main.command()
@@ -368,8 +405,11 @@ def run_job(spec: BaseSpec, train: TrainFunction) -> None:
         with start_run(spec) as run:
             train(spec, run)
     except RunInterrupted as interrupted:
+        pending = interrupted.pending
+        kept = "every step is recorded, and the run is KILLED" if pending is None or pending.nothing \
+            else f"the run is KILLED; {pending.describe_for_user()}"
         click.echo(f"mlrepro: run {interrupted.run_id} stopped by {interrupted.signal_name} after "
-                   f"{interrupted.steps} steps; every step is recorded, and the run is KILLED", err=True)
+                   f"{interrupted.steps} steps; {one_line(redacted(kept))}", err=True)
         sys.exit(interrupted.exit_code)
 
 

@@ -11,6 +11,10 @@ A run made by mlrepro holds:
   ``code.json``, the exact loss record ``losses.npz``, ``checkpoints/`` and ``compare/`` plots;
 - the metric ``loss`` (or the spec's ``metric``) at every step, written by the writer process.
 
+What a training run writes once it has started (losses, the exact record, checkpoints,
+metrics, the end) goes to its local spool first (``mlrepro.spool``), which replays
+these same calls on a client: the functions that take a ``RunWriter`` write either way.
+
 Every MLflow or OS error of the store becomes an mlrepro error in ``store_errors``,
 once. This module imports neither torch nor the training side, so the commands that
 only read stay light.
@@ -27,7 +31,7 @@ from array import array
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from mlflow.entities import Metric, Param, Run, RunTag, ViewType
@@ -74,6 +78,22 @@ _LEGACY_BOOKKEEPING = {
     keys.TAG_OWN_LOSS_DIGEST, keys.TAG_PROCESS, keys.TAG_ENDED,
 }
 _TAG_LIMIT = 5000
+
+
+class RunWriter(Protocol):
+    """Where a training run's writes go: an ``MlflowClient``, or the run's spool
+    (``mlrepro.spool.Spool``), which keeps them on disk and replays them on a client."""
+
+    tracking_uri: str
+
+    def set_tag(self, run_id: str, key: str, value: str) -> Any: ...
+
+    def log_metric(self, run_id: str, key: str, value: float, step: int | None = None) -> Any: ...
+
+    def log_artifact(self, run_id: str, local_path: str, artifact_path: str | None = None) -> Any: ...
+
+    def set_terminated(self, run_id: str, status: str | None = None) -> Any: ...
+
 # Set by `mlflow run` on the runs it creates.
 MLFLOW_ENTRY_POINT_TAG = "mlflow.project.entryPoint"
 
@@ -87,7 +107,7 @@ def is_missing_run(err: BaseException) -> bool:
 
 
 @contextmanager
-def store_errors(client: MlflowClient, run_id: str | None = None, context: str = "") -> Iterator[None]:
+def store_errors(client: RunWriter, run_id: str | None = None, context: str = "") -> Iterator[None]:
     """Turn the store's failures into mlrepro's: a missing run, or a store that failed.
 
     ``context`` (``"resume_from: "``, say) goes before the message of a missing run.
@@ -241,23 +261,26 @@ def _log_json(client: MlflowClient, run_id: str, artifact: str, content: Any) ->
         client.log_artifact(run_id, str(path), artifact_path=folder)
 
 
-def write_loss_metrics(client: MlflowClient, run_id: str, metric: str, values: array, first_step: int) -> None:
+def write_loss_metrics(client: MlflowClient, run_id: str, metric: str, values: array, first_step: int,
+                       timestamp: int | None = None) -> None:
     """Log ``values`` as metric ``metric`` at steps ``first_step``, ``first_step + 1``, ..., in
-    batches MLflow accepts. The writer process calls this; store errors are its to handle."""
-    timestamp = int(time.time() * 1000)
+    batches MLflow accepts, stamped ``timestamp`` (ms; now if None). The spool's delivery calls
+    this with the time the steps were taken; store errors are its to handle."""
+    if timestamp is None:
+        timestamp = int(time.time() * 1000)
     for start in range(0, len(values), MAX_METRICS_PER_BATCH):
         chunk = values[start : start + MAX_METRICS_PER_BATCH]
         metrics = [Metric(metric, value, timestamp, first_step + start + i) for i, value in enumerate(chunk)]
         client.log_batch(run_id, metrics=metrics, synchronous=True)
 
 
-def write_metric(client: MlflowClient, run_id: str, key: str, value: float, step: int) -> None:
+def write_metric(client: RunWriter, run_id: str, key: str, value: float, step: int) -> None:
     """Any other metric of a run (test accuracy per epoch, say), written at once."""
     with store_errors(client, run_id):
         client.log_metric(run_id, key, value, step=step)
 
 
-def write_losses(client: MlflowClient, run_id: str, losses: LossSeries, complete: bool,
+def write_losses(client: RunWriter, run_id: str, losses: LossSeries, complete: bool,
                  stitched: LossSeries | None = None) -> None:
     """The exact loss record, bit for bit (the metric store loses inf and NaN payloads).
 
@@ -276,7 +299,7 @@ def write_losses(client: MlflowClient, run_id: str, losses: LossSeries, complete
                 client.set_tag(run_id, keys.TAG_OWN_LOSS_DIGEST, losses.digest)
 
 
-def write_checkpoint(client: MlflowClient, run_id: str, checkpoint: Checkpoint) -> None:
+def write_checkpoint(client: RunWriter, run_id: str, checkpoint: Checkpoint) -> None:
     """A checkpoint as ``mlrepro/checkpoints/step-NNNNNNNNN.pt``, with its SHA-256 beside it."""
     from mlrepro.checkpoint import checksum_path, save_checkpoint
 
@@ -294,7 +317,7 @@ def write_resume_links(client: MlflowClient, run_id: str, resumed_from: str, ste
         client.set_tag(resumed_from, keys.TAG_RESUMED_BY, run_id)
 
 
-def write_error(client: MlflowClient, run_id: str, message: str) -> None:
+def write_error(client: RunWriter, run_id: str, message: str) -> None:
     """Why a run stopped, on the run. Best effort: a store that fails must not hide the error."""
     try:
         client.set_tag(run_id, keys.TAG_ERROR, one_line(redacted(message))[:_TAG_LIMIT])
@@ -337,7 +360,7 @@ def create_run(client: MlflowClient, experiment_id: str, tags: Mapping[str, str]
         return client.create_run(experiment_id, tags=dict(tags)).info.run_id
 
 
-def end_run(client: MlflowClient, run_id: str, status: str) -> None:
+def end_run(client: RunWriter, run_id: str, status: str) -> None:
     with store_errors(client, run_id):
         client.set_terminated(run_id, status=status)
 
@@ -425,7 +448,7 @@ def effective_status(status: str, tags: Mapping[str, str]) -> str:
     return "KILLED" if status == "FAILED" and tags.get(keys.TAG_ENDED, "").startswith("KILLED") else status
 
 
-def write_ended_by_signal(client: MlflowClient, run_id: str, signal_name: str) -> None:
+def write_ended_by_signal(client: RunWriter, run_id: str, signal_name: str) -> None:
     """Say on the run that a signal ended it, before it is ended KILLED."""
     with store_errors(client, run_id):
         client.set_tag(run_id, keys.TAG_ENDED, f"KILLED by {signal_name}")

@@ -18,6 +18,10 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mlrepro.spool import Pending
 
 HANDLED = (signal.SIGINT, signal.SIGTERM)
 
@@ -30,6 +34,7 @@ class RunInterrupted(KeyboardInterrupt):
         self.signum = signum
         self.run_id: str | None = None  # set by start_run: which run it ended, after how many steps
         self.steps = 0
+        self.pending: Pending | None = None  # what of it still waits in the spool (mlrepro.spool.Pending), if anything
         super().__init__(signal.Signals(signum).name)
 
     @property

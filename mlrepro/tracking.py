@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import signal
 import sys
-import tempfile
+import time
 from array import array
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
+from dataclasses import replace
 
 import mlflow
 import numpy as np
@@ -32,6 +32,20 @@ from mlrepro.plugin import recording_own_run
 from mlrepro.seeding import SeedRecord, seed_everything, seed_generators
 from mlrepro.signals import RunInterrupted, interruptible
 from mlrepro.spec import BaseSpec
+from mlrepro.spool import (
+    STORE_WAIT_ENV,
+    Delivery,
+    DeliveryPendingError,
+    Pending,
+    Spool,
+    StoreRefusedError,
+    deliver_until,
+    holding,
+    ready_root,
+    store_wait_s,
+    warn,
+    delivering,
+)
 from mlrepro.writer import LossWriter
 
 # Steps of a GPU loss gathered on the device before one copy to the host.
@@ -42,10 +56,13 @@ class TrackedRun:
     """The training loop's handle on its MLflow run: ``log_loss`` once per step.
 
     ``log_loss`` costs the loop well under a microsecond for a Python float: the
-    value goes into an array (8 bytes a step) and a separate process writes it to
-    MLflow (``mlrepro.writer``). A loss tensor on a GPU is copied into a block on
-    the device and brought to the host a block at a time, so the loop is not
-    synchronised with the GPU every step.
+    value goes into an array (8 bytes a step), is appended to the run's local spool
+    within ``SEND_INTERVAL_S``, and a separate process delivers it to MLflow
+    (``mlrepro.writer``). A loss tensor on a GPU is copied into a block on the device
+    and brought to the host a block at a time, so the loop is not synchronised with
+    the GPU every step. Every other write of the run (``log_metric``, checkpoints, the
+    exact record, the end) goes through the spool too: a store that fails never stops
+    the training, and nothing is lost (``mlrepro sync`` delivers what waited).
     """
 
     def __init__(
@@ -67,16 +84,14 @@ class TrackedRun:
         # Where a resumed run starts; the job restores its state from it.
         self.resume = resume
         self.resumed_from: str | None = None  # the run it continues, set by start_run
+        self.resumed_losses: LossSeries | None = None  # that run's losses, read while the store answers
         self.first_step = resume.step if resume is not None else 0
         # The step is first_step + the position, so only the value is stored.
         self._losses = array("d")
         self._device_block: torch.Tensor | None = None
         self._device_filled = 0
-        self._folder = tempfile.TemporaryDirectory(prefix="mlrepro-")
-        self._writer = LossWriter(
-            self._losses, client.tracking_uri, run_id, spec.metric, Path(self._folder.name) / "progress",
-            first_step=self.first_step,
-        )
+        self.spool = Spool.create(run_id, client.tracking_uri, spec.metric, self.first_step)
+        self._writer = LossWriter(self._losses, self.spool, client.tracking_uri)
 
     @property
     def steps_logged(self) -> int:
@@ -108,36 +123,53 @@ class TrackedRun:
             self._device_filled = 0
 
     def log_metric(self, key: str, value: float, step: int) -> None:
-        """Any other metric (test accuracy per epoch, say), written at once."""
-        record.write_metric(self._client, self.run_id, key, value, step)
+        """Any other metric (test accuracy per epoch, say), spooled now and delivered in order."""
+        record.write_metric(self.spool, self.run_id, key, value, step)
+        self._writer.send_now()
 
     def save_checkpoint(self, checkpoint: Checkpoint) -> None:
-        """Log a checkpoint as an artifact, after handing every loss before it to the writer:
-        a run killed right after still has those steps in MLflow."""
+        """Keep a checkpoint in the spool at once, after every loss before it; the writer
+        uploads it as an artifact. A run killed right after keeps it and those steps."""
         self.flush()
-        record.write_checkpoint(self._client, self.run_id, checkpoint)
+        record.write_checkpoint(self.spool, self.run_id, checkpoint)
+        self._writer.send_now()
 
     def flush(self) -> None:
-        """Hand every loss recorded so far to the writer now, and log them bit for bit as the
-        exact record: a run that dies after a flush keeps those steps exactly, NaN and inf included."""
+        """Spool every loss recorded so far now, and with them the exact record, bit for bit:
+        a run that dies after a flush keeps those steps exactly, NaN and inf included."""
         self._bring_device_block_home()
         self._writer.send_now()
-        record.write_losses(self._client, self.run_id, self._losses_so_far(), complete=False)
+        record.write_losses(self.spool, self.run_id, self._losses_so_far(), complete=False)
 
-    def finish(self) -> None:
-        """Wait until every step is in MLflow, then log the exact record and its digest. Nothing the
-        loop logged is lost: what the writer process did not log, this process logs itself."""
+    def finish(self, status: str) -> Pending:
+        """End the run ``status``: spool every step, the exact record and its digest, and the end,
+        then wait (at most ``MLREPRO_STORE_WAIT_S``) until the store holds all of it. What the writer
+        process did not deliver, this process delivers itself while time is left; what is still
+        pending after that stays in the spool, and is returned."""
+        deadline = time.monotonic() + store_wait_s()
         self._bring_device_block_home()
-        logged = self._writer.close()
-        if logged < len(self._losses):
-            record.write_loss_metrics(self._client, self.run_id, self.spec.metric, self._losses[logged:],
-                                      self.first_step + logged)
+        self._writer.stop_sending()
         own = self._losses_so_far()
-        stitched = None
-        if self.resumed_from is not None:
-            stitched = record.read_losses(self._client, self.resumed_from).spliced(own, self.first_step)
-        record.write_losses(self._client, self.run_id, own, complete=True, stitched=stitched)
-        self._folder.cleanup()
+        stitched = self.resumed_losses.spliced(own, self.first_step) if self.resumed_losses is not None else None
+        record.write_losses(self.spool, self.run_id, own, complete=True, stitched=stitched)
+        record.end_run(self.spool, self.run_id, status)
+        self.spool.close()
+        if self._writer.close(deadline) or not self.spool.folder.exists():
+            return Pending(self.run_id, 0, 0, False, self.spool.folder)
+        # The writer died, or the store did not take everything in time. What the writer did not
+        # deliver, this process delivers while time is left; the rest stays in the spool.
+        with holding(self.spool.folder), delivering():
+            delivery = Delivery(self.spool.folder, self._client)
+            try:
+                pending = deliver_until(delivery, deadline)
+            except StoreRefusedError as err:
+                return replace(delivery.pending(), reason=str(err))
+            if pending.nothing:
+                delivery.remove()
+                return pending
+        # Why, as the writer last heard it from the store; else only that time ran out.
+        return pending if pending.reason else \
+            replace(pending, reason=f"it took no more within {STORE_WAIT_ENV}={store_wait_s():g} s")
 
     def _losses_so_far(self) -> LossSeries:
         # A copy: while a view of the array exists, the loop's next append would fail to resize it.
@@ -150,60 +182,104 @@ class TrackedRun:
 def start_run(spec: BaseSpec, *, run_name: str | None = None) -> Iterator[TrackedRun]:
     """Open (or resume) an MLflow run for ``spec``, seeded and recorded; yields a ``TrackedRun``.
 
-    Everything is checked before a run exists: the device, and for ``resume_from`` the
-    run, its spec and its checkpoint. A run that raises ends FAILED, with every loss
+    Everything is checked before a run exists: the device, the spool, and for ``resume_from``
+    the run, its spec and its checkpoint. A run that raises ends FAILED, with every loss
     logged before the error; one stopped by SIGINT or SIGTERM ends KILLED, with every
-    loss too, and raises ``RunInterrupted``. Started outside ``mlflow run``, it says
-    which run it is.
+    loss too, and raises ``RunInterrupted``. If the store stops answering, training goes
+    on; a run that ends while it still does not answer raises ``DeliveryPendingError``,
+    which says what waits in the spool for ``mlrepro sync``. Started outside ``mlflow run``,
+    it says which run it is.
     """
     device = resolve_device(spec.device)
+    store_wait_s()  # a bad MLREPRO_STORE_WAIT_S is bad input, said before the run exists
+    ready_root()
     client = record.ready_store(mlflow.get_tracking_uri())
     resumed_from, resume = record.read_newest_checkpoint(client, spec) if spec.resume_from else (None, None)
+    resumed_losses = record.read_losses(client, resumed_from) if resumed_from is not None else None
     launched = bool(MLFLOW_RUN_ID.get())
     code = capture_code()  # before the run: the sources loaded by now are the job's
     with record.store_errors(client), recording_own_run():
         active = mlflow.start_run(run_name=run_name)
-
-    with active:
-        run_id = active.info.run_id
+    run_id = active.info.run_id
+    try:
         seed_record = seed_everything(spec.seed, deterministic=spec.deterministic, threads=spec.threads)
         environment = capture_environment(extra={"run.device": str(device), **code.facts()})
         record.write_start(client, run_id, spec, seed_record, environment, code)
         tracked = TrackedRun(run_id, spec, device, seed_record, environment, client, resume)
         if resumed_from is not None and resume is not None:
             record.write_resume_links(client, run_id, resumed_from, resume.step)
-            tracked.resumed_from = resumed_from
-        if not launched:  # `mlflow run` prints the run id itself
-            print(f"mlrepro: run {run_id} in {redacted_uri(client.tracking_uri)}", file=sys.stderr, flush=True)
-        if resume is not None:
-            print(f"mlrepro: continues run {resumed_from} from step {resume.step}", file=sys.stderr, flush=True)
-        with interruptible() as interruption:
-            # MLflow may draw from Python's `random` (run names are drawn from it) while
-            # the run is opened and recorded, so the generators are seeded again last,
-            # right before the training loop gets control: a run created by `mlflow run`
-            # and one created here then start from the same state.
-            seed_generators(spec.seed)
-            try:
-                yield tracked
-            except MlreproError as err:
-                record.write_error(client, run_id, str(err))
+            tracked.resumed_from, tracked.resumed_losses = resumed_from, resumed_losses
+    except BaseException:
+        try:
+            mlflow.end_run("FAILED")
+        except Exception:  # the store's failure is the error being raised already
+            pass
+        raise
+    if not launched:  # `mlflow run` prints the run id itself
+        print(f"mlrepro: run {run_id} in {redacted_uri(client.tracking_uri)}", file=sys.stderr, flush=True)
+    if resume is not None:
+        print(f"mlrepro: continues run {resumed_from} from step {resume.step}", file=sys.stderr, flush=True)
+    status, failure = "FINISHED", None
+    with interruptible() as interruption:
+        # MLflow may draw from Python's `random` (run names are drawn from it) while
+        # the run is opened and recorded, so the generators are seeded again last,
+        # right before the training loop gets control: a run created by `mlflow run`
+        # and one created here then start from the same state.
+        seed_generators(spec.seed)
+        try:
+            yield tracked
+        except MlreproError as err:
+            status, failure = "FAILED", err
+            record.write_error(tracked.spool, run_id, str(err))
+            raise
+        except BaseException as err:
+            status, failure = "FAILED", err
+            if interruption.signum is None:
                 raise
-            except BaseException as err:
-                if interruption.signum is None:
-                    raise
-                # Saving starts before the loop's frames go: a DataLoader iterator shut down with
-                # them must not complain that the group's SIGTERM killed its workers.
-                interruption.saving()
-                # The loop may also have failed on those workers first: the signal still ended the run.
-                raise _interrupted(interruption.signum, tracked) from (None if isinstance(err, RunInterrupted) else err)
-            finally:
-                interruption.saving()
-                tracked.finish()
-                if interruption.signum is not None:
-                    record.write_ended_by_signal(client, run_id, signal.Signals(interruption.signum).name)
-                    mlflow.end_run("KILLED")  # before the `with` marks it FAILED
-            if interruption.signum is not None:  # arrived while the run was being saved
-                raise _interrupted(interruption.signum, tracked)
+            # Saving starts before the loop's frames go: a DataLoader iterator shut down with
+            # them must not complain that the group's SIGTERM killed its workers.
+            interruption.saving()
+            # The loop may also have failed on those workers first: the signal still ended the run.
+            failure = _interrupted(interruption.signum, tracked)
+            raise failure from (None if isinstance(err, RunInterrupted) else err)
+        finally:
+            interruption.saving()
+            # A signal that arrived while the run was being saved ends it KILLED too; one that
+            # arrives after this, while the store takes what is spooled, finds it complete.
+            ended_by = interruption.signum
+            if ended_by is not None:
+                status = "KILLED"
+                record.write_ended_by_signal(tracked.spool, run_id, signal.Signals(ended_by).name)
+            pending = tracked.finish(status)
+            _leave_fluent_run(status, delivered=pending.nothing)
+            if isinstance(failure, RunInterrupted):
+                failure.pending = pending
+            elif not pending.nothing and failure is not None:
+                warn(pending.describe_for_user())  # beside the error that ended the run
+        if ended_by is not None:  # arrived while the run was being saved
+            interrupted = _interrupted(ended_by, tracked)
+            interrupted.pending = pending
+            raise interrupted
+        if not pending.nothing:
+            raise DeliveryPendingError(pending.describe_for_user())
+
+
+def _leave_fluent_run(status: str, delivered: bool) -> None:
+    """Leave the run as MLflow's active run. Its end is already in the spool (and in the store,
+    if ``delivered``); a store that does not answer must not be asked again, for minutes, by
+    ``mlflow.end_run``: the run is then only taken off this thread's stack of active runs."""
+    if delivered:
+        mlflow.end_run(status)
+        return
+    from mlflow.tracking import fluent
+
+    stack = getattr(fluent, "_active_run_stack", None)
+    if stack is None:  # another MLflow: its own end_run, whatever it costs
+        mlflow.end_run(status)
+        return
+    MLFLOW_RUN_ID.unset()
+    if stack.get():
+        stack.get().pop()
 
 
 def _interrupted(signum: int, tracked: TrackedRun) -> RunInterrupted:

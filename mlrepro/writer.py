@@ -5,14 +5,15 @@ Measured on a 2-core machine with a SQLite store: ``log_batch`` costs about
 *thread* would hold the GIL for that long and slow the loop by about that much, so
 the writing happens in a child process (``python -m mlrepro.writer``). The
 training thread only appends a float to an array; a sender thread in the parent
-ships new values to the child through a pipe every ``SEND_INTERVAL_S`` seconds
-(blocking pipe writes release the GIL).
+appends the new values to the run's spool (``mlrepro.spool``) every
+``SEND_INTERVAL_S`` seconds, and the child delivers the spool to the store, retrying
+with backoff while the store fails.
 
-Wire format on the child's stdin: one JSON line (tracking URI, run id, metric,
-progress file, first step), then frames of an 8-byte little-endian count followed by that
-many float64 values, for steps first_step, first_step + 1, ... in order. EOF ends the run. The
-child writes how many steps it has logged to the progress file after each
-batch; whatever it did not log, the parent logs itself at the end.
+Wire format on the child's stdin: one JSON line (the tracking URI and the spool's
+folder), then one byte each time there is something new in the spool. EOF ends the
+run: the child delivers what is left and exits 0 once the store holds all of it. The
+run waits for that a bounded time (``MLREPRO_STORE_WAIT_S``); what is still pending
+then stays in the spool for ``mlrepro sync``.
 
 This module imports only the standard library at the top: ``prestart`` is
 meant to run before torch and MLflow are imported, so that the child's own
@@ -28,9 +29,13 @@ import select
 import subprocess
 import sys
 import threading
+import time
 from array import array
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mlrepro.spool import Spool
 
 SEND_INTERVAL_S = 0.1
 
@@ -96,67 +101,86 @@ def _release_spare() -> None:
 
 
 class LossWriter:
-    """The parent's end: ships the values of a growing ``array('d')`` to the writer process."""
+    """The parent's end: spools the values of a growing ``array('d')`` and wakes the writer process.
 
-    def __init__(
-        self, values: array, tracking_uri: str, run_id: str, metric: str, progress: Path, first_step: int = 0
-    ) -> None:
+    Every ``SEND_INTERVAL_S`` a sender thread appends the new values to the run's spool
+    (a write that releases the GIL) and sends the writer one byte; the writer delivers
+    what the spool holds. The journal's writes (``Spool.set_tag``, ...) wake it too.
+    """
+
+    def __init__(self, values: array, spool: Spool, tracking_uri: str) -> None:
         self._values = values
-        self._progress = progress
-        self._sent = 0
-        self._failed = False
+        self._spool = spool
+        self._spooled = 0
         self._process = _adopt()
         self._stdin: IO[bytes] = self._process.stdin  # type: ignore[assignment]
-        header = {"tracking_uri": tracking_uri, "run_id": run_id, "metric": metric, "progress": str(progress),
-                  "first_step": first_step}
-        self._write((json.dumps(header) + "\n").encode())
+        self._awake = True
+        # The URI goes through the pipe, credentials and all; the spool keeps it without them.
+        header = {"tracking_uri": tracking_uri, "spool": str(spool.folder)}
+        self._wake((json.dumps(header) + "\n").encode())
+        os.set_blocking(self._stdin.fileno(), False)  # a writer that lags never blocks the run
+        _open_pipes.update(spool.descriptors)
         self._lock = threading.Lock()
         self._closing = threading.Event()
         self._sender = threading.Thread(target=self._send_loop, name="mlrepro-loss-sender", daemon=True)
         self._sender.start()
 
-    def _write(self, data: bytes) -> None:
-        if self._failed:
+    @property
+    def process(self) -> subprocess.Popen[bytes]:
+        return self._process
+
+    def _wake(self, data: bytes = b"\0") -> None:
+        if not self._awake:
             return
         try:
-            self._stdin.write(data)
-            self._stdin.flush()
+            os.write(self._stdin.fileno(), data)
+        except BlockingIOError:
+            pass  # the pipe is full of wake-ups the writer has not read: it is awake
         except (BrokenPipeError, OSError, ValueError):
-            self._failed = True  # the child is gone; close() logs what it missed
+            self._awake = False  # the writer is gone; the spool keeps everything, and close() delivers it
 
-    def _send_pending(self) -> None:
+    def _spool_pending(self) -> None:
         end = len(self._values)
-        if end > self._sent:
-            chunk = self._values[self._sent : end]
-            self._write((end - self._sent).to_bytes(8, "little") + chunk.tobytes())
-            self._sent = end
+        if end > self._spooled:
+            self._spool.append_losses(self._values[self._spooled : end])
+            self._spooled = end
 
     def _send_loop(self) -> None:
         while not self._closing.wait(SEND_INTERVAL_S):
             with self._lock:
-                self._send_pending()
+                self._spool_pending()
+                self._wake()
 
     def send_now(self) -> None:
-        """Ship what is pending without waiting for the next interval."""
+        """Spool what is pending and wake the writer, without waiting for the next interval."""
         with self._lock:
-            self._send_pending()
+            self._spool_pending()
+            self._wake()
 
-    def close(self, timeout_s: float = 600.0) -> int:
-        """Send the rest, wait for the child to log it; returns how many steps it logged."""
+    def stop_sending(self) -> None:
+        """Spool every value the loop recorded; the sender thread stops."""
         self._closing.set()
         self._sender.join()
-        self._send_pending()
+        self._spool_pending()
+
+    def close(self, deadline: float) -> bool:
+        """Tell the writer the run is over, and wait until it has delivered everything or until
+        ``deadline`` (``time.monotonic``). True if it delivered everything."""
+        self.stop_sending()
         _open_pipes.discard(self._stdin.fileno())
+        for descriptor in self._spool.descriptors:
+            _open_pipes.discard(descriptor)
         try:
             self._stdin.close()
         except OSError:
             pass
         try:
-            wait_for_exit(self._process, timeout_s)
+            wait_for_exit(self._process, max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            self._process.kill()
+            self._process.kill()  # it is still retrying a store that fails; the spool keeps the rest
             self._process.wait()
-        return read_progress(self._progress)
+            return False
+        return self._process.returncode == 0
 
 
 def wait_for_exit(process: subprocess.Popen[bytes], timeout_s: float) -> None:
@@ -175,24 +199,7 @@ def wait_for_exit(process: subprocess.Popen[bytes], timeout_s: float) -> None:
     process.wait(timeout=0)  # reaps it, or raises TimeoutExpired if it is still running
 
 
-def read_progress(path: Path) -> int:
-    try:
-        return int(path.read_text() or 0)
-    except (OSError, ValueError):
-        return 0
-
-
 # --- the child process ---------------------------------------------------------
-
-
-def _read_exact(stream: IO[bytes], size: int) -> bytes:
-    data = bytearray()
-    while len(data) < size:
-        chunk = stream.read(size - len(data))
-        if not chunk:
-            break
-        data += chunk
-    return bytes(data)
 
 
 def _warm_client() -> Any:
@@ -234,7 +241,8 @@ def main() -> int:
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     from mlflow.tracking import MlflowClient
 
-    from mlrepro.record import write_loss_metrics
+    from mlrepro.errors import describe_store_failure
+    from mlrepro.spool import Delivery, StoreRefusedError, deliver_until, holding, warn, delivering
 
     warm = _warm_client()
     stdin = sys.stdin.buffer
@@ -246,20 +254,35 @@ def main() -> int:
         client = warm
     else:
         client = MlflowClient(config["tracking_uri"])
-    progress = Path(config["progress"])
-    logged = 0
-    while True:
-        head = _read_exact(stdin, 8)
-        if len(head) < 8:
-            break  # EOF: the run ended (or the parent died); everything received is logged
-        payload = _read_exact(stdin, int.from_bytes(head, "little") * 8)
-        values = array("d")
-        values.frombytes(payload[: len(payload) - len(payload) % 8])
-        write_loss_metrics(client, config["run_id"], config["metric"], values, config.get("first_step", 0) + logged)
-        logged += len(values)
-        temporary = progress.with_suffix(".tmp")
-        temporary.write_text(str(logged))
-        os.replace(temporary, progress)
+    folder = Path(config["spool"])
+    descriptor = stdin.fileno()
+    ended = False
+
+    def wait_for_more(seconds: float) -> None:
+        nonlocal ended
+        if ended:
+            time.sleep(seconds)
+            return
+        readable, _, _ = select.select([descriptor], [], [], seconds)
+        if readable and not os.read(descriptor, 65536):
+            ended = True  # EOF: the run is over (or its process died); deliver what is spooled
+
+    def failing(err: BaseException) -> None:
+        warn(f"the tracking store stopped answering ({describe_store_failure(config['tracking_uri'], err)}); "
+             f"training goes on, and what it logs waits in {folder} until the store answers")
+
+    def answering() -> None:
+        warn("the tracking store answers again; delivering the steps that waited")
+
+    with holding(folder), delivering():
+        delivery = Delivery(folder, client)
+        try:
+            deliver_until(delivery, float("inf"), more_to_come=lambda: not ended, wake=wait_for_more,
+                          on_failure=failing, on_recovery=answering)
+        except StoreRefusedError as err:
+            warn(f"{err}; what is left stays in {folder}")
+            return 1
+        delivery.remove()
     return 0
 
 

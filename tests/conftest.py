@@ -23,6 +23,14 @@ settings.load_profile("ci")
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(autouse=True)
+def spool_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test's runs keep their spool (mlrepro.spool) in its own folder, never the user's."""
+    folder = tmp_path / "spool"
+    monkeypatch.setenv("MLREPRO_SPOOL_DIR", str(folder))
+    return folder
+
+
 @pytest.fixture
 def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A fresh SQLite tracking store; artifacts land under tmp_path too (MLflow puts them in ./mlruns)."""

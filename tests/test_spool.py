@@ -1,0 +1,190 @@
+"""A store that goes away loses nothing: every write waits in the local spool until the store takes it,
+`mlrepro sync` delivers what a run left behind, once, in order, bit for bit."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from array import array
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from mlrepro import load_run, start_run
+from mlrepro.cli import main
+from mlrepro.spec import LineFitSpec
+from mlrepro.spool import Delivery, Spool, SpoolError, StoreRefusedError, spooled_runs
+from tests.conftest import job_env
+from tests.helpers.server import MlflowServer
+
+SPECIAL = [float("nan"), float("inf"), -float("inf"), -0.0, 5e-324]
+
+
+def spooled_run(store: str, values: list[float]) -> tuple[str, Spool]:
+    """A run made in the store, and a spool holding its losses, a tag, a metric, its exact record and its end."""
+    client = mlflow.MlflowClient(store)
+    run_id = client.create_run("0").info.run_id
+    spool = Spool.create(run_id, store, "loss", 0)
+    spool.append_losses(array("d", values[: len(values) // 2]))
+    spool.append_losses(array("d", values[len(values) // 2 :]))
+    spool.set_tag(run_id, "mlrepro.note", "from the spool")
+    spool.log_metric(run_id, "accuracy", float("nan"), step=3)
+    spool.set_terminated(run_id, "FINISHED")
+    return run_id, spool
+
+
+def history(store: str, run_id: str, metric: str = "loss") -> list[tuple[int, float]]:
+    return [(m.step, m.value) for m in mlflow.MlflowClient(store).get_metric_history(run_id, metric)]
+
+
+def test_a_spool_is_delivered_in_order_and_a_batch_sent_twice_is_stored_once(store: str) -> None:
+    values = [float(i) / 7 for i in range(2500)] + SPECIAL
+    run_id, spool = spooled_run(store, values)
+    delivery = Delivery(spool.folder, mlflow.MlflowClient(store))
+    delivery.deliver_available()
+    assert delivery.pending().nothing
+    # The answer to a batch was lost, say: the same batches are sent again, with the timestamps
+    # they were spooled with, and the store keeps each step once.
+    (spool.folder / "delivered.json").write_text(json.dumps({"losses": 0, "journal": 0}))
+    Delivery(spool.folder, mlflow.MlflowClient(store)).deliver_available()
+    logged = history(store, run_id)
+    assert [step for step, _ in logged] == list(range(len(values)))
+    assert [value for _, value in logged[:2500]] == values[:2500]
+    run = mlflow.MlflowClient(store).get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["mlrepro.note"] == "from the spool"
+    assert np.isnan(history(store, run_id, "accuracy")[0][1])
+
+
+def test_a_store_that_refuses_a_write_is_not_retried(store: str) -> None:
+    run_id, spool = spooled_run(store, [1.0, 2.0])
+    mlflow.MlflowClient(store).delete_run(run_id)  # the store will refuse every write to it, forever
+    with pytest.raises(StoreRefusedError, match=f"refused run {run_id}"):
+        Delivery(spool.folder, mlflow.MlflowClient(store)).deliver_available()
+    assert Delivery(spool.folder, mlflow.MlflowClient(store)).pending().steps == 2
+
+
+def test_sync_delivers_what_is_pending_says_so_and_then_has_nothing_to_do(store: str) -> None:
+    values = [float(i) for i in range(1500)]
+    run_id, _ = spooled_run(store, values)
+    runner = CliRunner()
+    first = runner.invoke(main, ["sync", run_id[:8]])
+    assert first.exit_code == 0, first.output
+    assert first.output == f"run {run_id}: delivered 1,500 steps and 3 other writes; nothing pending\n"
+    assert [value for _, value in history(store, run_id)] == values
+    assert spooled_runs() == []
+    again = runner.invoke(main, ["sync"])
+    assert again.exit_code == 0 and again.output.startswith("nothing to deliver: no run has a spool in ")
+    unknown = runner.invoke(main, ["sync", "0123456789abcdef"])
+    assert unknown.exit_code == 2
+    assert unknown.output.startswith("mlrepro: error: no spool for run '0123456789abcdef' in ")
+
+
+def test_a_bad_store_wait_is_refused_before_a_run_exists(store: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLREPRO_STORE_WAIT_S", "a minute")
+    with pytest.raises(SpoolError, match="MLREPRO_STORE_WAIT_S must be a number of seconds"):
+        with start_run(LineFitSpec()):
+            pass
+    assert mlflow.MlflowClient(store).search_runs(["0"]) == []
+
+
+def test_a_run_whose_writer_dies_delivers_from_its_spool_itself(store: str) -> None:
+    with start_run(LineFitSpec()) as run:
+        run.log_loss(0.0)
+        run._writer.process.kill()  # what an OOM killer would do
+        run._writer.process.wait()
+        for step in range(1, 1200):
+            run.log_loss(float(step))
+    assert [value for _, value in history(store, run.run_id)] == [float(step) for step in range(1200)]
+    assert spooled_runs() == []
+
+
+# --- a real `mlflow server` that goes away ---------------------------------------------
+
+
+def start_linefit(server: MlflowServer, cwd: Path, steps: int, **env: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "projects.linefit", f"steps={steps}"], cwd=cwd,
+                            env=job_env(server.uri, PYTHONHASHSEED="0", **env), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def wait_until_training(server: MlflowServer, job: subprocess.Popen[str]) -> str:
+    """The job's run id, once the server holds some of its steps."""
+    client = mlflow.MlflowClient(server.uri)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert job.poll() is None, job.stderr.read()  # type: ignore[union-attr]
+        runs = client.search_runs(["0"])
+        if runs and client.get_metric_history(runs[0].info.run_id, "loss"):
+            return runs[0].info.run_id
+        time.sleep(0.2)
+    raise AssertionError("the job never logged a step")
+
+
+def assert_whole_and_once(server: MlflowServer, run_id: str, steps: int) -> None:
+    """Every step once, in order, equal to the exact record (as the store keeps values); the run FINISHED."""
+    client = mlflow.MlflowClient(server.uri)
+    logged = client.get_metric_history(run_id, "loss")
+    assert sorted(point.step for point in logged) == list(range(steps))  # no step missing, none twice
+    run = load_run(run_id, client)
+    assert run.status == "FINISHED" and run.loss_source == "artifact" and len(run.losses) == steps
+    by_step = {point.step: point.value for point in logged}
+    assert np.array([by_step[s] for s in range(steps)]).tobytes() == run.losses.values.tobytes()
+    assert client.get_run(run_id).data.tags["mlrepro.loss_digest"] == run.losses.digest
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> MlflowServer:
+    server = MlflowServer(tmp_path / "server")
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_a_server_that_stops_mid_run_and_returns_before_the_end_gets_every_step(
+    tmp_path: Path, server: MlflowServer
+) -> None:
+    job = start_linefit(server, tmp_path, 40_000)
+    run_id = wait_until_training(server, job)
+    server.stop()
+    time.sleep(1.0)  # the job trains on while the store is away
+    server.start()
+    _, stderr = job.communicate(timeout=300)
+    assert job.returncode == 0, stderr
+    assert "Traceback" not in stderr and len(stderr.splitlines()) <= 6, stderr
+    assert "training goes on" in stderr and "answers again" in stderr, stderr
+    assert_whole_and_once(server, run_id, 40_000)
+
+
+def test_a_server_away_when_the_run_ends_leaves_it_to_sync_which_delivers_every_step_once(
+    tmp_path: Path, server: MlflowServer, spool_dir: Path
+) -> None:
+    job = start_linefit(server, tmp_path, 20_000, MLREPRO_STORE_WAIT_S="2")
+    run_id = wait_until_training(server, job)
+    server.stop()
+    _, stderr = job.communicate(timeout=300)
+    assert job.returncode == 4, stderr  # the record waits in the spool: not an error, not "done"
+    print(stderr)
+    assert "Traceback" not in stderr and len(stderr.splitlines()) <= 4, stderr
+    last = stderr.splitlines()[-1]
+    assert re.fullmatch(
+        rf"mlrepro: the tracking store did not take all of run {run_id} \(cannot reach the tracking server at "
+        rf"{server.uri}: .*\): [\d,]+ steps, 2 other writes and the run's end wait in {spool_dir / run_id}; "
+        rf"deliver them with: mlrepro sync {run_id}", last), last
+
+    server.start()
+    synced = subprocess.run([sys.executable, "-m", "mlrepro", "sync"], cwd=tmp_path, env=job_env(server.uri),
+                            capture_output=True, text=True, timeout=300)
+    assert synced.returncode == 0, synced.stderr
+    assert re.fullmatch(rf"run {run_id}: delivered [\d,]+ steps and \d+ other writes; nothing pending\n",
+                        synced.stdout), synced.stdout
+    assert_whole_and_once(server, run_id, 20_000)
+    again = subprocess.run([sys.executable, "-m", "mlrepro", "sync", run_id], cwd=tmp_path, env=job_env(server.uri),
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2 and "nothing of it is pending on this machine" in again.stderr
+    assert_whole_and_once(server, run_id, 20_000)
