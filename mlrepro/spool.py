@@ -32,6 +32,7 @@ spool without MLflow's help, and the writer process imports MLflow itself.
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
 import shutil
@@ -50,7 +51,7 @@ if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
 SPOOL_DIR_ENV = "MLREPRO_SPOOL_DIR"
-# How long a run waits, as it ends, for the store to take what is still pending.
+# How long a run that ends waits for a store that takes nothing (one that takes steps is waited for).
 STORE_WAIT_ENV = "MLREPRO_STORE_WAIT_S"
 DEFAULT_STORE_WAIT_S = 60.0
 # Retrying a store that fails: the first wait, doubled on each failure up to the last.
@@ -83,7 +84,7 @@ def root() -> Path:
 
 
 def store_wait_s() -> float:
-    """``MLREPRO_STORE_WAIT_S``: seconds a run waits as it ends for a store that fails."""
+    """``MLREPRO_STORE_WAIT_S``: seconds a run that ends waits for a store that takes nothing."""
     text = os.environ.get(STORE_WAIT_ENV, "")
     try:
         return max(0.0, float(text)) if text else DEFAULT_STORE_WAIT_S
@@ -176,6 +177,11 @@ class Spool:
     def set_terminated(self, run_id: str, status: str | None = None) -> None:
         self._append("set_terminated", run_id, status=status, end_time=_now_ms())
 
+    def delivered(self) -> tuple[int, int]:
+        """How many losses and journal lines the store holds, as the writer last said."""
+        losses, writes, _ = _read_delivered(self.folder / "delivered.json")
+        return losses, writes
+
     def close(self) -> None:
         for descriptor in self.descriptors:
             try:
@@ -250,7 +256,10 @@ class Pending:
 
 
 class Delivery:
-    """Delivers one run's spool to its store, in order, from where the last delivery stopped."""
+    """Delivers one run's spool to its store, in order, from where the last delivery stopped.
+
+    It reads only what is new in the spool's files each time, so a long run's spool is not read
+    again every 0.1 s."""
 
     def __init__(self, folder: Path, client: MlflowClient) -> None:
         self.folder = folder
@@ -263,47 +272,80 @@ class Delivery:
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise SpoolError(f"the spool {folder} is damaged: run.json unreadable ({err.__class__.__name__})") from err
         self.losses_delivered, self.writes_delivered, self.failure = _read_delivered(folder / "delivered.json")
+        # Journal lines read so far, from the first one not delivered; and where reading goes on.
+        self._lines: list[dict[str, Any]] = []
+        self._lines_start = self.writes_delivered
+        self._journal_offset = 0
+        self._skip = self.writes_delivered  # lines delivered before this Delivery, still to be read past
+        # The spooled times: the first index of each stamp, and the stamp.
+        self._stamp_indexes = array("q")
+        self._stamps = array("q")
+        self._times_offset = 0
 
     def pending(self) -> Pending:
         losses = _size(self.folder / "losses.f64") // 8
-        lines = _journal_lines(self.folder)
-        ends = any(json.loads(line).get("method") == "set_terminated" for line in lines[self.writes_delivered:])
-        return Pending(self.run_id, max(0, losses - self.losses_delivered), max(0, len(lines) - self.writes_delivered),
-                       ends, self.folder, self.failure or "")
+        self._read_journal()
+        waiting = self._lines[self.writes_delivered - self._lines_start:]
+        ends = any(entry.get("method") == "set_terminated" for entry in waiting)
+        return Pending(self.run_id, max(0, losses - self.losses_delivered), len(waiting), ends, self.folder,
+                       self.failure or "")
 
-    def deliver_available(self, stop: Callable[[], bool] = lambda: False) -> None:
+    def deliver_available(self) -> None:
         """Deliver everything spooled so far: losses first, then the journal (whose lines were
         written after the losses they describe). Raises the store's error where it fails;
         what was delivered before it is counted."""
-        lines = _journal_lines(self.folder)  # first: every loss a line describes is spooled before it
-        losses = self._read_losses()
-        times = self._read_times()
-        while self.losses_delivered < len(losses) and not stop():
+        self._read_journal()  # first: every loss a line describes is spooled before it
+        total = _size(self.folder / "losses.f64") // 8
+        self._read_times()
+        while self.losses_delivered < total:
             start = self.losses_delivered
-            timestamp, chunk_end = _stamp_of(times, start, len(losses))
+            timestamp, chunk_end = self._stamp_of(start, total)
             end = min(start + LOSSES_PER_DELIVERY, chunk_end)
-            self._call(lambda: _record().write_loss_metrics(self.client, self.run_id, self.metric, losses[start:end],
+            values = self._read_losses(start, end)
+            self._call(lambda: _record().write_loss_metrics(self.client, self.run_id, self.metric, values,
                                                             self.first_step + start, timestamp))
             self.losses_delivered = end
             self._save_state()
-        while self.writes_delivered < len(lines) and not stop():
-            index = self.writes_delivered
-            entry = json.loads(lines[index])
-            if not _superseded(entry, lines[index + 1:]):
-                self._call(lambda: self._replay(entry))
-            self.writes_delivered = index + 1
+        while self.writes_delivered - self._lines_start < len(self._lines):
+            position = self.writes_delivered - self._lines_start
+            batch = self._next_writes(position)
+            if not _superseded(batch[0], self._lines[position + 1:]):
+                self._call(lambda: self._replay(batch))
+            self.writes_delivered += len(batch)
             self._save_state()
-            if entry["method"] == "log_artifact":
-                shutil.rmtree(self.folder / Path(entry["args"][1]).parent, ignore_errors=True)
+            for entry in batch:
+                if entry["method"] == "log_artifact":
+                    shutil.rmtree(self.folder / Path(entry["args"][1]).parent, ignore_errors=True)
+        delivered = self.writes_delivered - self._lines_start
+        if delivered > 1000:  # forget what is delivered, keep what is not
+            del self._lines[:delivered]
+            self._lines_start = self.writes_delivered
 
-    def _replay(self, entry: dict[str, Any]) -> None:
-        method, args, kwargs = entry["method"], list(entry["args"]), dict(entry["kwargs"])
+    def _next_writes(self, position: int) -> list[dict[str, Any]]:
+        """The next write, or the run of metric points that follows (one request for up to 1,000)."""
+        batch = [self._lines[position]]
+        if batch[0]["method"] == "log_metric":
+            for entry in self._lines[position + 1 : position + LOSSES_PER_DELIVERY]:
+                if entry["method"] != "log_metric":
+                    break
+                batch.append(entry)
+        return batch
+
+    def _replay(self, batch: list[dict[str, Any]]) -> None:
+        method = batch[0]["method"]
         if method not in _REPLAYED:
             raise SpoolError(f"the spool {self.folder} is damaged: unknown write {method!r}")
+        if method == "log_metric":
+            from mlflow.entities import Metric
+
+            # Values are kept as text: JSON has no NaN or inf.
+            metrics = [Metric(e["args"][1], float(e["args"][2]), e["kwargs"]["timestamp"], e["kwargs"]["step"])
+                       for e in batch]
+            self.client.log_batch(self.run_id, metrics=metrics, synchronous=True)
+            return
+        args, kwargs = list(batch[0]["args"]), dict(batch[0]["kwargs"])
         if method == "log_artifact":
             args[1] = str(self.folder / args[1])
-        if method == "log_metric":
-            args[2] = float(args[2])  # kept as text: JSON has no NaN or inf
         getattr(self.client, method)(*args, **kwargs)
 
     def _call(self, write: Callable[[], None]) -> None:
@@ -319,18 +361,53 @@ class Delivery:
                                         f"{first_line(err)}") from err
             raise
 
-    def _read_losses(self) -> array:
-        values = array("d")
-        data = (self.folder / "losses.f64").read_bytes() if (self.folder / "losses.f64").exists() else b""
-        values.frombytes(data[: len(data) - len(data) % 8])
-        return values
+    def _read_journal(self) -> None:
+        path = self.folder / "journal.jsonl"
+        try:
+            with open(path, "rb") as journal:
+                journal.seek(self._journal_offset)
+                data = journal.read()
+        except FileNotFoundError:
+            return
+        complete = data[: data.rfind(b"\n") + 1]  # a line still being written is read next time
+        self._journal_offset += len(complete)
+        for line in complete.splitlines():
+            if self._skip:
+                self._skip -= 1
+                continue
+            try:
+                self._lines.append(json.loads(line))
+            except ValueError as err:
+                raise SpoolError(f"the spool {self.folder} is damaged: a journal line is not JSON") from err
 
-    def _read_times(self) -> array:
-        stamps = array("q")
-        path = self.folder / "times.i64"
-        data = path.read_bytes() if path.exists() else b""
-        stamps.frombytes(data[: len(data) - len(data) % 16])
-        return stamps
+    def _read_times(self) -> None:
+        try:
+            with open(self.folder / "times.i64", "rb") as times:
+                times.seek(self._times_offset)
+                data = times.read()
+        except FileNotFoundError:
+            return
+        data = data[: len(data) - len(data) % 16]
+        self._times_offset += len(data)
+        pairs = array("q")
+        pairs.frombytes(data)
+        self._stamp_indexes.extend(pairs[0::2])
+        self._stamps.extend(pairs[1::2])
+
+    def _stamp_of(self, index: int, total: int) -> tuple[int, int]:
+        """The timestamp of loss ``index`` (when it was spooled), and where that stamp's values end."""
+        position = bisect.bisect_right(self._stamp_indexes, index) - 1
+        if position < 0:
+            return _now_ms(), total  # a spool without times (damaged): stamp them now
+        end = self._stamp_indexes[position + 1] if position + 1 < len(self._stamp_indexes) else total
+        return self._stamps[position], min(end, total)
+
+    def _read_losses(self, start: int, end: int) -> array:
+        values = array("d")
+        with open(self.folder / "losses.f64", "rb") as losses:
+            losses.seek(start * 8)
+            values.frombytes(losses.read((end - start) * 8))
+        return values
 
     def _save_state(self) -> None:
         _write_json(self.folder / "delivered.json", {"losses": self.losses_delivered,
@@ -354,37 +431,14 @@ def _record() -> Any:
     return record
 
 
-def _stamp_of(times: array, index: int, total: int) -> tuple[int, int]:
-    """The timestamp of loss ``index`` and where its stamp's chunk ends."""
-    stamp, end = _now_ms(), total
-    for position in range(0, len(times), 2):
-        if times[position] <= index:
-            stamp = times[position + 1]
-        else:
-            end = min(end, times[position])
-            break
-    return stamp, end
-
-
-def _superseded(entry: dict[str, Any], later: list[str]) -> bool:
+def _superseded(entry: dict[str, Any], later: list[dict[str, Any]]) -> bool:
     """An exact loss record that a later one replaces (a run's record is rewritten at each flush):
     after an outage only the newest is sent."""
     if entry["method"] != "log_artifact":
         return False
     name, folder = Path(entry["args"][1]).name, entry["kwargs"].get("artifact_path")
-    for line in later:
-        other = json.loads(line)
-        if other["method"] == "log_artifact" and Path(other["args"][1]).name == name \
-                and other["kwargs"].get("artifact_path") == folder:
-            return True
-    return False
-
-
-def _journal_lines(folder: Path) -> list[str]:
-    path = folder / "journal.jsonl"
-    data = path.read_bytes().decode() if path.exists() else ""
-    lines = data.split("\n")
-    return lines[:-1]  # the last piece has no newline yet: a line being written, or nothing
+    return any(other["method"] == "log_artifact" and Path(other["args"][1]).name == name
+               and other["kwargs"].get("artifact_path") == folder for other in later)
 
 
 def _read_delivered(path: Path) -> tuple[int, int, str | None]:
@@ -439,18 +493,20 @@ def delivering() -> Iterator[None]:
                 os.environ[name] = value
 
 
-def deliver_until(delivery: Delivery, deadline: float, more_to_come: Callable[[], bool] = lambda: False,
+def deliver_until(delivery: Delivery, patience_s: float, more_to_come: Callable[[], bool] = lambda: False,
                   wake: Callable[[float], None] = time.sleep, on_failure: Callable[[BaseException], None] | None = None,
                   on_recovery: Callable[[], None] | None = None) -> Pending:
     """Deliver, retrying a failing store with backoff, until nothing is pending and nothing more
-    is coming, or until ``deadline`` (``time.monotonic``). ``wake(seconds)`` waits for more to
-    deliver. A refusal (``StoreRefusedError``) ends it at once."""
+    is coming, or until the store has taken nothing for ``patience_s`` seconds: a slow store that
+    takes a long run's steps is waited for, one that does not answer is not. ``wake(seconds)``
+    waits for more to deliver. A refusal (``StoreRefusedError``) ends it at once."""
     from mlflow.exceptions import MlflowException
 
     backoff = 0.0
+    progress, since = (delivery.losses_delivered, delivery.writes_delivered), time.monotonic()
     while True:
         try:
-            delivery.deliver_available(stop=lambda: time.monotonic() > deadline)
+            delivery.deliver_available()
             if backoff:
                 delivery.note_failure(None)
                 if on_recovery is not None:
@@ -462,12 +518,18 @@ def deliver_until(delivery: Delivery, deadline: float, more_to_come: Callable[[]
                 if on_failure is not None:
                     on_failure(err)
             backoff = min(MAX_BACKOFF_S, backoff * 2 or FIRST_BACKOFF_S)
+        now = (delivery.losses_delivered, delivery.writes_delivered)
+        if now != progress:
+            progress, since = now, time.monotonic()
         pending = delivery.pending()
         coming = more_to_come()
-        if (pending.nothing and not coming) or time.monotonic() >= deadline:
+        if pending.nothing and not coming:
+            return pending
+        give_up_at = since + patience_s
+        if not pending.nothing and time.monotonic() >= give_up_at:
             return pending
         wait = backoff if backoff else (0.1 if coming or not pending.nothing else 0.0)
-        wake(min(wait, max(0.0, deadline - time.monotonic())))
+        wake(min(wait, max(0.0, give_up_at - time.monotonic())) if not pending.nothing else wait)
 
 
 # --- mlrepro sync --------------------------------------------------------------------
@@ -537,7 +599,7 @@ def sync(run_ids: list[str], wait_s: float, environment_uri: str | None) -> list
             delivery = Delivery(folder, MlflowClient(uri))
             before = delivery.losses_delivered, delivery.writes_delivered
             try:
-                pending = deliver_until(delivery, time.monotonic() + wait_s)
+                pending = deliver_until(delivery, wait_s)
                 error = None if pending.nothing else pending.reason or "the time to wait ran out"
             except StoreRefusedError as err:
                 pending, error = delivery.pending(), str(err)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import signal
 import sys
-import time
 from array import array
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -143,10 +142,11 @@ class TrackedRun:
 
     def finish(self, status: str) -> Pending:
         """End the run ``status``: spool every step, the exact record and its digest, and the end,
-        then wait (at most ``MLREPRO_STORE_WAIT_S``) until the store holds all of it. What the writer
-        process did not deliver, this process delivers itself while time is left; what is still
-        pending after that stays in the spool, and is returned."""
-        deadline = time.monotonic() + store_wait_s()
+        then wait until the store holds all of it, for as long as it takes them, and at most
+        ``MLREPRO_STORE_WAIT_S`` for a store that takes nothing. What a writer process that died
+        did not deliver, this process delivers itself. What is still pending then stays in the
+        spool, and is returned."""
+        patience_s = store_wait_s()
         self._bring_device_block_home()
         self._writer.stop_sending()
         own = self._losses_so_far()
@@ -154,22 +154,24 @@ class TrackedRun:
         record.write_losses(self.spool, self.run_id, own, complete=True, stitched=stitched)
         record.end_run(self.spool, self.run_id, status)
         self.spool.close()
-        if self._writer.close(deadline) or not self.spool.folder.exists():
+        outcome = self._writer.close(patience_s)
+        if outcome == "delivered" or not self.spool.folder.exists():
             return Pending(self.run_id, 0, 0, False, self.spool.folder)
-        # The writer died, or the store did not take everything in time. What the writer did not
-        # deliver, this process delivers while time is left; the rest stays in the spool.
         with holding(self.spool.folder), delivering():
             delivery = Delivery(self.spool.folder, self._client)
-            try:
-                pending = deliver_until(delivery, deadline)
-            except StoreRefusedError as err:
-                return replace(delivery.pending(), reason=str(err))
-            if pending.nothing:
-                delivery.remove()
-                return pending
+            if outcome == "stalled":  # the store took nothing for that long: asking again would double the wait
+                pending = delivery.pending()
+            else:
+                try:
+                    pending = deliver_until(delivery, patience_s)
+                except StoreRefusedError as err:
+                    return replace(delivery.pending(), reason=str(err))
+                if pending.nothing:
+                    delivery.remove()
+                    return pending
         # Why, as the writer last heard it from the store; else only that time ran out.
         return pending if pending.reason else \
-            replace(pending, reason=f"it took no more within {STORE_WAIT_ENV}={store_wait_s():g} s")
+            replace(pending, reason=f"it took nothing for {STORE_WAIT_ENV}={patience_s:g} s")
 
     def _losses_so_far(self) -> LossSeries:
         # A copy: while a view of the array exists, the loop's next append would fail to resize it.

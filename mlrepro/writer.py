@@ -32,7 +32,7 @@ import threading
 import time
 from array import array
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from mlrepro.spool import Spool
@@ -163,9 +163,10 @@ class LossWriter:
         self._sender.join()
         self._spool_pending()
 
-    def close(self, deadline: float) -> bool:
-        """Tell the writer the run is over, and wait until it has delivered everything or until
-        ``deadline`` (``time.monotonic``). True if it delivered everything."""
+    def close(self, patience_s: float) -> Literal["delivered", "died", "stalled"]:
+        """Tell the writer the run is over, and wait until it has delivered everything ("delivered"),
+        until it exits without (a crash: "died"), or until it has delivered nothing for ``patience_s``
+        seconds (the store takes nothing: "stalled", and the writer is stopped)."""
         self.stop_sending()
         _open_pipes.discard(self._stdin.fileno())
         for descriptor in self._spool.descriptors:
@@ -174,13 +175,20 @@ class LossWriter:
             self._stdin.close()
         except OSError:
             pass
-        try:
-            wait_for_exit(self._process, max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            self._process.kill()  # it is still retrying a store that fails; the spool keeps the rest
-            self._process.wait()
-            return False
-        return self._process.returncode == 0
+        progress, since = self._spool.delivered(), time.monotonic()
+        while True:
+            try:
+                wait_for_exit(self._process, min(0.5, patience_s))
+                return "delivered" if self._process.returncode == 0 else "died"
+            except subprocess.TimeoutExpired:
+                now = self._spool.delivered()
+                if now != progress:
+                    progress, since = now, time.monotonic()
+                elif time.monotonic() - since >= patience_s:
+                    break
+        self._process.kill()  # it is retrying a store that takes nothing; the spool keeps the rest
+        self._process.wait()
+        return "stalled"
 
 
 def wait_for_exit(process: subprocess.Popen[bytes], timeout_s: float) -> None:

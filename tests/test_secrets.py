@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from array import array
 from pathlib import Path
 
 import mlflow
 
+from mlrepro.spool import Spool
 from tests.conftest import job_env, only_run_id
 
 PLANTED = {
@@ -31,7 +33,7 @@ def leaks(text: str) -> list[str]:
     return [secret for secret in [*PLANTED.values(), URI_PASSWORD] if secret in text]
 
 
-def test_planted_secrets_reach_no_tag_param_artifact_or_message(tmp_path: Path, store: str) -> None:
+def test_planted_secrets_reach_no_tag_param_artifact_or_message(tmp_path: Path, store: str, spool_dir: Path) -> None:
     python = sys.executable
     outputs = [
         # A job, a bad value that is a secret, and every command that reads or marks a run.
@@ -44,9 +46,19 @@ def test_planted_secrets_reach_no_tag_param_artifact_or_message(tmp_path: Path, 
     )]
     # A tracking server behind a URI with a password, that cannot be reached.
     unreachable = f"http://alice:{URI_PASSWORD}@127.0.0.1:9"
-    outputs += [run([python, "-m", "mlrepro", "show", run_id], unreachable, tmp_path),
+    # What a run against it left in its spool, and `mlrepro sync` trying to deliver it there.
+    spool = Spool.create(run_id, unreachable, "loss", 0)
+    spool.append_losses(array("d", [1.0, 2.0]))
+    spool.set_tag(run_id, "mlrepro.note", "pending")
+    spool.close()
+    outputs += [run([python, "-m", "mlrepro", "sync", "--wait", "1"], unreachable, tmp_path),
+                run([python, "-m", "mlrepro", "show", run_id], unreachable, tmp_path),
                 run([python, "-m", "projects.linefit", "steps=5"], unreachable, tmp_path)]
     assert outputs[0].returncode == 0 and outputs[1].returncode == 2 and outputs[-1].returncode == 2
+    assert outputs[-3].returncode == 4 and "2 steps and 1 other write still pending" in outputs[-3].stdout
+    for file in spool_dir.rglob("*"):
+        if file.is_file():
+            assert leaks(file.read_bytes().decode("latin-1")) == [], file
     assert "tok-" not in outputs[1].stderr and "***" in outputs[1].stderr
     assert "http://127.0.0.1:9" in outputs[-1].stderr
     for output in outputs:

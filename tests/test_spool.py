@@ -93,17 +93,6 @@ def test_a_bad_store_wait_is_refused_before_a_run_exists(store: str, monkeypatch
     assert mlflow.MlflowClient(store).search_runs(["0"]) == []
 
 
-def test_a_run_whose_writer_dies_delivers_from_its_spool_itself(store: str) -> None:
-    with start_run(LineFitSpec()) as run:
-        run.log_loss(0.0)
-        run._writer.process.kill()  # what an OOM killer would do
-        run._writer.process.wait()
-        for step in range(1, 1200):
-            run.log_loss(float(step))
-    assert [value for _, value in history(store, run.run_id)] == [float(step) for step in range(1200)]
-    assert spooled_runs() == []
-
-
 # --- a real `mlflow server` that goes away ---------------------------------------------
 
 

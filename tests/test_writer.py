@@ -50,7 +50,7 @@ def test_tensors_and_floats_arrive_in_order_with_exact_bits(store: str) -> None:
     assert load_run(run.run_id).losses.values.tobytes() == values.astype(np.float64).tobytes()
 
 
-def test_if_the_writer_process_dies_this_process_logs_the_rest(store: str) -> None:
+def test_if_the_writer_process_dies_this_process_delivers_the_rest_from_the_spool(store: str, spool_dir: Path) -> None:
     with start_run(LineFitSpec()) as run:
         for step in range(500):
             run.log_loss(float(step))
@@ -60,6 +60,7 @@ def test_if_the_writer_process_dies_this_process_logs_the_rest(store: str) -> No
         for step in range(500, 2500):
             run.log_loss(float(step))
     assert [value for _, value in history(run.run_id)] == [float(step) for step in range(2500)]
+    assert not any(spool_dir.iterdir())  # delivered, so forgotten
 
 
 def test_forked_loader_workers_do_not_keep_the_run_from_ending(store: str) -> None:
