@@ -145,9 +145,24 @@ def show(run_id: str) -> None:
     """Print a run's code, spec, environment, loss summary and recorded verdicts."""
     from mlrepro.runs import load_run
 
+    from mlrepro import spool
+    from mlrepro.errors import NoLossesError
+
+    def say_if_pending(full_id: str) -> None:
+        if full_id in spool.spooled_runs():
+            click.echo(f"pending: this machine's spool ({spool.root() / full_id}) holds writes of this run the store "
+                       f"does not have yet; `mlrepro sync {full_id}` delivers them")
+
     with user_errors():
-        run = load_run(run_id)
+        try:
+            run = load_run(run_id)
+        except NoLossesError:  # every step it logged may still be in the spool
+            for spooled in spool.spooled_runs():
+                if spooled.startswith(run_id):
+                    say_if_pending(spooled)
+            raise
     click.echo(format_run(run))
+    say_if_pending(run.run_id)
 
 
 @main.command(name="mark-killed")

@@ -71,8 +71,11 @@ def test_a_store_that_refuses_a_write_is_not_retried(store: str) -> None:
 
 def test_sync_delivers_what_is_pending_says_so_and_then_has_nothing_to_do(store: str) -> None:
     values = [float(i) for i in range(1500)]
-    run_id, _ = spooled_run(store, values)
+    run_id, spool = spooled_run(store, values)
     runner = CliRunner()
+    shown = runner.invoke(main, ["show", run_id])  # every step is still in the spool
+    assert shown.output.startswith(f"pending: this machine's spool ({spool.folder}) holds writes of this run"), \
+        shown.output
     first = runner.invoke(main, ["sync", run_id[:8]])
     assert first.exit_code == 0, first.output
     assert first.output == f"run {run_id}: delivered 1,500 steps and 3 other writes; nothing pending\n"
