@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import random
 import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
 import pytest
 from hypothesis import HealthCheck, settings
+
+from tests.helpers.postgres import Postgres, postgres_bin
+from tests.helpers.server import MlflowServer
 
 # Property tests: the same examples on every run, and a bounded number of them (README: reliability).
 settings.register_profile("ci", derandomize=True, max_examples=200, deadline=None, print_blob=True,
@@ -31,10 +36,48 @@ def spool_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return folder
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test marked ``both_stores`` runs on a SQLite file and again in the team tier."""
+    if "store" in metafunc.fixturenames and metafunc.definition.get_closest_marker("both_stores"):
+        metafunc.parametrize("store", ["sqlite", pytest.param("team", marks=pytest.mark.team)], indirect=True)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """Debian's PostgreSQL on loopback, for the session. Where it is missing the team tier is
+    skipped; CI installs it and sets MLREPRO_REQUIRE_POSTGRES, so there it must run."""
+    missing = None
+    if postgres_bin() is None:
+        missing = "PostgreSQL is not installed (apt-get install postgresql)"
+    elif importlib.util.find_spec("psycopg") is None:
+        missing = "psycopg is not installed (pip install 'psycopg[binary]')"
+    if missing:
+        if os.environ.get("MLREPRO_REQUIRE_POSTGRES"):
+            pytest.fail(f"{missing}, and MLREPRO_REQUIRE_POSTGRES is set")
+        pytest.skip(f"{missing}: the team tier is skipped")
+    cluster = Postgres()
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
 @pytest.fixture
-def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A fresh SQLite tracking store; artifacts land under tmp_path too (MLflow puts them in ./mlruns)."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def team_server(tmp_path: Path, postgres: Postgres) -> Iterator[MlflowServer]:
+    """`mlflow server` with its runs in a new PostgreSQL database and artifacts served from a folder."""
+    server = MlflowServer(tmp_path / "team-server", backend_uri=postgres.create_database(f"mlflow_{uuid.uuid4().hex}"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def store(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A fresh tracking store: a SQLite file whose artifacts land under tmp_path too (MLflow puts them
+    in ./mlruns), or, in the team tier, a team's `mlflow server` (``http://127.0.0.1:PORT``)."""
+    if getattr(request, "param", "sqlite") == "team":
+        uri = request.getfixturevalue("team_server").uri
+    else:
+        uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import mlflow
+import pytest
 
 from tests.conftest import assert_one_line_error, mlrepro_cli, only_run_id, run_command, run_linefit
 
@@ -31,6 +32,7 @@ print("torch imported:", "torch" in sys.modules)
 """
 
 
+@pytest.mark.both_stores
 def test_identical_runs_exit_0_different_runs_exit_1_naming_the_step_and_the_cause(tmp_path: Path, store: str) -> None:
     a, b = two_runs(store, tmp_path, "seed=3")
     assert run_linefit(store, tmp_path, "steps=30", "seed=4").returncode == 0

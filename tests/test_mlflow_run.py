@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import mlflow
+import pytest
 
 from tests.conftest import mlflow_run, mlrepro_cli, only_run_id, run_command
 
@@ -16,6 +17,7 @@ def launched(store: str, cwd: Path, *params: str) -> str:
     return only_run_id(store)
 
 
+@pytest.mark.both_stores
 def test_mlflow_run_twice_is_identical_and_another_seed_differs_from_step_0(tmp_path: Path, store: str) -> None:
     first = launched(store, tmp_path)
     second = launched(store, tmp_path)

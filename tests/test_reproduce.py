@@ -8,11 +8,13 @@ import sys
 from pathlib import Path
 
 import mlflow
+import pytest
 
 from mlrepro.reproduce import environment_drift
 from tests.conftest import REPO, assert_one_line_error, mlrepro_cli, only_run_id, run_command, run_linefit
 
 
+@pytest.mark.both_stores
 def test_a_built_in_job_reproduces_and_both_runs_say_so(tmp_path: Path, store: str) -> None:
     job = run_command(
         [sys.executable, "-m", "projects.cifar10", "dataset=fake", "train_limit=80", "test_limit=20",

@@ -9,12 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +17,7 @@ import mlflow
 import pytest
 
 from tests.conftest import mlrepro_cli, only_run_id, run_linefit
+from tests.helpers.server import MlflowServer
 
 CHROMIUM = os.environ.get("MLREPRO_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 # Flags a sandbox without a network needs: no background fetches, no sandboxing as root.
@@ -46,41 +42,16 @@ def _browser_or_skip() -> object:
     return sync_playwright
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[str]:
-    """A real `mlflow server` on loopback with a SQLite store; stopped after the test."""
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = open(tmp_path / "server.log", "w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(tmp_path / "artifacts")],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"mlflow server did not start: {(tmp_path / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.5)
-        yield url
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
-        log.close()
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.team)])
+def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A real `mlflow server` on loopback, its runs in a SQLite file or (the team tier) in PostgreSQL."""
+    backend = None
+    if request.param == "postgres":
+        backend = request.getfixturevalue("postgres").create_database(f"ui_{uuid.uuid4().hex}")
+    server = MlflowServer(tmp_path / "server", backend_uri=backend)
+    server.start()
+    yield server.uri
+    server.stop()
 
 
 def test_the_run_comparison_view_shows_loss_seed_and_mlrepro_tags(tmp_path: Path, server: str) -> None:

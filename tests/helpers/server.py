@@ -24,13 +24,14 @@ class MlflowServer:
     ``stop`` and ``start`` again keep the port and the stores: what a team sees when its
     tracking server is restarted."""
 
-    def __init__(self, folder: Path, backend_uri: str | None = None) -> None:
+    def __init__(self, folder: Path, backend_uri: str | None = None, workers: int = 2) -> None:
         self.folder = folder
         self.port = free_port()
         self.backend_uri = backend_uri or f"sqlite:///{folder / 'server.db'}"
         self.artifacts = folder / "served-artifacts"
         self.process: subprocess.Popen[bytes] | None = None
         self.log = folder / "server.log"
+        self.workers = workers
 
     @property
     def uri(self) -> str:
@@ -42,7 +43,7 @@ class MlflowServer:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
                  "--backend-store-uri", self.backend_uri, "--artifacts-destination", str(self.artifacts),
-                 "--workers", "1"],
+                 "--workers", str(self.workers)],
                 cwd=self.folder, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                 env=dict(os.environ, MLFLOW_TRACKING_URI=""),
             )
