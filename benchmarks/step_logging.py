@@ -1,9 +1,11 @@
 """Per-step loss logging and compare: mlrepro against MLflow's own ways, side by side, in one process.
 
-    python benchmarks/step_logging.py [--compare-steps 1000000] [--json step_logging.json]
+    python benchmarks/step_logging.py [--compare-steps 1000000] [--json step_logging.json] [--only stores]
 
 Prints a table and writes the same numbers as JSON. Everything runs against a
-fresh SQLite store in a temporary folder. The targets are ratios against the
+fresh SQLite store in a temporary folder, except the store section: steps a second
+into a SQLite file, into `mlflow server` on SQLite and on PostgreSQL (where Debian's
+PostgreSQL is installed), and the line fit tracked through the PostgreSQL server. The targets are ratios against the
 alternatives measured in the same run, so a slower or busier machine moves
 both sides.
 """
@@ -33,9 +35,15 @@ from mlflow.entities import Metric  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 import mlrepro  # noqa: E402
+from mlrepro import record  # noqa: E402
 from mlrepro.spec import LineFitSpec  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the tests' servers: tests/helpers
+from tests.helpers.postgres import Postgres, postgres_bin  # noqa: E402
+from tests.helpers.server import MlflowServer  # noqa: E402
+
 LINE_FIT_STEPS = 20_000
+THROUGHPUT_STEPS = 50_000
 
 
 def per_call_us(function, calls: int) -> float:
@@ -93,7 +101,7 @@ def line_fit(steps: int, run: mlrepro.TrackedRun | None) -> None:
 def line_fit_wall_time(repeats: int = 3) -> dict[str, float]:
     """Seconds for the loop untracked, and tracked until every step is in MLflow."""
     torch.set_num_threads(1)
-    untracked, tracked, setup = [], [], []
+    untracked, tracked, trained, setup = [], [], [], []
     for _ in range(repeats):
         prestart()
         started = time.perf_counter()
@@ -104,6 +112,7 @@ def line_fit_wall_time(repeats: int = 3) -> dict[str, float]:
         with mlrepro.start_run(LineFitSpec(steps=LINE_FIT_STEPS)) as run:
             opened = time.perf_counter()
             line_fit(LINE_FIT_STEPS, run)
+            trained.append(time.perf_counter() - opened)
         finished = time.perf_counter()
         setup.append(opened - started)
         tracked.append(finished - opened)
@@ -113,8 +122,56 @@ def line_fit_wall_time(repeats: int = 3) -> dict[str, float]:
     return {
         "untracked loop s": statistics.median(untracked),
         "tracked loop, until all steps are in MLflow s": statistics.median(tracked),
+        "tracked loop, its last step s": statistics.median(trained),
         "opening the run (spec, environment, artifacts) s": statistics.median(setup),
     }
+
+
+def steps_per_second(uri: str, steps: int = THROUGHPUT_STEPS) -> float:
+    """Steps a second one writer delivers into the store at ``uri``, as mlrepro's writer does
+    (``log_batch`` of 1,000, one after another)."""
+    from array import array
+
+    values = array("d", np.random.default_rng(1).random(steps).tolist())
+    client = MlflowClient(uri)
+    run_id = client.create_run("0").info.run_id
+    started = time.perf_counter()
+    record.write_loss_metrics(client, run_id, "loss", values, 0)
+    elapsed = time.perf_counter() - started
+    client.set_terminated(run_id)
+    if len(client.get_metric_history(run_id, "loss")) != steps:
+        raise SystemExit(f"not every step reached {uri}")
+    return steps / elapsed
+
+
+def store_speed(folder: Path, sqlite_uri: str) -> dict[str, float]:
+    """Store throughput, and the line fit tracked through a team's server (PostgreSQL where installed)."""
+    results = {"SQLite file, steps/s": steps_per_second(sqlite_uri)}
+    server = MlflowServer(folder / "server-sqlite")
+    server.start()
+    try:
+        results["mlflow server on SQLite, steps/s"] = steps_per_second(server.uri)
+    finally:
+        server.stop()
+    if postgres_bin() is None:
+        print("PostgreSQL is not installed (apt-get install postgresql): its rows are left out")
+        return results
+    cluster = Postgres()
+    cluster.start()
+    server = MlflowServer(folder / "server-postgres", backend_uri=cluster.create_database("benchmark"))
+    server.start()
+    try:
+        results["mlflow server on PostgreSQL, steps/s"] = steps_per_second(server.uri)
+        mlflow.set_tracking_uri(server.uri)
+        wall = line_fit_wall_time()
+        results["line fit through it, ratio tracked / untracked"] = (
+            wall["tracked loop, until all steps are in MLflow s"] / wall["untracked loop s"])
+        results["  its loop alone, to the last step, ratio"] = wall["tracked loop, its last step s"] / wall["untracked loop s"]
+    finally:
+        mlflow.set_tracking_uri(sqlite_uri)
+        server.stop()
+        cluster.stop()
+    return results
 
 
 def compare_speed(steps: int) -> dict[str, float]:
@@ -184,12 +241,20 @@ def read_only_start_up() -> dict[str, float]:
     }
 
 
+def print_stores(stores: dict[str, float]) -> None:
+    print(f"\nstores: one writer delivering {THROUGHPUT_STEPS:,} steps in batches of 1,000; the line fit through a server")
+    for name, value in stores.items():
+        print(f"  {name:<50} {value:>8.{3 if value < 100 else 0}f}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--compare-steps", type=int, default=1_000_000)
     parser.add_argument("--json", default=str(Path(tempfile.gettempdir()) / "mlrepro-benchmarks" / "step_logging.json"),
                         help="where to write the results (default: the system's temporary folder; "
                              "benchmarks/results/step_logging.json is the committed record)")
+    parser.add_argument("--only", choices=["all", "stores"], default="all",
+                        help="stores: only the store section (a few minutes), for a quick look")
     args = parser.parse_args()
     json_path = Path(args.json).resolve()
     json_path.parent.mkdir(parents=True, exist_ok=True)
@@ -199,6 +264,10 @@ def main() -> int:
         uri = f"sqlite:///{Path(folder) / 'mlflow.db'}"
         mlflow.set_tracking_uri(uri)
         os.environ["MLFLOW_TRACKING_URI"] = uri  # for the commands started in their own processes
+        stores = store_speed(Path(folder), uri)
+        if args.only == "stores":
+            print_stores(stores)
+            return 0
         thread = training_thread_cost()
         wall = line_fit_wall_time()
         compare = compare_speed(args.compare_steps)
@@ -208,6 +277,7 @@ def main() -> int:
     ratio_wall = wall["tracked loop, until all steps are in MLflow s"] / wall["untracked loop s"]
     ratio_compare = compare["get_metric_history of both runs s"] / compare["mlrepro compare_runs s"]
     cheapest_mlflow = min(v for k, v in thread.items() if k.startswith(("mlflow", "MlflowClient")))
+    loop_through_server = stores.get("  its loop alone, to the last step, ratio")
     targets = {
         "training-thread cost <= 5 us a step": thread["mlrepro log_loss(cpu tensor)"] <= 5,
         f"line fit {LINE_FIT_STEPS} steps <= 1.15x untracked": ratio_wall <= 1.15,
@@ -218,6 +288,8 @@ def main() -> int:
         "mlrepro compare < import torch, mlflow": (
             start_up["mlrepro compare (two 1,000-step runs)"] < start_up["python -c 'import torch, mlflow'"]),
     }
+    if loop_through_server is not None:
+        targets["line fit through a PostgreSQL server: its loop <= 1.15x untracked"] = loop_through_server <= 1.15
 
     print(f"\nper-step cost on the training thread (us), {platform.processor() or platform.machine()}, "
           f"torch {torch.__version__}, mlflow {mlflow.__version__}")
@@ -236,6 +308,7 @@ def main() -> int:
     print("\nstart-up of the commands that only read, median of 3 (s)")
     for name, value in start_up.items():
         print(f"  {name:<50} {value:>8.3f}")
+    print_stores(stores)
     print("\ntargets")
     for name, met in targets.items():
         print(f"  {'met ' if met else 'MISSED'}  {name}")
@@ -248,6 +321,7 @@ def main() -> int:
         "compare_seconds": {**compare, "ratio": ratio_compare, "steps": args.compare_steps},
         "bytes_per_buffered_step": memory,
         "read_only_start_up_seconds": start_up,
+        "stores": stores,
         "targets_met": targets,
     }
     json_path.write_text(json.dumps(results, indent=2))
