@@ -410,11 +410,24 @@ def _as_assignments(words: Sequence[str]) -> list[str]:
 
 def run_job(spec: BaseSpec, train: TrainFunction) -> None:
     """Open the tracked, seeded run for ``spec`` and hand it to the job's training function."""
+    from mlrepro import distributed
     from mlrepro.code import mark_job_command_line
+    from mlrepro.signals import RunInterrupted
     from mlrepro.tracking import start_run
 
-    from mlrepro.signals import RunInterrupted
+    nproc = getattr(spec, "nproc", 1)
+    if nproc > 1 and not distributed.launched_by_torchrun():
+        # What would fail on every rank is said here, once, before torchrun starts them.
+        import mlflow
 
+        from mlrepro import record, spool
+
+        spool.store_wait_s()
+        spool.ready_root()
+        client = record.ready_store(mlflow.get_tracking_uri())
+        if spec.resume_from:
+            record.read_newest_checkpoint(client, spec)  # the run, its spec and its checkpoint
+        distributed.relaunch_under_torchrun(nproc)  # the same command, once a rank, under torchrun
     mark_job_command_line()
     try:
         with start_run(spec) as run:

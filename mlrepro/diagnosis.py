@@ -3,7 +3,8 @@
 Pure: two runs' spec fields and environment facts in, ranked and explained differences out. The order is
 the order in which a person should look: other code (another script, or changed
 sources of the job) computes something else; a different device or GPU model makes
-equal bits unlikely on its own; another library version changes kernels; then
+equal bits unlikely on its own; so does another number of processes, another
+communication backend or DDP bucket size; another library version changes kernels; then
 the determinism switches, the thread count, the seed, the other spec fields,
 and last the rest.
 """
@@ -23,18 +24,23 @@ class Category(IntEnum):
 
     CODE = 0
     DEVICE = 1
-    VERSIONS = 2
-    DETERMINISM = 3
-    THREADS = 4
-    SEED = 5
-    SPEC = 6
-    REPOSITORY = 7
-    OTHER = 8
+    DISTRIBUTED = 2
+    VERSIONS = 3
+    DETERMINISM = 4
+    THREADS = 5
+    SEED = 6
+    SPEC = 7
+    REPOSITORY = 8
+    OTHER = 9
 
 
 _TF32 = "TF32 rounds float32 matmul and convolution inputs to 10 mantissa bits on Ampere and newer GPUs"
 _THREADS = "CPU kernels split reductions across threads, so another thread count sums in another order"
 _KERNELS = "another release may change kernels and the order in which they reduce"
+_WORLD = ("another number of processes: each rank trains on another shard of every batch, and DDP averages "
+          "gradients over another number of ranks")
+_BUCKETS = ("DDP all-reduces gradients bucket by bucket: another bucket size groups them, and sums them, "
+            "in another order (pytorch issue 30509)")
 
 # (source, key, category, what it does). A key ending in "." matches every key it starts.
 _RULES: list[tuple[str, str, Category, str]] = [
@@ -46,6 +52,17 @@ _RULES: list[tuple[str, str, Category, str]] = [
     ("environment", "gpu.capability", Category.DEVICE, "another GPU architecture runs other kernels"),
     ("environment", "env.CUDA_VISIBLE_DEVICES", Category.DEVICE, "the run may have used another GPU"),
     ("environment", "cpu.model", Category.DEVICE, "another CPU may run other vector kernels (AVX2, AVX-512) that round differently"),
+    ("spec", "nproc", Category.DISTRIBUTED, _WORLD),
+    ("environment", "distributed.world_size", Category.DISTRIBUTED, _WORLD),
+    ("environment", "distributed.backend", Category.DISTRIBUTED,
+     "NCCL and gloo all-reduce gradients with other algorithms, which sum in other orders"),
+    ("spec", "bucket_cap_mb", Category.DISTRIBUTED, _BUCKETS),
+    ("environment", "distributed.bucket_cap_mb", Category.DISTRIBUTED, _BUCKETS),
+    ("environment", "distributed.devices", Category.DISTRIBUTED, "the ranks trained on other devices, or there were other ranks"),
+    ("environment", "env.NCCL_", Category.DISTRIBUTED,
+     "NCCL's algorithm and protocol (NCCL_ALGO, NCCL_PROTO, ...) decide the order in which it sums"),
+    ("environment", "env.TORCH_NCCL_", Category.DISTRIBUTED, "changes how NCCL collectives run"),
+    ("environment", "env.GLOO_", Category.DISTRIBUTED, "changes how gloo connects and reduces"),
     ("environment", "torch.version", Category.VERSIONS, f"torch: {_KERNELS}"),
     ("environment", "cuda.version", Category.VERSIONS, f"CUDA: {_KERNELS}"),
     ("environment", "cudnn.version", Category.VERSIONS, f"cuDNN: {_KERNELS}"),

@@ -281,7 +281,7 @@ def write_metric(client: RunWriter, run_id: str, key: str, value: float, step: i
 
 
 def write_losses(client: RunWriter, run_id: str, losses: LossSeries, complete: bool,
-                 stitched: LossSeries | None = None) -> None:
+                 stitched: LossSeries | None = None, per_rank: np.ndarray | None = None) -> None:
     """The exact loss record, bit for bit (the metric store loses inf and NaN payloads).
 
     ``complete`` adds the digest tag, which marks the record whole: without it (a killed
@@ -291,7 +291,9 @@ def write_losses(client: RunWriter, run_id: str, losses: LossSeries, complete: b
     Each call rewrites the whole record, 8 bytes a step."""
     with store_errors(client, run_id), tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / Path(keys.LOSSES_ARTIFACT).name
-        np.savez(path, steps=losses.steps, values=losses.values)
+        # Under torchrun the values are the mean over ranks, and rank_values holds each rank's losses.
+        extra = {"rank_values": per_rank} if per_rank is not None else {}
+        np.savez(path, steps=losses.steps, values=losses.values, **extra)
         client.log_artifact(run_id, str(path), artifact_path=keys.ARTIFACT_DIR)
         if complete:
             client.set_tag(run_id, keys.TAG_LOSS_DIGEST, (stitched or losses).digest)

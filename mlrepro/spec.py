@@ -44,6 +44,9 @@ _RUN_ID_PATTERN = re.compile(r"^[0-9a-f]*$")
 # Fields that say how a run is carried out, not what it computes: a resumed run
 # and the uninterrupted one are the same spec.
 NOT_IN_HASH = frozenset({"checkpoint_every", "resume_from"})
+# Fields added after runs were logged without them: at these values (their defaults, what those
+# runs did) they stay out of the hash, so the runs logged before them keep their hashes.
+HASHED_UNLESS = {"nproc": 1, "bucket_cap_mb": 25.0}
 _METRIC_PATTERN = re.compile(r"^[A-Za-z0-9_./\- ]{1,250}$")
 
 
@@ -169,11 +172,15 @@ class Cifar10Spec(BaseSpec):
     train_limit: Count = Field(0, ge=0, description="use only the first N training images; 0 = all")
     test_limit: Count = Field(0, ge=0, description="use only the first N test images for accuracy; 0 = all")
     checkpoint_every: Count = Field(2000, ge=0, description="log a checkpoint every N steps; 0 = never")
+    nproc: Count = Field(1, ge=1, le=1024, description="DDP processes on this machine; above 1 the job starts torchrun")
+    bucket_cap_mb: float = Field(25.0, gt=0, le=65_536, allow_inf_nan=False,
+                                 description="DDP's gradient bucket size: another size all-reduces in another order")
 
 
 def spec_hash(fields: Mapping[str, Any]) -> str:
     """The hash of a spec's JSON fields, whether read from a typed spec or from a logged record."""
-    content = {name: value for name, value in fields.items() if name not in NOT_IN_HASH}
+    content = {name: value for name, value in fields.items()
+               if name not in NOT_IN_HASH and not (name in HASHED_UNLESS and value == HASHED_UNLESS[name])}
     canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 

@@ -20,12 +20,12 @@ import torch
 from mlflow.environment_variables import MLFLOW_RUN_ID
 from mlflow.tracking import MlflowClient
 
-from mlrepro import record
+from mlrepro import distributed, record
 from mlrepro.checkpoint import Checkpoint
 from mlrepro.code import capture_code
 from mlrepro.device import resolve_device
 from mlrepro.environment import EnvironmentRecord, capture_environment
-from mlrepro.errors import MlreproError, redacted_uri
+from mlrepro.errors import MlreproError, SpecError, redacted_uri
 from mlrepro.losses import LossSeries
 from mlrepro.plugin import recording_own_run
 from mlrepro.seeding import SeedRecord, seed_everything, seed_generators
@@ -73,6 +73,7 @@ class TrackedRun:
         environment: EnvironmentRecord,
         client: MlflowClient,
         resume: Checkpoint | None = None,
+        world: distributed.World | None = None,
     ) -> None:
         self.run_id = run_id
         self.spec = spec
@@ -89,16 +90,27 @@ class TrackedRun:
         self._losses = array("d")
         self._device_block: torch.Tensor | None = None
         self._device_filled = 0
+        # Under torchrun: this rank's losses not yet gathered, and every rank's gathered ones.
+        self.world = world
+        self._rank_pending: list[float] = []
+        self._rank_losses = [array("d") for _ in range(world.size)] if world is not None else []
         self.spool = Spool.create(run_id, client.tracking_uri, spec.metric, self.first_step)
         self._writer = LossWriter(self._losses, self.spool, client.tracking_uri)
 
     @property
     def steps_logged(self) -> int:
-        return len(self._losses) + self._device_filled
+        return len(self._losses) + self._device_filled + len(self._rank_pending)
 
     def log_loss(self, loss: float | torch.Tensor) -> None:
-        """Record the loss of the next step (first_step, first_step + 1, ...), as metric ``spec.metric``."""
-        if not isinstance(loss, torch.Tensor):
+        """Record the loss of the next step (first_step, first_step + 1, ...), as metric ``spec.metric``.
+
+        Under torchrun every rank calls it every step; the metric is the mean over ranks, and the
+        exact record keeps each rank's loss."""
+        if self.world is not None:
+            self._rank_pending.append(loss.item() if isinstance(loss, torch.Tensor) else float(loss))
+            if len(self._rank_pending) == distributed.GATHER_EVERY:
+                self._gather_ranks()
+        elif not isinstance(loss, torch.Tensor):
             self._losses.append(float(loss))
         elif loss.device.type == "cpu":
             self._losses.append(loss.item())
@@ -121,6 +133,18 @@ class TrackedRun:
             self._losses.frombytes(self._device_block[: self._device_filled].cpu().numpy().tobytes())
             self._device_filled = 0
 
+    def _gather_ranks(self) -> None:
+        """Every rank's pending losses, on this rank (0): each rank's kept, their mean logged. A
+        collective: every rank gathers at the same steps (every GATHER_EVERY, and at each flush)."""
+        if not self._rank_pending:
+            return  # the same on every rank: they log in step
+        per_rank = distributed.gather_on_rank_0(self._rank_pending)
+        self._rank_pending = []
+        for kept, values in zip(self._rank_losses, per_rank or []):
+            kept.extend(values)
+        for values in zip(*(per_rank or [])):
+            self._losses.append(sum(values) / len(values))  # in rank order, in float64: the same bits each time
+
     def log_metric(self, key: str, value: float, step: int) -> None:
         """Any other metric (test accuracy per epoch, say), spooled now and delivered in order."""
         record.write_metric(self.spool, self.run_id, key, value, step)
@@ -130,6 +154,11 @@ class TrackedRun:
         """Keep a checkpoint in the spool at once, after every loss before it; the writer
         uploads it as an artifact. A run killed right after keeps it and those steps."""
         self.flush()
+        if self.world is not None:
+            # Each rank draws from its own generators: the checkpoint keeps every rank's, so that
+            # each rank of a resumed run goes on from its own.
+            ranks = distributed.gather_objects_on_rank_0(distributed.rank_state(checkpoint.rng, checkpoint.extra))
+            checkpoint = replace(checkpoint, extra={**checkpoint.extra, distributed.RANKS_KEY: ranks})
         record.write_checkpoint(self.spool, self.run_id, checkpoint)
         self._writer.send_now()
 
@@ -137,8 +166,10 @@ class TrackedRun:
         """Spool every loss recorded so far now, and with them the exact record, bit for bit:
         a run that dies after a flush keeps those steps exactly, NaN and inf included."""
         self._bring_device_block_home()
+        if self.world is not None:
+            self._gather_ranks()
         self._writer.send_now()
-        record.write_losses(self.spool, self.run_id, self._losses_so_far(), complete=False)
+        record.write_losses(self.spool, self.run_id, self._losses_so_far(), complete=False, per_rank=self._per_rank())
 
     def finish(self, status: str) -> Pending:
         """End the run ``status``: spool every step, the exact record and its digest, and the end,
@@ -148,10 +179,12 @@ class TrackedRun:
         spool, and is returned."""
         patience_s = store_wait_s()
         self._bring_device_block_home()
+        if self.world is not None:
+            self._gather_ranks()  # the last gather; every other rank makes it as its block ends
         self._writer.stop_sending()
         own = self._losses_so_far()
         stitched = self.resumed_losses.spliced(own, self.first_step) if self.resumed_losses is not None else None
-        record.write_losses(self.spool, self.run_id, own, complete=True, stitched=stitched)
+        record.write_losses(self.spool, self.run_id, own, complete=True, stitched=stitched, per_rank=self._per_rank())
         record.end_run(self.spool, self.run_id, status)
         self.spool.close()
         outcome = self._writer.close(patience_s)
@@ -173,11 +206,47 @@ class TrackedRun:
         return pending if pending.reason else \
             replace(pending, reason=f"it took nothing for {STORE_WAIT_ENV}={patience_s:g} s")
 
+    def _per_rank(self) -> np.ndarray | None:
+        """Every rank's losses, one row a rank, under torchrun."""
+        return np.array([np.frombuffer(kept, dtype=np.float64) for kept in self._rank_losses]) \
+            if self.world is not None else None
+
     def _losses_so_far(self) -> LossSeries:
         # A copy: while a view of the array exists, the loop's next append would fail to resize it.
         values = np.frombuffer(self._losses, dtype=np.float64).copy() if self._losses else np.empty(0)
         steps = np.arange(self.first_step, self.first_step + len(values), dtype=np.int64)
         return LossSeries(steps=steps, values=values)
+
+
+class RankRun:
+    """What a training loop on a rank other than 0 holds under torchrun: the run's id, the spec, and
+    its own losses, which it hands to rank 0 as rank 0 gathers them. It creates no run and writes
+    nothing to the store: rank 0 owns the run."""
+
+    def __init__(self, run_id: str, spec: BaseSpec, device: torch.device, seed_record: SeedRecord,
+                 world: distributed.World, resume: Checkpoint | None = None) -> None:
+        self.run_id, self.spec, self.device, self.seed_record, self.world = run_id, spec, device, seed_record, world
+        self.resume = resume
+        self.first_step = resume.step if resume is not None else 0
+        self._pending: list[float] = []
+
+    def log_loss(self, loss: float | torch.Tensor) -> None:
+        self._pending.append(loss.item() if isinstance(loss, torch.Tensor) else float(loss))
+        if len(self._pending) == distributed.GATHER_EVERY:
+            self.flush()
+
+    def log_metric(self, key: str, value: float, step: int) -> None:
+        """Rank 0 logs the run's metrics."""
+
+    def save_checkpoint(self, checkpoint: Checkpoint) -> None:
+        """Rank 0 saves the checkpoint; this rank hands over its losses and its generators' states."""
+        self.flush()
+        distributed.gather_objects_on_rank_0(distributed.rank_state(checkpoint.rng, checkpoint.extra))
+
+    def flush(self) -> None:
+        if self._pending:
+            distributed.gather_on_rank_0(self._pending)
+            self._pending = []
 
 
 @contextmanager
@@ -193,6 +262,12 @@ def start_run(spec: BaseSpec, *, run_name: str | None = None) -> Iterator[Tracke
     it says which run it is.
     """
     device = resolve_device(spec.device)
+    world = distributed.join(device)  # under torchrun: this process's rank
+    if world is not None:
+        device = distributed.rank_device(device, world)
+        if not world.owns_run:
+            yield from _follow_rank_0(spec, device, world)
+            return
     store_wait_s()  # a bad MLREPRO_STORE_WAIT_S is bad input, said before the run exists
     ready_root()
     client = record.ready_store(mlflow.get_tracking_uri())
@@ -205,9 +280,12 @@ def start_run(spec: BaseSpec, *, run_name: str | None = None) -> Iterator[Tracke
     run_id = active.info.run_id
     try:
         seed_record = seed_everything(spec.seed, deterministic=spec.deterministic, threads=spec.threads)
-        environment = capture_environment(extra={"run.device": str(device), **code.facts()})
+        group = distributed.facts(world, device, getattr(spec, "bucket_cap_mb", None)) if world is not None else {}
+        environment = capture_environment(extra={"run.device": str(device), **code.facts(), **group})
         record.write_start(client, run_id, spec, seed_record, environment, code)
-        tracked = TrackedRun(run_id, spec, device, seed_record, environment, client, resume)
+        tracked = TrackedRun(run_id, spec, device, seed_record, environment, client, resume, world)
+        if world is not None:
+            distributed.share_from_rank_0((run_id, resume))
         if resumed_from is not None and resume is not None:
             record.write_resume_links(client, run_id, resumed_from, resume.step)
             tracked.resumed_from, tracked.resumed_losses = resumed_from, resumed_losses
@@ -264,6 +342,22 @@ def start_run(spec: BaseSpec, *, run_name: str | None = None) -> Iterator[Tracke
             raise interrupted
         if not pending.nothing:
             raise DeliveryPendingError(pending.describe_for_user())
+
+
+def _follow_rank_0(spec: BaseSpec, device: torch.device, world: distributed.World) -> Iterator[RankRun]:
+    """A rank other than 0: seeded like rank 0, its facts and losses handed to rank 0, no run of its own."""
+    seed_record = seed_everything(spec.seed, deterministic=spec.deterministic, threads=spec.threads)
+    distributed.facts(world, device, getattr(spec, "bucket_cap_mb", None))
+    run_id, resume = distributed.share_from_rank_0(None)  # type: ignore[misc]
+    if resume is not None:  # rank 0 read the checkpoint; this rank goes on from its own generators
+        ranks = resume.extra.get(distributed.RANKS_KEY)
+        if not ranks or len(ranks) != world.size:
+            raise SpecError(f"resume_from: the checkpoint holds no state for rank {world.rank} of {world.size}")
+        resume = replace(resume, rng=ranks[world.rank]["rng"], extra=ranks[world.rank]["extra"])
+    seed_generators(spec.seed)
+    follower = RankRun(run_id, spec, device, seed_record, world, resume)
+    yield follower
+    follower.flush()  # the last gather, which rank 0 makes as it finishes
 
 
 def _leave_fluent_run(status: str, delivered: bool) -> None:

@@ -60,6 +60,8 @@ def prestart() -> None:
     """Start a writer process now, to be adopted by the next run: its import of MLflow
     (a second or two) then overlaps the caller's own imports instead of the training."""
     global _spare
+    if os.environ.get("RANK", "0") != "0":
+        return  # a torchrun rank other than 0 never writes to the store: rank 0 owns the run
     if _spare is None or _spare.poll() is not None:
         _spare = _spawn()
 

@@ -151,7 +151,29 @@ def checkpoints(run_id: str) -> list[str]:
     return [entry.path for entry in entries if entry.path.endswith(".pt")]
 
 
-def kill_after_checkpoints(store: str, job: subprocess.Popen[str], at_least: int) -> str:
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and all its descendants at once. torchrun starts each rank in a session
+    of its own, so killing torchrun's process group would leave the ranks running."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    doomed, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        doomed.append(current)
+        todo.extend(children.get(current, []))
+    for victim in doomed:
+        try:
+            os.kill(victim, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def kill_after_checkpoints(store: str, job: subprocess.Popen[str], at_least: int, tree: bool = False) -> str:
     """SIGKILL the job once it has logged ``at_least`` checkpoints, after a random extra moment."""
     deadline = time.monotonic() + 300
     run_id = None
@@ -167,7 +189,10 @@ def kill_after_checkpoints(store: str, job: subprocess.Popen[str], at_least: int
     seed = int(os.environ.get("MLREPRO_KILL_SEED", random.randrange(2**32)))
     print(f"kill moment seed: {seed} (MLREPRO_KILL_SEED={seed} replays it)")
     time.sleep(random.Random(seed).uniform(0.0, 0.3))
-    job.send_signal(signal.SIGKILL)
+    if tree:
+        kill_tree(job.pid)  # torchrun and every rank with their children, as a node that goes down
+    else:
+        job.send_signal(signal.SIGKILL)
     job.wait()
     assert job.returncode == -signal.SIGKILL and run_id is not None
     return run_id

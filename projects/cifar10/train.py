@@ -9,13 +9,24 @@ What the seed left to chance and how it is fixed here:
   between runs;
 - kernels: cuDNN deterministic, benchmark off, deterministic algorithms on
   (set by ``start_run`` from the spec); CPU threads pinned by the spec.
+
+With ``nproc`` above 1 the job runs under torchrun, one process a rank, with
+``DistributedDataParallel`` (gloo on the CPU, NCCL on CUDA): every rank seeds the same
+way, so all start from the same weights (and DDP sends rank 0's to the others all the
+same); a ``DistributedSampler`` seeded from the spec gives each rank its own shard,
+reshuffled each epoch by ``set_epoch``; ``bucket_cap_mb`` sets how gradients are
+grouped for the all-reduce, which changes the order they are summed in.
 """
 
 from __future__ import annotations
 
+import os
+
 import torch
+import torch.distributed as dist
 from torch import nn, optim
-from torch.utils.data import DataLoader, Dataset
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from mlrepro.checkpoint import Checkpoint, capture_rng_state, restore_rng_state
 from mlrepro.progress import Progress
@@ -29,12 +40,14 @@ PRINT_EVERY = 2000  # mini-batches, as in the seed
 ACCURACY_METRIC = "test_accuracy"
 
 
-def loader(dataset: Dataset, spec: Cifar10Spec, shuffle: bool) -> DataLoader:
-    """Shuffle order and worker seeds come from the loader's own generator, ``loader.generator``."""
+def loader(dataset: Dataset, spec: Cifar10Spec, shuffle: bool, sampler: DistributedSampler | None = None) -> DataLoader:
+    """Shuffle order and worker seeds come from the loader's own generator, ``loader.generator``,
+    or under torchrun the order from the ``sampler`` (seeded from the spec, the same on every rank)."""
     return DataLoader(
         dataset,
         batch_size=spec.batch_size,
-        shuffle=shuffle,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
         num_workers=spec.num_workers,
         worker_init_fn=seed_worker,
         # Its own generator even unshuffled: a loader without one draws its
@@ -60,11 +73,18 @@ def evaluate(net: nn.Module, testloader: DataLoader, device: torch.device) -> fl
 def train(spec: Cifar10Spec, run: TrackedRun) -> None:
     device = run.device
     trainset, testset = load_datasets(spec)
-    trainloader = loader(trainset, spec, shuffle=True)
+    distributed = dist.is_initialized()
+    # Each rank its shard; the shuffle is drawn from seed + epoch, so every rank agrees on it.
+    sampler = DistributedSampler(trainset, shuffle=True, seed=spec.seed) if distributed else None
+    trainloader = loader(trainset, spec, shuffle=True, sampler=sampler)
     testloader = loader(testset, spec, shuffle=False)
 
-    net = Net()
+    net: nn.Module = Net()
     net.to(device)
+    if distributed:
+        net = DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None,
+                                      bucket_cap_mb=spec.bucket_cap_mb)
+    model = net.module if distributed else net  # its weights, as a checkpoint keeps them
     criterion = nn.CrossEntropyLoss()
     optimizer = optim.SGD(net.parameters(), lr=spec.lr, momentum=spec.momentum)
 
@@ -72,7 +92,7 @@ def train(spec: Cifar10Spec, run: TrackedRun) -> None:
     epoch_start_order = trainloader.generator.get_state()
     if run.resume is not None:  # built as a fresh run would be, then put where the checkpoint was
         resume = run.resume
-        net.load_state_dict(resume.model)
+        model.load_state_dict(resume.model)
         optimizer.load_state_dict(resume.optimizer)
         restore_rng_state(resume.rng, {"test": testloader.generator})
         step, start_epoch, skip = resume.step, resume.epoch, resume.batch_in_epoch
@@ -80,9 +100,14 @@ def train(spec: Cifar10Spec, run: TrackedRun) -> None:
         # going back to the generator's state at that moment redraws the same ones.
         epoch_start_order, running_loss = resume.extra["epoch_start_order"], resume.extra["running_loss"]
 
-    print("Device:", device)
-    progress = Progress(total_steps=spec.epochs * len(trainloader), epochs=spec.epochs)
+    rank_0 = not distributed or dist.get_rank() == 0
+    if rank_0:
+        print("Device:", device)
+    progress = Progress(total_steps=spec.epochs * len(trainloader), epochs=spec.epochs,
+                        stream=None if rank_0 else open(os.devnull, "w"))
     for epoch in range(start_epoch, spec.epochs):
+        if sampler is not None:
+            sampler.set_epoch(epoch)
         if epoch == start_epoch:
             trainloader.generator.set_state(epoch_start_order)
         else:
@@ -108,7 +133,7 @@ def train(spec: Cifar10Spec, run: TrackedRun) -> None:
                 running_loss = 0.0
             if spec.checkpoint_every and step % spec.checkpoint_every == 0:
                 run.save_checkpoint(Checkpoint(
-                    step=step, epoch=epoch, batch_in_epoch=i + 1, model=net.state_dict(),
+                    step=step, epoch=epoch, batch_in_epoch=i + 1, model=model.state_dict(),
                     optimizer=optimizer.state_dict(), rng=capture_rng_state({"test": testloader.generator}),
                     extra={"epoch_start_order": epoch_start_order, "running_loss": running_loss},
                 ))
@@ -118,4 +143,5 @@ def train(spec: Cifar10Spec, run: TrackedRun) -> None:
         run.log_metric(ACCURACY_METRIC, accuracy, step=epoch)
         progress.write(f"[{epoch + 1}] accuracy on the {len(testset)} test images: {100 * accuracy:.1f} %")
     progress.close()
-    print("Finished Training")
+    if rank_0:
+        print("Finished Training")

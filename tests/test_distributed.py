@@ -1,0 +1,95 @@
+"""CIFAR-10 with DistributedDataParallel under torchrun: rank 0 owns the run, every rank's loss is in
+the exact record, two runs with two processes are identical, and another world size is named."""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+import mlflow
+import numpy as np
+
+from mlrepro import compare_runs, load_run
+from mlrepro.diagnosis import differences
+from tests.conftest import kill_after_checkpoints, mlrepro_cli, only_run_id, run_command, start_job
+
+# 200 images, 4 a batch: 50 steps an epoch on one process, 25 on each of two.
+SPEC = ["dataset=fake", "train_limit=200", "test_limit=20", "epochs=2", "num_workers=0", "checkpoint_every=0"]
+
+
+def cifar10(store: str, cwd: Path, *assignments: str) -> str:
+    """One run of the job, as `python -m projects.cifar10 ...` starts it; its run id."""
+    client = mlflow.MlflowClient()
+    before = {run.info.run_id for run in client.search_runs(["0"])}
+    result = run_command([sys.executable, "-m", "projects.cifar10", *SPEC, *assignments], store, cwd, PYTHONHASHSEED="0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    made = [run for run in client.search_runs(["0"]) if run.info.run_id not in before]
+    assert len(made) == 1, [run.info.run_id for run in made]  # the other ranks create no runs
+    return made[0].info.run_id
+
+
+def test_two_processes_train_one_run_that_repeats_bit_for_bit_and_another_world_size_is_named(
+    tmp_path: Path, store: str
+) -> None:
+    first = cifar10(store, tmp_path, "nproc=2")
+    second = cifar10(store, tmp_path, "nproc=2")
+    single = cifar10(store, tmp_path, "nproc=1")
+
+    run = load_run(first)
+    assert len(run.losses) == 50  # 25 steps an epoch on each rank, 2 epochs
+    tags = mlflow.MlflowClient().get_run(first).data.tags
+    assert tags["mlrepro.environment.distributed.world_size"] == "2"
+    assert tags["mlrepro.environment.distributed.backend"] == "gloo"
+    assert tags["mlrepro.environment.distributed.bucket_cap_mb"] == "25"
+    assert tags["mlrepro.environment.distributed.devices"] == "cpu, cpu"
+    # The exact record keeps each rank's loss; the metric is their mean, taken in rank order.
+    with tempfile.TemporaryDirectory() as folder:
+        path = mlflow.MlflowClient().download_artifacts(first, "mlrepro/losses.npz", folder)
+        with np.load(path) as record:
+            per_rank = record["rank_values"]
+    assert per_rank.shape == (2, 50)
+    assert not np.array_equal(per_rank[0], per_rank[1])  # each rank its own shard
+    assert ((per_rank[0] + per_rank[1]) / 2).tobytes() == run.losses.values.tobytes()
+    metric = mlflow.MlflowClient().get_metric_history(first, "loss")
+    assert sorted(point.step for point in metric) == list(range(50))
+
+    same = mlrepro_cli(store, tmp_path, "compare", first, second)
+    assert same.returncode == 0, same.stdout + same.stderr
+
+    other = compare_runs(single, first)
+    assert not other.identical
+    cause = other.differences[0]
+    assert (cause.source, cause.key, cause.value_a, cause.value_b) == ("spec", "nproc", "1", "2")
+    assert cause.category == "distributed" and "another number of processes" in cause.explanation
+
+
+def test_a_bucket_size_or_backend_difference_is_ranked_with_the_world_size_near_the_top() -> None:
+    found = differences({"seed": "3", "bucket_cap_mb": "25"}, {"seed": "4", "bucket_cap_mb": "1"},
+                        {"distributed.backend": "nccl", "torch.version": "2.1"},
+                        {"distributed.backend": "gloo", "torch.version": "2.2"})
+    assert [(d.key, d.category) for d in found] == [
+        ("bucket_cap_mb", "distributed"), ("distributed.backend", "distributed"), ("torch.version", "versions"),
+        ("seed", "seed"),
+    ]
+    assert "pytorch issue 30509" in found[0].explanation
+
+
+def test_a_killed_run_of_two_processes_resumes_bit_for_bit(tmp_path: Path, store: str) -> None:
+    # 2,400 images: 300 steps an epoch on each rank; checkpoints every 50 steps, mid-epoch and at its end.
+    spec = ["dataset=fake", "train_limit=2400", "test_limit=20", "epochs=2", "num_workers=0", "checkpoint_every=50",
+            "nproc=2"]
+    job = start_job(store, tmp_path, [sys.executable, "-m", "projects.cifar10", *spec])
+    killed = kill_after_checkpoints(store, job, at_least=3, tree=True)
+    resumed = run_command([sys.executable, "-m", "projects.cifar10", *spec, f"resume_from={killed}"], store, tmp_path,
+                          PYTHONHASHSEED="0")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    resumed_id = only_run_id(store)
+    uninterrupted = run_command([sys.executable, "-m", "projects.cifar10", *spec], store, tmp_path, PYTHONHASHSEED="0")
+    assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
+    whole = only_run_id(store)
+    resumed_at = int(mlflow.MlflowClient().get_run(resumed_id).data.tags["mlrepro.resumed_at_step"])
+    assert 0 < resumed_at < 600
+    verdict = mlrepro_cli(store, tmp_path, "compare", resumed_id, whole)
+    assert verdict.returncode == 0, verdict.stdout + verdict.stderr
+    assert "logged the same 600 losses, bit for bit" in verdict.stdout
