@@ -143,10 +143,9 @@ def _warn_drift(drift: list[Difference]) -> None:
 @click.argument("run_id")
 def show(run_id: str) -> None:
     """Print a run's code, spec, environment, loss summary and recorded verdicts."""
-    from mlrepro.runs import load_run
-
     from mlrepro import spool
     from mlrepro.errors import NoLossesError
+    from mlrepro.runs import load_run
 
     def say_if_pending(full_id: str) -> None:
         if full_id in spool.spooled_runs():

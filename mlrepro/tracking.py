@@ -39,11 +39,11 @@ from mlrepro.spool import (
     Spool,
     StoreRefusedError,
     deliver_until,
+    delivering,
     holding,
     ready_root,
     store_wait_s,
     warn,
-    delivering,
 )
 from mlrepro.writer import LossWriter
 
