@@ -172,7 +172,8 @@ class Cifar10Spec(BaseSpec):
     train_limit: Count = Field(0, ge=0, description="use only the first N training images; 0 = all")
     test_limit: Count = Field(0, ge=0, description="use only the first N test images for accuracy; 0 = all")
     checkpoint_every: Count = Field(2000, ge=0, description="log a checkpoint every N steps; 0 = never")
-    nproc: Count = Field(1, ge=1, le=1024, description="DDP processes on this machine; above 1 the job starts torchrun")
+    nproc: Count = Field(1, ge=1, le=1024, description="DDP processes in all; above 1 on one machine the job "
+                                                       "starts torchrun, on many each node's torchrun starts its share")
     bucket_cap_mb: float = Field(25.0, gt=0, le=65_536, allow_inf_nan=False,
                                  description="DDP's gradient bucket size: another size all-reduces in another order")
 

@@ -265,6 +265,10 @@ def start_run(spec: BaseSpec, *, run_name: str | None = None) -> Iterator[Tracke
     world = distributed.join(device)  # under torchrun: this process's rank
     if world is not None:
         device = distributed.rank_device(device, world)
+        nproc = getattr(spec, "nproc", world.size)
+        if nproc != world.size:  # the spec says what was computed: nproc is every process, on every node
+            raise SpecError(f"nproc: must be the number of processes torchrun started on all nodes "
+                            f"({world.size}), got {nproc}")
         if not world.owns_run:
             yield from _follow_rank_0(spec, device, world)
             return

@@ -3,6 +3,7 @@ the exact record, two runs with two processes are identical, and another world s
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -12,7 +13,8 @@ import numpy as np
 
 from mlrepro import compare_runs, load_run
 from mlrepro.diagnosis import differences
-from tests.conftest import kill_after_checkpoints, mlrepro_cli, only_run_id, run_command, start_job
+from tests.conftest import job_env, kill_after_checkpoints, mlrepro_cli, only_run_id, run_command, start_job
+from tests.helpers.server import free_port
 
 # 200 images, 4 a batch: 50 steps an epoch on one process, 25 on each of two.
 SPEC = ["dataset=fake", "train_limit=200", "test_limit=20", "epochs=2", "num_workers=0", "checkpoint_every=0"]
@@ -93,3 +95,33 @@ def test_a_killed_run_of_two_processes_resumes_bit_for_bit(tmp_path: Path, store
     verdict = mlrepro_cli(store, tmp_path, "compare", resumed_id, whole)
     assert verdict.returncode == 0, verdict.stdout + verdict.stderr
     assert "logged the same 600 losses, bit for bit" in verdict.stdout
+
+
+def test_two_torchrun_agents_on_loopback_train_as_one_machine_with_two_processes_does(
+    tmp_path: Path, store: str
+) -> None:
+    """Two nodes, simulated: two torchrun agents of one process each, meeting at 127.0.0.1 as two
+    machines would at their master's address. gloo sums two ranks' gradients the same way there."""
+    port = free_port()
+    agents = [
+        subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+                          f"--node_rank={node}", "--master_addr=127.0.0.1", f"--master_port={port}",
+                          "-m", "projects.cifar10", *SPEC, "nproc=2"],
+                         cwd=tmp_path, env=job_env(store, PYTHONHASHSEED="0"), stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True)
+        for node in (0, 1)
+    ]
+    errors = [agent.communicate(timeout=300)[1] for agent in agents]
+    assert [agent.returncode for agent in agents] == [0, 0], [error[-3000:] for error in errors]
+    two_nodes = only_run_id(store)
+    assert len(mlflow.MlflowClient().search_runs(["0"])) == 1  # one run for both nodes
+    one_node = cifar10(store, tmp_path, "nproc=2")
+    verdict = compare_runs(two_nodes, one_node)
+    print(f"two agents against one with two processes: {verdict.verdict}; "
+          f"environment differences: {[d.key for d in verdict.differences]}")
+    assert verdict.identical
+
+    wrong = run_command([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                         "-m", "projects.cifar10", *SPEC, "nproc=3"], store, tmp_path)
+    assert wrong.returncode != 0
+    assert "nproc: must be the number of processes torchrun started on all nodes (2), got 3" in wrong.stderr

@@ -143,7 +143,7 @@ def test_a_server_that_stops_mid_run_and_returns_before_the_end_gets_every_step(
 ) -> None:
     job = start_linefit(server, tmp_path, 40_000)
     run_id = wait_until_training(server, job)
-    server.stop()
+    server.stop(crash=True)
     time.sleep(1.0)  # the job trains on while the store is away
     server.start()
     _, stderr = job.communicate(timeout=300)
@@ -158,7 +158,7 @@ def test_a_server_away_when_the_run_ends_leaves_it_to_sync_which_delivers_every_
 ) -> None:
     job = start_linefit(server, tmp_path, 20_000, MLREPRO_STORE_WAIT_S="2")
     run_id = wait_until_training(server, job)
-    server.stop()
+    server.stop(crash=True)
     _, stderr = job.communicate(timeout=300)
     assert job.returncode == 4, stderr  # the record waits in the spool: not an error, not "done"
     print(stderr)

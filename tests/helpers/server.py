@@ -59,11 +59,13 @@ class MlflowServer:
                 time.sleep(0.2)
         raise RuntimeError(f"mlflow server did not answer within {timeout_s} s: {self.log.read_text()[-3000:]}")
 
-    def stop(self) -> None:
-        """Stop the server and every worker it started (its own session)."""
+    def stop(self, crash: bool = False) -> None:
+        """Stop the server and every worker it started (its own session). SIGTERM lets it finish
+        what its open connections ask, and a client that keeps asking on a kept-alive connection
+        keeps it serving; ``crash`` kills it at once, as a machine or network that goes away does."""
         if self.process is None or self.process.poll() is not None:
             return
-        os.killpg(self.process.pid, signal.SIGTERM)
+        os.killpg(self.process.pid, signal.SIGKILL if crash else signal.SIGTERM)
         try:
             self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
