@@ -10,7 +10,16 @@ from pathlib import Path
 import pytest
 
 from mlrepro.errors import SpecError
-from mlrepro.spec import MAX_SEED, LineFitSpec, build_spec, parse_assignments, parse_spec, read_spec_file
+from mlrepro.spec import (
+    MAX_SEED,
+    Cifar10Spec,
+    LineFitSpec,
+    build_spec,
+    parse_assignments,
+    parse_spec,
+    read_spec_file,
+    spec_hash,
+)
 
 
 def test_line_fit_defaults_are_the_seeds() -> None:
@@ -106,6 +115,14 @@ def test_the_hash_is_stable_across_processes_and_follows_the_content() -> None:
     assert LineFitSpec(seed=3).hash == build_spec(LineFitSpec, {"seed": "3", "lr": "1e-4"}).hash
     assert LineFitSpec(seed=3).hash != LineFitSpec(seed=4).hash
     assert LineFitSpec().hash != LineFitSpec(threads=2).hash
+
+
+def test_fields_added_later_keep_the_hashes_of_runs_logged_before_them_at_their_defaults() -> None:
+    before = {name: value for name, value in Cifar10Spec().model_dump(mode="json").items()
+              if name not in ("nproc", "bucket_cap_mb")}  # a run logged before DDP came
+    assert spec_hash(before) == Cifar10Spec().hash
+    assert Cifar10Spec(nproc=2).hash != Cifar10Spec().hash
+    assert Cifar10Spec(nproc=2, bucket_cap_mb=1).hash != Cifar10Spec(nproc=2).hash
 
 
 def test_params_are_text_that_reads_back_to_the_same_spec() -> None:
