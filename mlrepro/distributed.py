@@ -28,6 +28,10 @@ GATHER_EVERY = 100
 VARIABLE_PREFIXES = ("NCCL_", "GLOO_", "TORCH_NCCL_", "TORCH_DISTRIBUTED_DEBUG")
 
 
+# Losses, run ids and facts travel on the CPU, whatever trains: a gloo group of mlrepro's own.
+_gather_group: object = None
+
+
 @dataclass(frozen=True)
 class World:
     """This process's place among the ranks of one training run."""
@@ -66,17 +70,17 @@ def join(device: torch.device) -> World | None:
     if not launched_by_torchrun():
         return None
     backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda" and device.index is None:
+        # NCCL works on the current device: without this every rank of a node would pick GPU 0.
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     if not dist.is_initialized():
         dist.init_process_group(backend=backend)
     world = World(rank=dist.get_rank(), size=dist.get_world_size(), local_rank=int(os.environ.get("LOCAL_RANK", 0)),
                   backend=dist.get_backend())
     global _gather_group
-    # Losses, run ids and facts travel on the CPU, whatever trains: a gloo group of their own.
     _gather_group = dist.new_group(backend="gloo") if world.backend != "gloo" else dist.group.WORLD
     return world
 
-
-_gather_group: object = None
 
 
 def rank_device(device: torch.device, world: World | None) -> torch.device:
