@@ -148,8 +148,3 @@ def facts(world: World, device: torch.device, bucket_cap_mb: float | None) -> di
             elif first.get(name) != value:  # a rank that differs from rank 0 is named
                 recorded[f"env.{name}.rank{rank}"] = value
     return recorded
-
-
-def leave() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
