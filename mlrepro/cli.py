@@ -271,11 +271,24 @@ def format_comparison(comparison: RunComparison) -> str:
         lines = [f"identical so far: runs {a} and {b} logged the same {losses.steps_in_both} losses where both have "
                  "them, bit for bit", f"  {_only(losses.only_in_a)} only in A; {_only(losses.only_in_b)} only in B",
                  comparison.diagnosis]
-    else:
+    elif comparison.weights_differ_while_losses_agree:
+        tensors = comparison.tensors
         lines = [
-            f"different: runs {a} and {b} first differ at step {losses.first_divergent_step}",
-            f"  A: {_value(losses.value_a)}",
-            f"  B: {_value(losses.value_b)}",
+            f"different: runs {a} and {b} logged the same {losses.steps_in_both} losses, bit for bit, but their weights "
+            f"differ from step {tensors.first_divergent_step}: {tensors.tensor} ({tensors.kind})",  # type: ignore[union-attr]
+            *_tensor_lines(comparison),
+            comparison.diagnosis,
+        ]
+    else:
+        tensors = comparison.tensors
+        first_tensor = f": {tensors.tensor} ({tensors.kind})" if tensors is not None and not tensors.identical \
+            and tensors.first_divergent_step == comparison.first_divergent_step else ""
+        lines = [
+            f"different: runs {a} and {b} first differ at step {comparison.first_divergent_step}{first_tensor}",
+            *_tensor_lines(comparison),
+            f"  losses first differ at step {losses.first_divergent_step}",
+            f"    A: {_value(losses.value_a)}",
+            f"    B: {_value(losses.value_b)}",
             f"  {losses.divergent_steps} of {losses.steps_in_both} common steps differ;"
             f" {_only(losses.only_in_a)} only in A; {_only(losses.only_in_b)} only in B",
             comparison.diagnosis,
@@ -290,6 +303,19 @@ def format_comparison(comparison: RunComparison) -> str:
         }.get(comparison.verdict, "differences (A | B), most likely cause first:"))
         lines += _side_by_side(comparison.differences)
     return "\n".join(lines)
+
+
+def _tensor_lines(comparison: RunComparison) -> list[str]:
+    """Where the fingerprints part: the step, the phase, and the tensors that differ there."""
+    tensors = comparison.tensors
+    if tensors is None:
+        return []
+    if tensors.identical:
+        return [f"  fingerprints: the same at all {tensors.steps_compared} steps both runs took them"]
+    more = f", and {tensors.differing_count - len(tensors.differing_tensors)} more" \
+        if tensors.differing_count > len(tensors.differing_tensors) else ""
+    return [f"  fingerprints first differ at step {tensors.first_divergent_step} ({tensors.phase}), in forward order: "
+            f"{', '.join(tensors.differing_tensors)}{more}"]
 
 
 def _value(value: float | None) -> str:

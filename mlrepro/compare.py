@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, computed_field
 
 from mlrepro.code import CodeRecord
 from mlrepro.diagnosis import Difference, diagnose, differences
+from mlrepro.fingerprints import FingerprintRecord, TensorComparison, compare_fingerprints
 from mlrepro.losses import LossSeries, as_the_store_keeps
 from mlrepro.spec import AnySpec
 
@@ -117,6 +118,7 @@ class LoggedRun:
     loss_source: str  # where the losses came from: the exact artifact or the metric history
     tags: dict[str, str] = field(default_factory=dict)
     code: CodeRecord | None = None  # the code that ran and how to start it again; None before mlrepro 0.2
+    fingerprints: FingerprintRecord | None = None  # per-tensor fingerprints, where the run took them
     experiment_id: str | None = None
     deleted: bool = False  # in the store's trash (MLflow's lifecycle stage "deleted")
     process: str = "unknown"  # for a RUNNING run: "alive", "gone" (killed, never ended) or "unknown"
@@ -143,6 +145,8 @@ class RunComparison(BaseModel):
     # "identical so far": no common step differs, but a run did not finish, so the rest is unknown.
     verdict: Literal["identical", "identical so far", "different"]
     losses: LossComparison
+    # Where the per-tensor fingerprints first differ; None unless both runs took fingerprints.
+    tensors: TensorComparison | None = None
     differences: list[Difference]  # spec fields and environment facts, most likely cause first
     diagnosis: str
     notes: list[str] = []  # what the reader must know to trust the verdict: deleted runs, stored values
@@ -155,25 +159,43 @@ class RunComparison(BaseModel):
     @computed_field  # type: ignore[prop-decorator]
     @property
     def first_divergent_step(self) -> int | None:
-        return self.losses.first_divergent_step
+        """The first step at which the losses or any fingerprint differ."""
+        found = [step for step in (self.losses.first_divergent_step,
+                                   self.tensors.first_divergent_step if self.tensors else None) if step is not None]
+        return min(found) if found else None
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def weights_differ_while_losses_agree(self) -> bool:
+        """The losses are the same bit for bit, and the weights or gradients are not."""
+        return self.losses.divergent_steps == 0 and self.tensors is not None and not self.tensors.identical
 
 
 def compare_logged_runs(a: LoggedRun, b: LoggedRun) -> RunComparison:
     """Compare two loaded runs: losses bit for bit, the spec and environment side by side, and
     how each run ended: a run that stopped early is not a difference, and never "nondeterminism"."""
     losses = compare_losses(a.losses, b.losses)
+    tensors = compare_fingerprints(a.fingerprints, b.fingerprints) \
+        if a.fingerprints is not None and b.fingerprints is not None else None
+    tensors_differ = tensors is not None and not tensors.identical
     ranked = differences(a.spec_fields, b.spec_fields, a.environment, b.environment)
     unfinished = [(name, run) for name, run in (("A", a), ("B", b)) if run.unfinished]
-    if losses.divergent_steps == 0 and unfinished and len(a.losses) and len(b.losses):
+    if losses.divergent_steps == 0 and not tensors_differ and unfinished and len(a.losses) and len(b.losses):
         verdict = "identical so far"
         stopped = "; ".join(f"{name} stopped at step {int(run.losses.steps[-1])} ({run.state})" for name, run in unfinished)
         diagnosis = (f"identical so far: {stopped}; the {losses.steps_in_both} steps both runs have are the same, "
                      "and what came after is unknown")
     else:
-        verdict = "identical" if losses.identical else "different"
-        diagnosis = diagnose(losses.identical, ranked, a.environment, b.environment)
+        verdict = "identical" if losses.identical and not tensors_differ else "different"
+        diagnosis = diagnose(verdict == "identical", ranked, a.environment, b.environment)
+        if tensors_differ:
+            diagnosis = f"{_where_tensors_part(tensors, losses)}; {diagnosis}"  # type: ignore[arg-type]
     notes = [f"run {run.run_id} ({name}) is deleted: it is in the tracking store's trash" for name, run in (("A", a), ("B", b))
              if run.deleted]
+    for name, run, other in (("A", a, b), ("B", b, a)):
+        if run.fingerprints is None and other.fingerprints is not None:
+            notes.append(f"run {run.run_id} ({name}) took no fingerprints (fingerprint_every=0, or logged before "
+                         "mlrepro took them): compared by its losses only")
     if losses.steps_compared_as_stored:
         notes.append(f"{losses.steps_compared_as_stored} steps came from MLflow's metric history, which keeps neither "
                      "inf, nor NaN payloads, nor -0.0: they were compared as the store keeps them")
@@ -182,7 +204,19 @@ def compare_logged_runs(a: LoggedRun, b: LoggedRun) -> RunComparison:
         run_b=b.run_id,
         verdict=verdict,
         losses=losses,
+        tensors=tensors,
         differences=ranked,
         diagnosis=diagnosis,
         notes=notes,
     )
+
+
+def _where_tensors_part(tensors: TensorComparison, losses: LossComparison) -> str:
+    """The fingerprints' verdict in one sentence, said plainly when the losses hide it."""
+    where = f"{tensors.tensor} ({tensors.kind}) first differs at step {tensors.first_divergent_step}"
+    if losses.divergent_steps == 0:
+        return f"the losses are identical, but the weights are not: {where}; {tensors.explanation}"
+    loss_step = losses.first_divergent_step
+    if loss_step is not None and tensors.first_divergent_step is not None and tensors.first_divergent_step < loss_step:
+        return f"{where}, before the losses part at step {loss_step}; {tensors.explanation}"
+    return f"{where}; {tensors.explanation}"

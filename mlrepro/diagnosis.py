@@ -103,6 +103,7 @@ _RULES: list[tuple[str, str, Category, str]] = [
      "the shuffle order does not depend on it, but randomness drawn inside workers does"),
     ("spec", "metric", Category.OTHER, "only the name the losses are logged under"),
     ("spec", "checkpoint_every", Category.OTHER, "checkpoints only read the state; they do not change the numbers"),
+    ("spec", "fingerprint_every", Category.OTHER, "fingerprints only read the weights and gradients; they do not change the numbers"),
     ("spec", "resume_from", Category.OTHER, "a resumed run continues bit for bit from its checkpoint"),
     ("spec", "", Category.SPEC, "a different setting trains something else"),
     ("environment", "git.untracked", Category.OTHER, "untracked files did not run; the job's sources are code.source_digest"),

@@ -40,7 +40,17 @@ def plot_comparison(a: LossSeries, b: LossSeries, comparison: RunComparison, pat
             axes.axvline(step, color="black", linestyle=":", linewidth=1.0)
         gap.annotate(f"first divergence: step {step}", xy=(step, 0.0), xytext=(8, 12),
                      textcoords="offset points", fontsize=9)
+    tensors = comparison.tensors
+    if tensors is not None and not tensors.identical and tensors.first_divergent_step is not None:
+        # Where the weights part, which may be before (or without) any loss that differs.
+        for axes in (curves, gap):
+            axes.axvline(tensors.first_divergent_step, color="tab:purple", linestyle="--", linewidth=1.0)
+        gap.annotate(f"first tensor: {tensors.tensor} ({tensors.kind}, {tensors.phase}), step "
+                     f"{tensors.first_divergent_step}", xy=(tensors.first_divergent_step, 0.0), xytext=(8, -16),
+                     textcoords="offset points", fontsize=9, color="tab:purple")
     title = "identical bit for bit" if comparison.identical else f"different from step {step}"
+    if comparison.weights_differ_while_losses_agree:
+        title += ": the losses agree, the weights do not"
     figure.suptitle(f"{label_a} vs {label_b}: {title}")
     path = Path(path)
     figure.savefig(path, dpi=100)

@@ -54,6 +54,7 @@ from mlrepro.errors import (
     redacted,
     redacted_uri,
 )
+from mlrepro.fingerprints import FingerprintRecord
 from mlrepro.losses import LossSeries
 from mlrepro.process import identity, liveness
 from mlrepro.spec import NOT_IN_HASH, AnySpec, BaseSpec, read_logged_spec
@@ -281,8 +282,10 @@ def write_metric(client: RunWriter, run_id: str, key: str, value: float, step: i
 
 
 def write_losses(client: RunWriter, run_id: str, losses: LossSeries, complete: bool,
-                 stitched: LossSeries | None = None, per_rank: np.ndarray | None = None) -> None:
-    """The exact loss record, bit for bit (the metric store loses inf and NaN payloads).
+                 stitched: LossSeries | None = None, per_rank: np.ndarray | None = None,
+                 fingerprints: FingerprintRecord | None = None) -> None:
+    """The exact loss record, bit for bit (the metric store loses inf and NaN payloads), with the
+    run's per-tensor fingerprints where it took them (4 bytes a tensor a fingerprinted step).
 
     ``complete`` adds the digest tag, which marks the record whole: without it (a killed
     run) the record ends at its last flush and the metric history holds the steps after.
@@ -292,7 +295,12 @@ def write_losses(client: RunWriter, run_id: str, losses: LossSeries, complete: b
     with store_errors(client, run_id), tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / Path(keys.LOSSES_ARTIFACT).name
         # Under torchrun the values are the mean over ranks, and rank_values holds each rank's losses.
-        extra = {"rank_values": per_rank} if per_rank is not None else {}
+        extra: dict[str, np.ndarray] = {"rank_values": per_rank} if per_rank is not None else {}
+        if fingerprints is not None:
+            extra.update(fingerprint_steps=fingerprints.steps, fingerprints=fingerprints.values,
+                         fingerprint_names=np.array(fingerprints.names, dtype=str),
+                         fingerprint_kinds=np.array(fingerprints.kinds, dtype=str),
+                         module_order=np.array(fingerprints.module_order, dtype=str))
         np.savez(path, steps=losses.steps, values=losses.values, **extra)
         client.log_artifact(run_id, str(path), artifact_path=keys.ARTIFACT_DIR)
         if complete:
@@ -403,8 +411,9 @@ def read_run(client: MlflowClient, run_id: str) -> LoggedRun:
         environment = _read_json(files, keys.ENVIRONMENT_ARTIFACT) if keys.ENVIRONMENT_ARTIFACT in files \
             else environment_from_tags(tags)
         metric = spec.metric if spec is not None else keys.DEFAULT_LOSS_METRIC
+        fingerprints = None
         if keys.LOSSES_ARTIFACT in files:
-            losses = _read_loss_record(files[keys.LOSSES_ARTIFACT])
+            losses, fingerprints = _read_loss_record(files[keys.LOSSES_ARTIFACT])
             source = "artifact"
             if keys.TAG_LOSS_DIGEST not in tags:
                 # The run never finished (killed, or still going): its exact record ends at its
@@ -424,7 +433,10 @@ def read_run(client: MlflowClient, run_id: str) -> LoggedRun:
         # run's checkpoint was, and the steps before come from that run (and its own
         # predecessors), so it compares whole against an uninterrupted run.
         first_own = int(tags.get(keys.TAG_RESUMED_AT_STEP, losses.steps[0] if len(losses) else 0))
-        losses = read_run(client, resumed_from).losses.spliced(losses, first_own)
+        before = read_run(client, resumed_from)
+        losses = before.losses.spliced(losses, first_own)
+        if fingerprints is not None and before.fingerprints is not None:
+            fingerprints = before.fingerprints.spliced(fingerprints, first_own)
         source = f"{source}; steps before {first_own} from run {resumed_from}"
     if len(losses) == 0:
         raise NoLossesError(f"run {run_id} logged no {metric!r} metric to compare")
@@ -439,6 +451,7 @@ def read_run(client: MlflowClient, run_id: str) -> LoggedRun:
         loss_source=source,
         tags=dict(tags),
         code=code,
+        fingerprints=fingerprints,
         experiment_id=run.info.experiment_id,
         deleted=run.info.lifecycle_stage == "deleted",
         process=liveness(tags.get(keys.TAG_PROCESS)) if run.info.status == "RUNNING" else "unknown",
@@ -473,10 +486,17 @@ def _read_spec(files: Mapping[str, Path], tags: Mapping[str, str]) -> AnySpec:
     return read_logged_spec(_read_json(files, keys.SPEC_ARTIFACT), tags.get(keys.TAG_SPEC_CLASS))
 
 
-def _read_loss_record(path: Path) -> LossSeries:
+def _read_loss_record(path: Path) -> tuple[LossSeries, FingerprintRecord | None]:
+    """The exact losses, and the fingerprints where the run took them."""
     try:
         with np.load(path, allow_pickle=False) as exact:
-            return LossSeries.from_steps_and_values(exact["steps"], exact["values"])
+            losses = LossSeries.from_steps_and_values(exact["steps"], exact["values"])
+            if "fingerprints" not in exact.files:
+                return losses, None
+            return losses, FingerprintRecord(
+                steps=exact["fingerprint_steps"].astype(np.int64), values=exact["fingerprints"].astype(np.uint32),
+                names=tuple(exact["fingerprint_names"].tolist()), kinds=tuple(exact["fingerprint_kinds"].tolist()),
+                module_order=tuple(exact["module_order"].tolist()))
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as err:
         raise SpecError(f"the run's {keys.LOSSES_ARTIFACT} is damaged ({err.__class__.__name__})") from err
 

@@ -26,6 +26,7 @@ from mlrepro.code import capture_code
 from mlrepro.device import resolve_device
 from mlrepro.environment import EnvironmentRecord, capture_environment
 from mlrepro.errors import MlreproError, SpecError, redacted_uri
+from mlrepro.fingerprints import FingerprintRecord
 from mlrepro.losses import LossSeries
 from mlrepro.plugin import recording_own_run
 from mlrepro.seeding import SeedRecord, seed_everything, seed_generators
@@ -45,6 +46,7 @@ from mlrepro.spool import (
     store_wait_s,
     warn,
 )
+from mlrepro.watch import Watch
 from mlrepro.writer import LossWriter
 
 # Steps of a GPU loss gathered on the device before one copy to the host.
@@ -94,8 +96,33 @@ class TrackedRun:
         self.world = world
         self._rank_pending: list[float] = []
         self._rank_losses = [array("d") for _ in range(world.size)] if world is not None else []
+        self._watch: Watch | None = None
         self.spool = Spool.create(run_id, client.tracking_uri, spec.metric, self.first_step)
         self._writer = LossWriter(self._losses, self.spool, client.tracking_uri)
+
+    def watch(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Fingerprint ``model``'s parameters and gradients every ``spec.fingerprint_every`` steps,
+        so that compare can say which tensor parted first, and when. One call, before the loop.
+
+        With ``optimizer``, a fingerprint is taken inside every ``optimizer.step()``, before it
+        updates anything; a loop that updates the weights itself calls ``run.fingerprint()`` once
+        a step, after backward and before the update. Both count the steps from the run's first."""
+        if self._watch is not None:
+            self._watch.close()
+        self._watch = Watch(model, self.spec.fingerprint_every, self.first_step)
+        if optimizer is not None:
+            watch = self._watch
+            optimizer.register_step_pre_hook(lambda _optimizer, _args, _kwargs: watch.step())
+
+    def fingerprint(self) -> None:
+        """This step's fingerprints (at the steps ``spec.fingerprint_every`` picks), for a loop without
+        an optimizer that ``watch`` was given: call it after backward, before the update."""
+        if self._watch is None:
+            raise SpecError("run.fingerprint(): call run.watch(model) once before the loop first")
+        self._watch.step()
+
+    def _fingerprints(self) -> FingerprintRecord | None:
+        return self._watch.record() if self._watch is not None and self.spec.fingerprint_every else None
 
     @property
     def steps_logged(self) -> int:
@@ -169,7 +196,8 @@ class TrackedRun:
         if self.world is not None:
             self._gather_ranks()
         self._writer.send_now()
-        record.write_losses(self.spool, self.run_id, self._losses_so_far(), complete=False, per_rank=self._per_rank())
+        record.write_losses(self.spool, self.run_id, self._losses_so_far(), complete=False, per_rank=self._per_rank(),
+                            fingerprints=self._fingerprints())
 
     def finish(self, status: str) -> Pending:
         """End the run ``status``: spool every step, the exact record and its digest, and the end,
@@ -184,7 +212,8 @@ class TrackedRun:
         self._writer.stop_sending()
         own = self._losses_so_far()
         stitched = self.resumed_losses.spliced(own, self.first_step) if self.resumed_losses is not None else None
-        record.write_losses(self.spool, self.run_id, own, complete=True, stitched=stitched, per_rank=self._per_rank())
+        record.write_losses(self.spool, self.run_id, own, complete=True, stitched=stitched, per_rank=self._per_rank(),
+                            fingerprints=self._fingerprints())
         record.end_run(self.spool, self.run_id, status)
         self.spool.close()
         outcome = self._writer.close(patience_s)
@@ -237,6 +266,12 @@ class RankRun:
 
     def log_metric(self, key: str, value: float, step: int) -> None:
         """Rank 0 logs the run's metrics."""
+
+    def watch(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Rank 0 fingerprints: after DDP's all-reduce every rank holds the same gradients and weights."""
+
+    def fingerprint(self) -> None:
+        """Rank 0 fingerprints."""
 
     def save_checkpoint(self, checkpoint: Checkpoint) -> None:
         """Rank 0 saves the checkpoint; this rank hands over its losses and its generators' states."""

@@ -35,7 +35,12 @@ def verdict_text(comparison: RunComparison) -> str:
         # Later steps may still differ: the tag says so, and a later compare --log replaces it.
         return f"provisional: identical so far ({comparison.losses.steps_in_both} steps; a run did not finish)"
     cause = comparison.differences[0].key if comparison.differences else "nothing recorded differs"
-    return f"different from step {comparison.first_divergent_step} (likely cause: {cause})"
+    tensors = comparison.tensors
+    where = ""
+    if tensors is not None and not tensors.identical:
+        agree = "; the losses agree, the weights do not" if comparison.weights_differ_while_losses_agree else ""
+        where = f": first tensor {tensors.tensor} ({tensors.kind}, {tensors.phase}) at step {tensors.first_divergent_step}{agree}"
+    return f"different from step {comparison.first_divergent_step}{where} (likely cause: {cause})"
 
 
 def plot_file(comparison: RunComparison, a: LoggedRun, b: LoggedRun, path: Path) -> Path:

@@ -38,6 +38,7 @@ def train(spec: NoisySpec, run: mlrepro.TrackedRun) -> None:
         torch.nn.Linear(4, spec.width), torch.nn.ReLU(), torch.nn.Dropout(spec.dropout), torch.nn.Linear(spec.width, 1),
     ).to(run.device)
     optimizer = torch.optim.SGD(model.parameters(), lr=spec.lr)
+    run.watch(model, optimizer)  # per-tensor fingerprints, for compare to say which tensor parts first
     x, y = x.to(run.device), y.to(run.device)
 
     start = 0

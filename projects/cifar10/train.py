@@ -87,6 +87,7 @@ def train(spec: Cifar10Spec, run: TrackedRun) -> None:
     model = net.module if distributed else net  # its weights, as a checkpoint keeps them
     criterion = nn.CrossEntropyLoss()
     optimizer = optim.SGD(net.parameters(), lr=spec.lr, momentum=spec.momentum)
+    run.watch(model, optimizer)  # fingerprints inside optimizer.step(), before the update
 
     step, start_epoch, skip, running_loss = 0, 0, 0, 0.0
     epoch_start_order = trainloader.generator.get_state()

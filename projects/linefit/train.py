@@ -30,6 +30,8 @@ def train(spec: LineFitSpec, run: TrackedRun) -> None:
     model.to(device)
     loss_fn = torch.nn.MSELoss(reduction="sum")
 
+    run.watch(model)  # fingerprints of the weights and gradients, every spec.fingerprint_every steps
+
     start = 0
     if run.resume is not None:  # built as a fresh run would be, then put where the checkpoint was
         model.load_state_dict(run.resume.model)
@@ -44,6 +46,7 @@ def train(spec: LineFitSpec, run: TrackedRun) -> None:
             print(t, loss.item())
         model.zero_grad()
         loss.backward()
+        run.fingerprint()  # after backward, before the update
         with torch.no_grad():
             for param in model.parameters():
                 param -= spec.lr * param.grad

@@ -1,0 +1,216 @@
+"""Fingerprints of a model's parameters and gradients, taken on their device at the steps a spec asks.
+
+A fingerprint is a 32-bit multilinear hash of a tensor's bytes: the bytes read as
+32-bit words ``x_i``, each multiplied by a fixed random odd word ``w_i`` for its
+position, summed modulo 2**32. It depends on the order of the bytes (moving a value
+changes it, unlike an XOR or a plain sum), and a difference in one word, a one-ulp change
+included, always changes it: ``w_i * d`` is never 0 modulo 2**32 for odd ``w_i`` and
+``0 < |d| < 2**32``. Many words differing at once collide with probability about 2**-32.
+
+The cost is what matters, so it is made of a few large operations, not one per tensor:
+every tensor is copied into a flat buffer of its dtype (one ``_foreach_copy_``), each
+tensor padded to whole blocks of ``BLOCK_WORDS`` words; the words are multiplied by the
+weights and summed block by block in 32-bit integer arithmetic (vectorised on CPUs,
+where 64-bit multiplication is not); each tensor's blocks are then summed as the
+difference of two running sums. Integer sums are exact in any order, so the result is
+the same on any device. On a GPU the results stay on the device and come to the
+host a block of steps at a time, like the losses: the loop is not synchronised every step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mlrepro.fingerprints import GRADIENT, PARAMETER, FingerprintRecord
+
+BLOCK_WORDS = 64
+# Steps of fingerprints kept on a GPU before one copy to the host.
+DEVICE_BLOCK_STEPS = 256
+_WEIGHT_SEED = 0x6D6C7270  # "mlrp": the weights are the same in every process and on every device
+_WORDS_OF = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int32, 16: torch.int32}
+
+
+def _weights(count: int, device: torch.device) -> torch.Tensor:
+    """``count`` odd 32-bit words drawn from a fixed seed on the CPU: equal everywhere."""
+    generator = torch.Generator().manual_seed(_WEIGHT_SEED)
+    words = torch.randint(-(2**31), 2**31, (count,), dtype=torch.int64, generator=generator) | 1
+    return words.to(torch.int32).to(device)
+
+
+@dataclass
+class _Group:
+    """Tensors of one dtype, copied together into one padded buffer."""
+
+    columns: list[int]
+    buffer: torch.Tensor  # the dtype's flat buffer, zero where padding
+    slots: list[torch.Tensor]  # one view of the buffer per tensor, shaped like it
+    words: torch.Tensor  # the buffer read as 32-bit words (widened where the dtype is narrower)
+    widen: bool
+
+
+class Fingerprinter:
+    """Hashes a fixed list of tensor shapes and dtypes (a model's parameters and their gradients)."""
+
+    def __init__(self, tensors: list[torch.Tensor], device: torch.device, on_host: bool | None = None) -> None:
+        """``on_host``: sum with NumPy (the default for CPU tensors) or with torch, as on a GPU."""
+        self.layout = [(tuple(t.shape), t.dtype) for t in tensors]
+        self.device = device
+        self.on_host = device.type == "cpu" if on_host is None else on_host
+        by_dtype: dict[torch.dtype, list[int]] = {}
+        for column, tensor in enumerate(tensors):
+            by_dtype.setdefault(tensor.dtype, []).append(column)
+        self._groups: list[_Group] = []
+        start_of_column = [0] * len(tensors)  # where each tensor's words start among all words
+        words_of_column = [0] * len(tensors)
+        total = 0
+        for dtype, columns in by_dtype.items():
+            itemsize = torch.empty(0, dtype=dtype).element_size()
+            per_element = max(1, itemsize // 4)  # words an element takes (float64: 2)
+            elements_per_block = BLOCK_WORDS // per_element
+            sizes = [tensors[c].numel() for c in columns]
+            padded = [-(-max(size, 1) // elements_per_block) * elements_per_block for size in sizes]
+            buffer = torch.zeros(sum(padded), dtype=dtype, device=device)
+            slots, offset = [], 0
+            for column, size, room in zip(columns, sizes, padded):
+                slots.append(buffer[offset:offset + size].view(tensors[column].shape))
+                start_of_column[column] = total + offset * per_element
+                words_of_column[column] = room * per_element
+                offset += room
+            total += offset * per_element
+            widen = itemsize < 4 or itemsize not in _WORDS_OF
+            words = buffer.view(_WORDS_OF.get(itemsize, torch.uint8))
+            self._groups.append(_Group(columns, buffer, slots, words, widen))
+        # Each tensor's words are weighted from the first weight on: its fingerprint depends on its
+        # bytes alone, not on where it sits among the others.
+        weights = _weights(max(words_of_column, default=0), torch.device("cpu"))
+        in_order = sorted(range(len(tensors)), key=start_of_column.__getitem__)
+        self._weights = torch.cat([weights[:words_of_column[c]] for c in in_order]).to(device)
+        self._products = torch.empty(total, dtype=torch.int32, device=device)
+        if self.on_host:
+            # NumPy multiplies int32 about twice as fast as torch here, and sums each tensor's words
+            # in one reduceat, wrapping in uint32: the hash's arithmetic.
+            self._starts = np.array([start_of_column[c] for c in in_order], dtype=np.intp)
+            self._column_of = np.argsort(in_order)  # from start order back to column order
+            self._weights_np, self._products_np = self._weights.numpy(), self._products.numpy()
+        else:
+            # On a device: block sums, then each tensor's blocks as the difference of two running sums
+            # (int64: exact modulo 2**64, in any order).
+            blocks = total // BLOCK_WORDS
+            self._first = torch.tensor([start_of_column[c] // BLOCK_WORDS for c in range(len(tensors))], device=device)
+            self._end = self._first + torch.tensor([w // BLOCK_WORDS for w in words_of_column], device=device)
+            self._block_sums = torch.empty(blocks, dtype=torch.int32, device=device)
+            self._running = torch.zeros(blocks + 1, dtype=torch.int64, device=device)
+
+    def matches(self, tensors: list[torch.Tensor]) -> bool:
+        return len(tensors) == len(self.layout) and all(
+            (tuple(t.shape), t.dtype) == shape_dtype for t, shape_dtype in zip(tensors, self.layout))
+
+    @torch.no_grad()
+    def hash(self, tensors: list[torch.Tensor | None]) -> np.ndarray | torch.Tensor:
+        """One fingerprint per tensor: uint32 on the host for CPU tensors, else int64 on the device
+        (brought home later, in blocks). A missing tensor (a gradient never computed) hashes as zeros."""
+        words = []
+        for group in self._groups:
+            sources = [tensors[c] for c in group.columns]
+            if any(t is None for t in sources):  # rare: a parameter the step did not reach
+                for slot, tensor in zip(group.slots, sources):
+                    if tensor is None:
+                        slot.zero_()
+                torch._foreach_copy_([s for s, t in zip(group.slots, sources) if t is not None],
+                                     [t for t in sources if t is not None])
+            else:
+                torch._foreach_copy_(group.slots, sources)
+            words.append(group.words.to(torch.int32) if group.widen else group.words)
+        if self.on_host:
+            offset = 0
+            for group_words in words:
+                end = offset + len(group_words)
+                np.multiply(group_words.numpy(), self._weights_np[offset:end], out=self._products_np[offset:end])
+                offset = end
+            sums = np.add.reduceat(self._products_np.view(np.uint32), self._starts, dtype=np.uint32)
+            return sums[self._column_of]
+        # int32 products and sums wrap modulo 2**32, which is the hash's arithmetic.
+        torch.mul(words[0] if len(words) == 1 else torch.cat(words), self._weights, out=self._products)
+        torch.sum(self._products.view(-1, BLOCK_WORDS), dim=1, dtype=torch.int32, out=self._block_sums)
+        torch.cumsum(self._block_sums, 0, dtype=torch.int64, out=self._running[1:])
+        per_tensor = self._running.index_select(0, self._end) - self._running.index_select(0, self._first)
+        return per_tensor.bitwise_and_(0xFFFFFFFF)
+
+
+class Watch:
+    """A model's parameters and gradients, fingerprinted every ``every`` steps, with the order its
+    modules run in. ``step()`` is called once a training step, after backward and before the update."""
+
+    def __init__(self, model: torch.nn.Module, every: int, first_step: int) -> None:
+        self.every = every
+        self.next_step = first_step  # the step the next call of step() belongs to
+        named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+        self.parameters = [p for _, p in named]
+        self.names = tuple(name for name, _ in named) * 2
+        self.kinds = (PARAMETER,) * len(named) + (GRADIENT,) * len(named)
+        self.module_order: list[str] = []
+        self._order_hooks = _record_forward_order(model, self.module_order)
+        device = self.parameters[0].device if self.parameters else torch.device("cpu")
+        self._fingerprinter = Fingerprinter(self.parameters * 2, device) if named else None
+        self._steps: list[int] = []
+        self._rows: list[np.ndarray] = []
+        self._device_rows: list[torch.Tensor] = []
+        self._device_steps: list[int] = []
+
+    def step(self) -> None:
+        step, self.next_step = self.next_step, self.next_step + 1
+        if self._fingerprinter is None or step % self.every:
+            return
+        gradients = [p.grad for p in self.parameters]
+        row = self._fingerprinter.hash([*self.parameters, *gradients])
+        if isinstance(row, np.ndarray):
+            self._steps.append(step)
+            self._rows.append(row)
+            return
+        self._device_rows.append(row)
+        self._device_steps.append(step)
+        if len(self._device_rows) == DEVICE_BLOCK_STEPS:
+            self._bring_home()
+
+    def _bring_home(self) -> None:
+        if self._device_rows:
+            block = torch.stack(self._device_rows).cpu().numpy().astype(np.uint32)  # one sync a block
+            self._rows.extend(block)
+            self._steps.extend(self._device_steps)
+            self._device_rows, self._device_steps = [], []
+
+    def record(self) -> FingerprintRecord:
+        """Every fingerprint taken so far, brought to the host."""
+        self._bring_home()
+        width = len(self.names)
+        values = np.array(self._rows, dtype=np.uint32).reshape(len(self._rows), width)
+        return FingerprintRecord(np.array(self._steps, dtype=np.int64), values, self.names, self.kinds,
+                                 tuple(self.module_order))
+
+    def close(self) -> None:
+        for handle in self._order_hooks:
+            handle.remove()
+        self._order_hooks = []
+
+
+def _record_forward_order(model: torch.nn.Module, order: list[str]) -> list[torch.utils.hooks.RemovableHandle]:
+    """Hooks that list the modules in the order the first forward calls them, then remove themselves."""
+    handles: list[torch.utils.hooks.RemovableHandle] = []
+    names = {module: name for name, module in model.named_modules()}
+
+    def called(module: torch.nn.Module, _inputs: object) -> None:
+        name = names.get(module)
+        if name is not None and name not in order:
+            order.append(name)
+
+    def done(_module: torch.nn.Module, _inputs: object, _output: object) -> None:
+        for handle in handles:
+            handle.remove()
+        handles.clear()
+
+    handles.extend(module.register_forward_pre_hook(called) for module in names)
+    handles.append(model.register_forward_hook(done))
+    return handles
