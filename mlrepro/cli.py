@@ -140,6 +140,72 @@ def _warn_drift(drift: list[Difference]) -> None:
 
 
 @main.command()
+@click.argument("run_a")
+@click.argument("run_b")
+@click.option("--project", metavar="DIR", help="The folder to start the jobs in; default: the one each run recorded.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+def bisect(run_a: str, run_b: str, project: str | None, as_json: bool) -> None:
+    """Replay two runs from the last checkpoint both logged before they part, each in a fresh process with
+    every module traced, and name the first module (and op, and line) whose output or gradient differs.
+
+    Exit 1 when a difference is named, 0 when the replays agree (it did not recur), 2 when there is
+    nothing to replay from.
+    """
+    from mlrepro.bisect import bisect_runs, describe
+
+    with user_errors():
+        result = bisect_runs(run_a, run_b, project=project)
+    click.echo(result.model_dump_json(indent=2) if as_json else describe(result))
+    sys.exit(EXIT_OK if result.difference is None else EXIT_DIFFERENT)
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("job")
+@click.argument("assignments", nargs=-1, type=click.UNPROCESSED, metavar="[FIELD=VALUE]...")
+@click.option("--steps", type=click.IntRange(min=2), default=20, show_default=True,
+              help="Steps each leg trains (k).")
+@click.option("--resume-at", type=click.IntRange(min=1), default=None, metavar="J",
+              help="The step the resumed legs start from; default: half of --steps.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+@click.option("--record/--no-record", default=True, show_default=True,
+              help="Record the verdict as a run in the tracking store (tag mlrepro.determinism_checked).")
+def check(job: str, assignments: tuple[str, ...], steps: int, resume_at: int | None, as_json: bool,
+          record: bool) -> None:
+    """Is JOB deterministic here? Before a long run: STEPS steps in two fresh processes must agree bit for
+    bit; a run resumed at step J must equal them; a run resumed from a checkpoint one ulp off must
+    differ (the check can fail); deterministic=true is timed against false.
+
+    JOB is linefit, cifar10, or a Python file that runs your job through mlrepro.job_main. Exits like
+    compare: 0 passed, 1 failed, 2 error.
+    """
+    from mlflow.tracking import MlflowClient
+
+    from mlrepro.check import check_job
+
+    with user_errors():
+        result = check_job(job, list(_as_assignments(assignments)), steps, resume_at,
+                           on_leg=None if as_json else lambda leg: click.echo(f"  running {leg} ...", err=True),
+                           record_in=MlflowClient() if record else None)
+    click.echo(result.model_dump_json(indent=2) if as_json else format_check(result))
+    sys.exit(EXIT_OK if result.passed else EXIT_DIFFERENT)
+
+
+def format_check(result: Any) -> str:
+    """The verdict table of ``mlrepro check``."""
+    header = ("leg", "expected", "got", "")
+    rows = [(leg.leg, leg.expected, leg.got, leg.status) for leg in result.legs]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(3)]
+    lines = [f"mlrepro check {' '.join([result.job, *result.words])}: {result.steps} steps a leg, "
+             f"{result.processes} fresh processes, {result.seconds:.1f} s"]
+    lines += ["  " + "  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths)) + "  " + row[3]
+              for row in [header, *rows]]
+    lines.append(f"verdict: {result.summary()}")
+    if result.recorded_run:
+        lines.append(f"recorded on run {result.recorded_run}: tag {keys.TAG_DETERMINISM_CHECKED}")
+    return "\n".join(lines)
+
+
+@main.command()
 @click.argument("run_id")
 def show(run_id: str) -> None:
     """Print a run's code, spec, environment, loss summary and recorded verdicts."""

@@ -37,6 +37,10 @@ class ReproductionError(MlreproError):
     """A run could not be repeated: it has no mlrepro spec, or its job failed."""
 
 
+class BisectError(MlreproError):
+    """Two runs cannot be replayed to where they part: no checkpoint both have before it, say."""
+
+
 class RunNotFoundError(MlreproError, LookupError):
     """No run with that id exists in the tracking store."""
 

@@ -32,6 +32,9 @@ TAG_COMPARED_A = "mlrepro.compared.run_a"
 TAG_COMPARED_B = "mlrepro.compared.run_b"
 TAG_COMPARED_VERDICT = "mlrepro.compared.verdict"
 TAG_COMPARED_IDENTICAL = "mlrepro.compared.identical"
+# On the run `mlrepro check` records: its verdict, "passed: ..." or "failed: ...", and the table as JSON.
+TAG_DETERMINISM_CHECKED = "mlrepro.determinism_checked"
+CHECK_ARTIFACT_DIR = "mlrepro"
 # On a run made by `mlrepro reproduce`: the id of the run it repeats.
 TAG_REPRODUCES = "mlrepro.reproduces"
 

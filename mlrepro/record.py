@@ -365,6 +365,36 @@ def write_verdict(client: MlflowClient, run_id: str, other_run_id: str, text: st
     write_artifact(client, run_id, plot, keys.COMPARE_ARTIFACT_DIR)
 
 
+def write_check(client: MlflowClient, checked: LoggedRun, summary: str, passed: bool, table: Path) -> str:
+    """Record what ``mlrepro check`` found as a run of its own in the user's experiment
+    (``MLFLOW_EXPERIMENT_NAME`` or ``MLFLOW_EXPERIMENT_ID``, else the default one): the spec and
+    environment of the checked leg, the verdict as a tag the UI shows, the table as JSON."""
+    import os
+
+    from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
+
+    job = checked.spec.job if checked.spec is not None else "job"
+    tags = {MLFLOW_RUN_NAME: f"determinism check: {job}", keys.TAG_DETERMINISM_CHECKED: summary[:_TAG_LIMIT],
+            keys.TAG_JOB: job, **{key: value for key, value in checked.tags.items()
+                                  if key.startswith(keys.ENV_TAG_PREFIX) or key == keys.TAG_ENV_HASH}}
+    if checked.spec is not None:
+        tags[keys.TAG_SPEC_HASH] = checked.spec.hash
+    with store_errors(client):
+        name = os.environ.get("MLFLOW_EXPERIMENT_NAME")
+        experiment_id = os.environ.get("MLFLOW_EXPERIMENT_ID") or "0"
+        if name:
+            found = client.get_experiment_by_name(name)
+            experiment_id = found.experiment_id if found is not None else client.create_experiment(name)
+        run_id = client.create_run(experiment_id, tags=tags).info.run_id
+    with store_errors(client, run_id):
+        params = [Param(key, value) for key, value in checked.spec_fields.items()]
+        for start in range(0, len(params), MAX_PARAMS_TAGS_PER_BATCH):
+            client.log_batch(run_id, params=params[start:start + MAX_PARAMS_TAGS_PER_BATCH], synchronous=True)
+        client.log_artifact(run_id, str(table), artifact_path=keys.CHECK_ARTIFACT_DIR)
+        client.set_terminated(run_id, "FINISHED" if passed else "FAILED")
+    return run_id
+
+
 def create_run(client: MlflowClient, experiment_id: str, tags: Mapping[str, str]) -> str:
     with store_errors(client):
         return client.create_run(experiment_id, tags=dict(tags)).info.run_id
@@ -559,6 +589,26 @@ def read_newest_checkpoint(client: MlflowClient, spec: BaseSpec) -> tuple[str, C
         path = Path(client.download_artifacts(run_id, names[-1], folder))
         client.download_artifacts(run_id, names[-1] + ".sha256", folder)
         return run_id, load_checkpoint(path)
+
+
+def checkpoint_steps(client: MlflowClient, run_id: str) -> list[int]:
+    """The steps at which a run logged a checkpoint with its checksum beside it, in order."""
+    with store_errors(client, run_id):
+        listed = {entry.path for entry in client.list_artifacts(run_id, keys.CHECKPOINT_ARTIFACT_DIR)}
+    return sorted(int(Path(name).stem.removeprefix("step-")) for name in listed
+                  if name.endswith(".pt") and name + ".sha256" in listed)
+
+
+def download_checkpoint(client: MlflowClient, run_id: str, step: int, folder: Path) -> Path:
+    """A run's checkpoint at ``step``, with its checksum, downloaded into ``folder``: a file
+    ``load_checkpoint`` reads and a job started under orders resumes from."""
+    name = f"{keys.CHECKPOINT_ARTIFACT_DIR}/step-{step:09d}.pt"
+    target = folder / run_id
+    target.mkdir(parents=True, exist_ok=True)
+    with store_errors(client, run_id):
+        path = Path(client.download_artifacts(run_id, name, str(target)))
+        client.download_artifacts(run_id, name + ".sha256", str(target))
+    return path
 
 
 def search(

@@ -71,11 +71,7 @@ def reproduce_run(
     if original.spec is None:
         raise ReproductionError(f"run {original.run_id} was not logged by an mlrepro job: it has no spec to repeat")
     code = original.code
-    folder = Path(project) if project is not None else Path(code.project_dir) if code else Path.cwd()
-    if not folder.is_dir():
-        raise ReproductionError(f"the project folder {folder} is not here: pass --project DIR, a checkout of the code "
-                                f"run {original.run_id} ran")
-    folder = folder.resolve()
+    folder = _project_folder(original, project)
     current = capture_environment(extra=facts_now(code, folder) if code else None).facts
     drift = environment_drift(original.environment, current)
     if on_drift is not None and drift:
@@ -88,15 +84,13 @@ def reproduce_run(
     with tempfile.TemporaryDirectory() as temporary:
         spec_file = Path(temporary) / "spec.json"
         spec_file.write_text(json.dumps(original.spec.model_dump(mode="json")))
-        # Relative paths in the job's words are from where it was started, unless another checkout is asked for.
-        started_in = Path(code.working_dir) if project is None and code is not None and code.working_dir else folder
-        command, cwd = _restart_command(code, folder, started_in if started_in.is_dir() else folder, spec_file,
+        command, cwd = _restart_command(code, folder, _started_in(original, project, folder), spec_file,
                                         new_run_id, original.experiment_id or "0")
         env = dict(os.environ, MLFLOW_RUN_ID=new_run_id, MLFLOW_TRACKING_URI=client.tracking_uri,
                    PYTHONPATH=os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")])))
         # String hashing as the original process had it: fixed where it was fixed, random where it was not.
-        hash_seed = original.environment.get("env.PYTHONHASHSEED", "0" if code is None else "unset")
-        if hash_seed in _UNSET:
+        hash_seed = hash_seed_of(original)
+        if hash_seed is None:
             env.pop("PYTHONHASHSEED", None)
         else:
             env["PYTHONHASHSEED"] = hash_seed
@@ -129,14 +123,16 @@ def _unquoted(value: str) -> str:
 
 
 def _restart_command(
-    code: CodeRecord | None, folder: Path, working_dir: Path, spec_file: Path, run_id: str, experiment_id: str
+    code: CodeRecord | None, folder: Path, working_dir: Path, spec_file: Path, run_id: str, experiment_id: str,
+    through_mlproject: bool = True,
 ) -> tuple[list[str], Path]:
-    """The command that starts the job again, and the folder to start it in."""
+    """The command that starts the job again, and the folder to start it in; ``through_mlproject=False``
+    starts the module or script itself, as ``mlflow run`` did, without a launcher's run."""
     if code is None:  # logged before mlrepro recorded its code: one of the built-in jobs
         if not (folder / "projects" / "__main__.py").exists():
             raise ReproductionError(f"{folder} is not an mlrepro project checkout (no projects/): run from one")
         return [sys.executable, "-m", "projects", "--spec", str(spec_file)], folder
-    if _uses_mlproject(code, folder):
+    if through_mlproject and _uses_mlproject(code, folder):
         command = [sys.executable, "-m", "mlflow", "run", str(folder), "-e", code.mlproject_entry_point,
                    "--env-manager", "local", "--run-id", run_id, "--experiment-id", experiment_id]
         for name, value in code.mlproject_parameters.items():
@@ -152,3 +148,35 @@ def _restart_command(
         return [sys.executable, str(script), *words], working_dir
     raise ReproductionError(f"the run was started from {code.entry}, which cannot be started again; "
                             "run its code as a module or script to make it repeatable")
+
+
+def replay_command(original: LoggedRun, spec_file: Path, project: str | Path | None = None) -> tuple[list[str], Path, Path]:
+    """How to start a logged run's job again in a process of one's own, with the spec in ``spec_file``:
+    the command, the folder to start it in, and the project folder (for PYTHONPATH)."""
+    folder = _project_folder(original, project)
+    command, cwd = _restart_command(original.code, folder, _started_in(original, project, folder), spec_file,
+                                    original.run_id, original.experiment_id or "0", through_mlproject=False)
+    return command, cwd, folder
+
+
+def _project_folder(original: LoggedRun, project: str | Path | None) -> Path:
+    """The folder to start the job in: the one given, else the run's own project folder."""
+    code = original.code
+    folder = Path(project) if project is not None else Path(code.project_dir) if code else Path.cwd()
+    if not folder.is_dir():
+        raise ReproductionError(f"the project folder {folder} is not here: pass --project DIR, a checkout of the code "
+                                f"run {original.run_id} ran")
+    return folder.resolve()
+
+
+def _started_in(original: LoggedRun, project: str | Path | None, folder: Path) -> Path:
+    """Relative paths in the job's words are from where it was started, unless another checkout is asked for."""
+    code = original.code
+    started_in = Path(code.working_dir) if project is None and code is not None and code.working_dir else folder
+    return started_in if started_in.is_dir() else folder
+
+
+def hash_seed_of(original: LoggedRun) -> str | None:
+    """PYTHONHASHSEED as the run's process had it; None where hashing was random."""
+    hash_seed = original.environment.get("env.PYTHONHASHSEED", "0" if original.code is None else "unset")
+    return None if hash_seed in _UNSET else hash_seed

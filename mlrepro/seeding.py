@@ -98,7 +98,7 @@ def seed_everything(seed: int, deterministic: bool = True, threads: int | None =
         # benchmark mode times several kernels on the first call and keeps the
         # fastest, which can differ between runs; off means one fixed choice.
         torch.backends.cudnn.benchmark = False
-    torch.use_deterministic_algorithms(deterministic)
+    use_deterministic_algorithms(deterministic)
 
     if threads is not None:
         torch.set_num_threads(threads)
@@ -109,6 +109,26 @@ def seed_everything(seed: int, deterministic: bool = True, threads: int | None =
         cuda_initialized_before_cublas_config=cuda_was_initialized,
         state=read_determinism_state(),
     )
+
+
+# Inductor (torch.compile's compiler) reads this when it is first imported; see below.
+INDUCTOR_DETERMINISTIC_ENV = "TORCHINDUCTOR_DETERMINISTIC"
+
+
+def use_deterministic_algorithms(mode: bool) -> None:
+    """``torch.use_deterministic_algorithms(mode)``, without making every run import Inductor.
+
+    torch's function sets the eager switch and ``torch._inductor.config.deterministic``, and
+    importing that config imports Inductor and Dynamo: two seconds of every run's start here,
+    for a compiler most jobs never call. Inductor takes the same setting from
+    ``TORCHINDUCTOR_DETERMINISTIC`` when it is imported, so where it is not imported yet the
+    variable says it, and a later ``torch.compile`` compiles deterministically all the same.
+    """
+    if "torch._inductor.config" in sys.modules:
+        torch.use_deterministic_algorithms(mode)
+        return
+    os.environ[INDUCTOR_DETERMINISTIC_ENV] = "1" if mode else "0"
+    torch._C._set_deterministic_algorithms(mode)
 
 
 def seed_generators(seed: int) -> None:

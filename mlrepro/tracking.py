@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import time
 from array import array
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,14 +22,16 @@ from mlflow.environment_variables import MLFLOW_RUN_ID
 from mlflow.tracking import MlflowClient
 
 from mlrepro import distributed, record
-from mlrepro.checkpoint import Checkpoint
+from mlrepro.checkpoint import Checkpoint, load_checkpoint
 from mlrepro.code import capture_code
 from mlrepro.device import resolve_device
 from mlrepro.environment import EnvironmentRecord, capture_environment
 from mlrepro.errors import MlreproError, SpecError, redacted_uri
 from mlrepro.fingerprints import FingerprintRecord
 from mlrepro.losses import LossSeries
+from mlrepro.orders import LegReport, StopRequested, read_orders, write_report
 from mlrepro.plugin import recording_own_run
+from mlrepro.replay import tracing
 from mlrepro.seeding import SeedRecord, seed_everything, seed_generators
 from mlrepro.signals import RunInterrupted, interruptible
 from mlrepro.spec import BaseSpec
@@ -113,6 +116,18 @@ class TrackedRun:
         if optimizer is not None:
             watch = self._watch
             optimizer.register_step_pre_hook(lambda _optimizer, _args, _kwargs: watch.step())
+
+    def stop_after(self, steps: int) -> None:
+        """End the loop (``StopRequested``) once steps 0 .. ``steps - 1`` are logged: a leg of ``mlrepro
+        check``. Only such a run pays for the test, in a ``log_loss`` of its own."""
+        log_loss = self.log_loss
+
+        def log_then_maybe_stop(loss: float | torch.Tensor) -> None:
+            log_loss(loss)
+            if self.first_step + self.steps_logged >= steps:
+                raise StopRequested
+
+        self.log_loss = log_then_maybe_stop  # type: ignore[method-assign]
 
     def fingerprint(self) -> None:
         """This step's fingerprints (at the steps ``spec.fingerprint_every`` picks), for a loop without
@@ -309,8 +324,11 @@ def start_run(spec: BaseSpec, *, run_name: str | None = None) -> Iterator[Tracke
             return
     store_wait_s()  # a bad MLREPRO_STORE_WAIT_S is bad input, said before the run exists
     ready_root()
+    orders = read_orders()  # a leg of `mlrepro check` or `mlrepro bisect`; None for the user's own start
     client = record.ready_store(mlflow.get_tracking_uri())
     resumed_from, resume = record.read_newest_checkpoint(client, spec) if spec.resume_from else (None, None)
+    if orders is not None and orders.checkpoint:
+        resume = load_checkpoint(orders.checkpoint)
     resumed_losses = record.read_losses(client, resumed_from) if resumed_from is not None else None
     launched = bool(MLFLOW_RUN_ID.get())
     code = capture_code()  # before the run: the sources loaded by now are the job's
@@ -323,6 +341,8 @@ def start_run(spec: BaseSpec, *, run_name: str | None = None) -> Iterator[Tracke
         environment = capture_environment(extra={"run.device": str(device), **code.facts(), **group})
         record.write_start(client, run_id, spec, seed_record, environment, code)
         tracked = TrackedRun(run_id, spec, device, seed_record, environment, client, resume, world)
+        if orders is not None and orders.stop_after is not None:
+            tracked.stop_after(orders.stop_after)
         if world is not None:
             distributed.share_from_rank_0((run_id, resume))
         if resumed_from is not None and resume is not None:
@@ -345,8 +365,12 @@ def start_run(spec: BaseSpec, *, run_name: str | None = None) -> Iterator[Tracke
         # right before the training loop gets control: a run created by `mlflow run`
         # and one created here then start from the same state.
         seed_generators(spec.seed)
+        loop_started = time.perf_counter()
         try:
-            yield tracked
+            with tracing(orders, tracked.first_step):
+                yield tracked
+        except StopRequested:
+            pass  # the orders' last step is done: the run ends FINISHED
         except MlreproError as err:
             status, failure = "FAILED", err
             record.write_error(tracked.spool, run_id, str(err))
@@ -369,8 +393,12 @@ def start_run(spec: BaseSpec, *, run_name: str | None = None) -> Iterator[Tracke
             if ended_by is not None:
                 status = "KILLED"
                 record.write_ended_by_signal(tracked.spool, run_id, signal.Signals(ended_by).name)
+            loop_seconds = time.perf_counter() - loop_started
             pending = tracked.finish(status)
             _leave_fluent_run(status, delivered=pending.nothing)
+            if orders is not None:
+                write_report(orders, LegReport(run_id=run_id, first_step=tracked.first_step,
+                                               steps=tracked.steps_logged, loop_seconds=loop_seconds))
             if isinstance(failure, RunInterrupted):
                 failure.pending = pending
             elif not pending.nothing and failure is not None:

@@ -33,11 +33,33 @@ _WEIGHT_SEED = 0x6D6C7270  # "mlrp": the weights are the same in every process a
 _WORDS_OF = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int32, 16: torch.int32}
 
 
+_CHUNK = 1 << 16
+_host_weights = np.empty(0, dtype=np.int32)
+
+
 def _weights(count: int, device: torch.device) -> torch.Tensor:
-    """``count`` odd 32-bit words drawn from a fixed seed on the CPU: equal everywhere."""
-    generator = torch.Generator().manual_seed(_WEIGHT_SEED)
-    words = torch.randint(-(2**31), 2**31, (count,), dtype=torch.int64, generator=generator) | 1
-    return words.to(torch.int32).to(device)
+    """The first ``count`` odd 32-bit weights, the same in every process and on every device: drawn on
+    the CPU in chunks of a fixed size, each from a seed of its own, so that every prefix agrees."""
+    global _host_weights
+    if len(_host_weights) < count:
+        chunks = [_host_weights]
+        for index in range(len(_host_weights) // _CHUNK, -(-count // _CHUNK)):
+            generator = torch.Generator().manual_seed(_WEIGHT_SEED + index)
+            words = torch.randint(-(2**31), 2**31, (_CHUNK,), dtype=torch.int64, generator=generator) | 1
+            chunks.append(words.to(torch.int32).numpy())
+        _host_weights = np.concatenate(chunks)
+    return torch.from_numpy(_host_weights[:count].copy()).to(device)
+
+
+def fingerprint_of(tensor: torch.Tensor) -> int:
+    """One tensor's fingerprint, at once (on a GPU, a synchronisation): what a replay takes of every
+    op's output. Equal to what ``Fingerprinter`` takes of the same tensor."""
+    data = tensor.detach().cpu().contiguous().reshape(-1)
+    itemsize = data.element_size()
+    words = data.view(_WORDS_OF.get(itemsize, torch.uint8))
+    words = (words.to(torch.int32) if itemsize < 4 or itemsize not in _WORDS_OF else words).numpy()
+    products = np.multiply(words, _weights(len(words), torch.device("cpu")).numpy())
+    return int(np.add.reduce(products.view(np.uint32), dtype=np.uint32))
 
 
 @dataclass
@@ -162,7 +184,7 @@ class Watch:
 
     def step(self) -> None:
         step, self.next_step = self.next_step, self.next_step + 1
-        if self._fingerprinter is None or step % self.every:
+        if self._fingerprinter is None or not self.every or step % self.every:
             return
         gradients = [p.grad for p in self.parameters]
         row = self._fingerprinter.hash([*self.parameters, *gradients])

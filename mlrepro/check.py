@@ -1,0 +1,200 @@
+"""``mlrepro check JOB [FIELD=VALUE]...``: is this job deterministic on this machine? Asked before a long run.
+
+Megatron's replay protocol, for any mlrepro job: k steps in two fresh processes must agree
+bit for bit, losses and per-tensor fingerprints; a third process resumed from the first's
+checkpoint at step j must equal it; a fourth resumed from a deliberately broken checkpoint
+(its weights one ulp off) must differ, which proves that the check can fail; and the
+cost of ``deterministic=true`` is timed against ``false``. The legs log into a scratch
+store; the verdict is recorded in the user's store as a run of its own, whose
+``mlrepro.determinism_checked`` tag the MLflow UI shows beside the job's other runs.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Literal
+
+from mlflow.tracking import MlflowClient
+from pydantic import BaseModel, ConfigDict
+
+from mlrepro import record
+from mlrepro.compare import LoggedRun, RunComparison, compare_logged_runs
+from mlrepro.errors import SpecError
+from mlrepro.orders import JobCommand, Leg, LegReport, Orders, Scratch, builtin_or_script
+from mlrepro.spec import parse_assignments
+
+# Fields the check sets on every leg; the user's words may not.
+_SET_BY_CHECK = ("checkpoint_every", "fingerprint_every", "resume_from")
+
+
+class LegVerdict(BaseModel):
+    """One line of the verdict table."""
+
+    model_config = ConfigDict(frozen=True)
+
+    leg: str
+    expected: str
+    got: str
+    status: Literal["pass", "fail", "skipped", "timing"]
+
+
+class CheckResult(BaseModel):
+    """What ``mlrepro check`` found, as its table and the tags on the run it records."""
+
+    model_config = ConfigDict(frozen=True)
+
+    job: str
+    words: list[str]
+    steps: int
+    resume_at: int
+    legs: list[LegVerdict]
+    passed: bool
+    first_divergent_step: int | None  # where the two fresh runs parted, if they did
+    first_tensor: str | None
+    seconds_deterministic: float | None  # the k steps' loop, deterministic=true
+    seconds_not_deterministic: float | None
+    seconds: float  # the whole check
+    processes: int  # legs started, each a fresh process
+    recorded_run: str | None = None
+
+    def summary(self) -> str:
+        """The verdict in a few words: the tag the MLflow UI shows."""
+        if self.passed:
+            cost = f"; deterministic=true costs {self.seconds_deterministic / self.seconds_not_deterministic:.2f}x " \
+                   "the time of false" if self.seconds_deterministic and self.seconds_not_deterministic else ""
+            return (f"passed: two fresh runs of {self.steps} steps identical, resumed at step {self.resume_at} "
+                    f"identical, broken resume caught{cost}")
+        failed = next(leg for leg in self.legs if leg.status == "fail")
+        return f"failed: {failed.leg}: {failed.got}"
+
+
+def check_job(job: str, words: list[str], steps: int = 20, resume_at: int | None = None,
+              on_leg: Callable[[str], None] | None = None, record_in: MlflowClient | None = None) -> CheckResult:
+    """Run the protocol for ``job`` (a built-in job's name or a Python file running one) with the spec's
+    ``words``; record the verdict as a run in ``record_in`` (the user's store) unless it is None."""
+    began = time.perf_counter()
+    command = builtin_or_script(job)
+    given = parse_assignments(words)
+    for name in _SET_BY_CHECK:
+        if name in given:
+            raise SpecError(f"{name}: set by the check itself; leave it out")
+    if steps < 2:
+        raise SpecError(f"--steps: at least 2, to resume between them (got {steps})")
+    resume_at = resume_at if resume_at is not None else steps // 2
+    if not 0 < resume_at < steps:
+        raise SpecError(f"--resume-at: a step between 1 and {steps - 1} (got {resume_at})")
+    # Checkpoints every resume_at steps: the one at resume_at is the only one before the run stops.
+    leg_words = [*words, f"checkpoint_every={resume_at}", "fingerprint_every=1", "resume_from="]
+    deterministic = given.get("deterministic", "true").lower() not in ("false", "0", "no")
+    flipped = [*[w for w in words if not w.startswith("deterministic=")], f"deterministic={str(not deterministic).lower()}",
+               "checkpoint_every=0", "fingerprint_every=0", "resume_from="]
+    say = on_leg or (lambda _text: None)
+    scratch = Scratch()
+    try:
+        client = scratch.client()
+
+        def leg(name: str, leg_words: list[str], orders: Orders) -> tuple[LegReport, LoggedRun]:
+            say(name)
+            report = scratch.run(command, Leg(name, leg_words, orders))
+            return report, record.read_run(client, report.run_id)
+
+        report_a, a = leg("fresh run A", leg_words, Orders(stop_after=steps))
+        _, b = leg("fresh run B", leg_words, Orders(stop_after=steps))
+        fresh = compare_logged_runs(a, b)
+        legs = [_verdict(f"two fresh runs, {steps} steps", fresh, "identical")]
+        if fresh.verdict != "identical":
+            reason = "not run: the fresh runs already differ"
+            legs += [LegVerdict(leg=f"resumed at step {resume_at} vs the full run", expected="identical", got=reason,
+                                status="skipped"),
+                     LegVerdict(leg="broken resume (weights one ulp off)", expected="different", got=reason,
+                                status="skipped")]
+        elif resume_at not in record.checkpoint_steps(client, a.run_id):
+            legs.append(LegVerdict(leg=f"resumed at step {resume_at} vs the full run", expected="identical",
+                                   got=f"run A logged no checkpoint at step {resume_at}: the job does not save "
+                                       "checkpoints every checkpoint_every steps", status="fail"))
+        else:
+            checkpoint = record.download_checkpoint(client, a.run_id, resume_at, scratch.folder / "checkpoints")
+            _, resumed = leg("resumed run", leg_words, Orders(stop_after=steps, checkpoint=str(checkpoint)))
+            legs.append(_verdict(f"resumed at step {resume_at} vs the full run",
+                                 compare_logged_runs(a, _continued(a, resumed, resume_at)), "identical"))
+            broken_file = _one_ulp_off(checkpoint, scratch.folder / "broken")
+            _, broken = leg("broken resume", leg_words, Orders(stop_after=steps, checkpoint=str(broken_file)))
+            legs.append(_verdict("broken resume (weights one ulp off)",
+                                 compare_logged_runs(a, _continued(a, broken, resume_at)), "different"))
+        report_f, _ = leg(f"deterministic={str(not deterministic).lower()}", flipped, Orders(stop_after=steps))
+        seconds = {deterministic: report_a.loop_seconds, not deterministic: report_f.loop_seconds}
+        legs.append(LegVerdict(leg="deterministic=true vs false", expected="(timed)", status="timing",
+                               got=f"{_seconds(seconds[True])} vs {_seconds(seconds[False])} for {steps} steps "
+                                   f"({seconds[True] / seconds[False]:.2f}x)"))
+        result = CheckResult(
+            job=job, words=words, steps=steps, resume_at=resume_at, legs=legs,
+            passed=all(leg.status in ("pass", "timing") for leg in legs),
+            first_divergent_step=fresh.first_divergent_step,
+            first_tensor=fresh.tensors.tensor if fresh.tensors is not None and not fresh.tensors.identical else None,
+            seconds_deterministic=seconds[True], seconds_not_deterministic=seconds[False],
+            seconds=time.perf_counter() - began, processes=scratch.legs_run)
+        if record_in is not None:
+            result = result.model_copy(update={"recorded_run": _record(record_in, a, result)})
+        return result
+    finally:
+        scratch.close()
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.2f} s" if value >= 1 else f"{value * 1000:.1f} ms"
+
+
+def _verdict(name: str, comparison: RunComparison, expected: Literal["identical", "different"]) -> LegVerdict:
+    if comparison.verdict == "identical":
+        got = f"identical ({comparison.losses.steps_in_both} losses" + (
+            f", {comparison.tensors.steps_compared * comparison.tensors.tensors_compared} fingerprints)"
+            if comparison.tensors is not None else ")")
+    else:
+        tensors = comparison.tensors
+        where = f": {tensors.tensor} ({tensors.kind}, {tensors.phase})" \
+            if tensors is not None and not tensors.identical else ""
+        got = f"{comparison.verdict} from step {comparison.first_divergent_step}{where}"
+    passed = (comparison.verdict == "identical") == (expected == "identical")
+    return LegVerdict(leg=name, expected=expected, got=got, status="pass" if passed else "fail")
+
+
+def _continued(full: LoggedRun, resumed: LoggedRun, at_step: int) -> LoggedRun:
+    """A run resumed from ``full``'s checkpoint, with ``full``'s steps before it: whole, as compare sees a
+    resumed run."""
+    fingerprints = resumed.fingerprints
+    if fingerprints is not None and full.fingerprints is not None:
+        fingerprints = full.fingerprints.spliced(fingerprints, at_step)
+    return replace(resumed, losses=full.losses.spliced(resumed.losses, at_step), fingerprints=fingerprints)
+
+
+def _one_ulp_off(checkpoint: Path, folder: Path) -> Path:
+    """A copy of the checkpoint whose first floating-point weight is one ulp larger: a resume that
+    lost one bit, which the check must catch."""
+    import torch
+
+    from mlrepro.checkpoint import load_checkpoint, save_checkpoint
+
+    loaded = load_checkpoint(checkpoint)
+    model = dict(loaded.model)
+    name = next((key for key, value in model.items() if torch.is_floating_point(value) and value.numel()), None)
+    if name is None:
+        raise SpecError("the job's checkpoint holds no floating-point weights to break")
+    moved = model[name].clone()
+    flat = moved.view(-1)
+    flat[0] = torch.nextafter(flat[0], torch.tensor(float("inf"), dtype=flat.dtype))
+    model[name] = moved
+    folder.mkdir(parents=True, exist_ok=True)
+    return save_checkpoint(folder / checkpoint.name, replace(loaded, model=model))
+
+
+def _record(client: MlflowClient, a: LoggedRun, result: CheckResult) -> str:
+    """The verdict as a run of its own in the user's store, beside the job's runs."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "check.json"
+        path.write_text(json.dumps(result.model_dump(mode="json"), indent=2))
+        return record.write_check(client, a, result.summary(), result.passed, path)

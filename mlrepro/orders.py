@@ -1,0 +1,158 @@
+"""A job started by ``mlrepro check`` or ``mlrepro bisect`` in a fresh process, under orders.
+
+Both need the user's own training loop to run a little differently without editing it:
+stop after step k, start from a checkpoint file instead of a run's newest, say how long
+its loop took, and (bisect) trace every module's output and gradient. The orders travel
+as a JSON file named by ``MLREPRO_ORDERS``; ``start_run`` reads them, so any job that
+opens its run with mlrepro obeys. The legs run against a scratch store of their own, and
+their stderr is kept for the one line that says why a leg failed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from mlrepro.errors import MlreproError, one_line
+
+ORDERS_ENV = "MLREPRO_ORDERS"
+
+
+class Orders(BaseModel):
+    """What a leg's job is told to do differently."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    stop_after: int | None = None  # end the run, FINISHED, once this many steps are logged (counted from 0)
+    checkpoint: str | None = None  # a checkpoint file (with its .sha256 beside it) to start from
+    trace: str | None = None  # where to write the replay's trace (mlrepro.replay), up to trace_until
+    trace_until: int | None = None  # the last step traced; the job stops when the next one starts
+    report: str | None = None  # where to write what the leg did: its run, its steps, its loop's time
+
+
+class StopRequested(BaseException):
+    """Raised in the training loop once the orders' last step is done: a BaseException, so that a
+    loop's own ``except Exception`` does not swallow it. ``start_run`` ends the run FINISHED."""
+
+
+class LegReport(BaseModel):
+    """What a leg's job says it did."""
+
+    run_id: str
+    first_step: int
+    steps: int  # steps logged by this run (from first_step)
+    loop_seconds: float  # from the first step to the last, the run's opening and closing excluded
+
+
+def read_orders() -> Orders | None:
+    """The orders this process was started with; None for a job started by its user."""
+    path = os.environ.get(ORDERS_ENV)
+    if not path:
+        return None
+    try:
+        return Orders.model_validate_json(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise MlreproError(f"{ORDERS_ENV}={path}: not orders mlrepro wrote ({type(err).__name__})") from err
+
+
+def write_report(orders: Orders, report: LegReport) -> None:
+    if orders.report:
+        Path(orders.report).write_text(report.model_dump_json())
+
+
+class LegFailed(MlreproError):
+    """A leg's job exited with an error; its last line of stderr says why."""
+
+
+@dataclass(frozen=True)
+class JobCommand:
+    """How to start a job in a fresh process: its command line before the spec's words, and where."""
+
+    argv: list[str]
+    cwd: Path
+    pythonpath: list[str]
+
+    def describe(self) -> str:
+        return " ".join(self.argv[1:])
+
+
+@dataclass(frozen=True)
+class Leg:
+    """One fresh process of a job: the leg's name, the spec's words, its orders."""
+
+    name: str
+    words: list[str]
+    orders: Orders
+    env: dict[str, str] | None = None
+
+
+class Scratch:
+    """A scratch MLflow store and spool in a temporary folder, where a check's or a bisect's legs log
+    their runs; removed with the folder. The user's store sees only what is recorded on purpose."""
+
+    def __init__(self) -> None:
+        self._folder = tempfile.TemporaryDirectory(prefix="mlrepro-legs-")
+        self.folder = Path(self._folder.name)
+        self.uri = f"sqlite:///{self.folder / 'legs.db'}"
+        self.spool = self.folder / "spool"
+        self.legs_run = 0
+
+    def client(self) -> Any:
+        import logging
+
+        from mlrepro.record import ready_store
+
+        # MLflow says at INFO that it makes the scratch store's tables: nothing the user needs to read.
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+        return ready_store(self.uri)
+
+    def run(self, job: JobCommand, leg: Leg) -> LegReport:
+        """Start ``leg`` and wait for it; its report, or ``LegFailed`` with the job's own last line."""
+        stem = self.folder / leg.name.replace(" ", "-")
+        orders = leg.orders.model_copy(update={"report": str(stem.with_suffix(".report.json"))})
+        stem.with_suffix(".orders.json").write_text(orders.model_dump_json())
+        env = dict(os.environ, MLFLOW_TRACKING_URI=self.uri, MLREPRO_SPOOL_DIR=str(self.spool),
+                   **{ORDERS_ENV: str(stem.with_suffix(".orders.json"))}, **(leg.env or {}))
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [*job.pythonpath, os.environ.get("PYTHONPATH")]))
+        env.setdefault("PYTHONHASHSEED", "0")
+        for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+            env.pop(name, None)
+        started = time.perf_counter()
+        self.legs_run += 1
+        result = subprocess.run([*job.argv, *leg.words], cwd=job.cwd, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True, check=False)
+        report = Path(orders.report)  # type: ignore[arg-type]
+        if result.returncode != 0 or not report.exists():
+            lines = [line for line in result.stderr.splitlines() if line.strip()]
+            why = one_line(lines[-1]) if lines else f"exit {result.returncode}"
+            raise LegFailed(f"{leg.name}: {job.describe()} {' '.join(leg.words)} failed after "
+                            f"{time.perf_counter() - started:.1f} s: {why}")
+        return LegReport.model_validate_json(report.read_text())
+
+    def close(self) -> None:
+        self._folder.cleanup()
+
+
+def builtin_or_script(job: str) -> JobCommand:
+    """A built-in job by name (``linefit``, ``cifar10``), or a Python file that runs a job through
+    ``mlrepro.job_main``."""
+    from mlrepro.errors import SpecError
+
+    checkout = Path(__file__).resolve().parent.parent
+    if job in ("linefit", "cifar10"):
+        if not (checkout / "projects" / job).is_dir():
+            raise SpecError(f"the built-in job {job} lives in an mlrepro checkout; {checkout} has no projects/")
+        return JobCommand([sys.executable, "-m", f"projects.{job}"], Path.cwd(), [str(checkout)])
+    path = Path(job)
+    if path.suffix == ".py" and path.is_file():
+        return JobCommand([sys.executable, str(path.resolve())], Path.cwd(), [str(path.resolve().parent)])
+    raise SpecError(f"JOB: {job!r} is neither a built-in job (linefit, cifar10) nor a Python file that runs one")

@@ -1,0 +1,129 @@
+"""A replay's trace: every module's output and gradient, and every op's output, step by step.
+
+``mlrepro bisect`` replays two runs from a checkpoint, each in a fresh process, with
+this trace on; the first event at which the two traces part names the module (and, in
+the forward pass, the op and its line of code). It needs nothing from the job: global
+module hooks find the model when its forward is first called, a training forward of
+the outermost module starts a step, and the job stops when the step after the last one
+traced starts. In time order, a step's trace holds:
+
+- ``weights``: each parameter as the step's forward finds it (what the update before made);
+- ``op``: the output of each torch function called inside a module, with the line that called it;
+- ``forward``: each module's output;
+- ``backward``: the gradient arriving at each module's output, as backward reaches it.
+
+Forward passes under ``torch.no_grad()`` or in eval mode (an evaluation) are not traced.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_leaves
+
+from mlrepro.orders import Orders, StopRequested
+from mlrepro.watch import fingerprint_of
+
+# Frames in these folders are not the user's line of code: the location is the first frame outside them.
+_LIBRARY_DIRS = tuple(str(Path(module.__file__).resolve().parent) for module in (torch,)) + (
+    str(Path(__file__).resolve().parent),)
+
+
+def _location() -> str | None:
+    frame = sys._getframe(2)
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if not filename.startswith(_LIBRARY_DIRS) and not filename.startswith("<"):
+            return f"{filename}:{frame.f_lineno} in {frame.f_code.co_name}"
+        frame = frame.f_back
+    return None
+
+
+def _op_name(func: Any) -> str:
+    """``torch.randn``, ``Tensor.add``, ``torch.nn.functional.conv2d``: as the user's code names it."""
+    name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or repr(func)
+    for internal, public in (("_VariableFunctionsClass.", ""), ("_TensorBase.", "Tensor."), ("TensorBase.", "Tensor.")):
+        name = name.replace(internal, public)
+    module = getattr(func, "__module__", None) or ""
+    return name if name.startswith("Tensor.") or not module.startswith("torch") else f"{module}.{name}"
+
+
+class Tracer(TorchFunctionMode):
+    """Records events from the first traced step to ``until``, then stops the loop."""
+
+    def __init__(self, first_step: int, until: int) -> None:
+        super().__init__()
+        self.step = first_step - 1
+        self.until = until
+        self.events: list[dict[str, Any]] = []
+        self._names: weakref.WeakKeyDictionary[torch.nn.Module, str] = weakref.WeakKeyDictionary()
+        self._stack: list[str] = []
+        self._hashing = False  # the ops of a fingerprint are not the job's
+
+    def _event(self, phase: str, where: str, tensor: torch.Tensor, location: str | None = None,
+               step: int | None = None) -> None:
+        self._hashing = True
+        try:
+            self.events.append({"step": self.step if step is None else step, "phase": phase, "where": where,
+                                "hash": fingerprint_of(tensor), "shape": list(tensor.shape), "location": location})
+        finally:
+            self._hashing = False
+
+    def _traced(self, module: torch.nn.Module) -> bool:
+        return module.training and torch.is_grad_enabled()
+
+    def before_forward(self, module: torch.nn.Module, _inputs: Any) -> None:
+        if not self._stack and module not in self._names:  # the outermost module: name its tree
+            for name, inner in module.named_modules():
+                self._names.setdefault(inner, name or type(module).__name__)
+        name = self._names.get(module, type(module).__name__)
+        if not self._stack and self._traced(module):  # a training step begins
+            self.step += 1
+            if self.step > self.until:
+                raise StopRequested
+            for parameter_name, parameter in module.named_parameters():
+                self._event("weights", parameter_name, parameter)
+        self._stack.append(name)
+
+    def after_forward(self, module: torch.nn.Module, _inputs: Any, output: Any) -> None:
+        name = self._stack.pop() if self._stack else self._names.get(module, type(module).__name__)
+        if not self._traced(module):
+            return
+        for index, tensor in enumerate(t for t in tree_leaves(output) if isinstance(t, torch.Tensor)):
+            where = name if index == 0 else f"{name}[{index}]"
+            self._event("forward", where, tensor)
+            if tensor.requires_grad:
+                step = self.step
+                tensor.register_hook(lambda grad, where=where, step=step: self._event("backward", where, grad, step=step))
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        result = func(*args, **(kwargs or {}))
+        if self._stack and not self._hashing and torch.is_grad_enabled() and isinstance(result, torch.Tensor):
+            self._event("op", f"{self._stack[-1]}: {_op_name(func)}", result, _location())
+        return result
+
+
+@contextmanager
+def tracing(orders: Orders | None, first_step: int) -> Iterator[None]:
+    """Trace the loop inside, as the orders ask; nothing without a trace in them."""
+    if orders is None or orders.trace is None:
+        yield
+        return
+    tracer = Tracer(first_step, orders.trace_until if orders.trace_until is not None else sys.maxsize)
+    handles = [torch.nn.modules.module.register_module_forward_pre_hook(tracer.before_forward),
+               torch.nn.modules.module.register_module_forward_hook(tracer.after_forward)]
+    try:
+        with tracer:
+            yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        Path(orders.trace).write_text(json.dumps({"first_step": first_step, "events": tracer.events}))

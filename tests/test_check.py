@@ -1,0 +1,72 @@
+"""mlrepro check: the smoke test before a long run. Fresh runs must agree, a resumed run must equal the
+full one, a broken resume must differ (so the check can fail), and the verdict is recorded in MLflow."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import mlflow
+
+from tests.conftest import REPO, assert_one_line_error, mlrepro_cli, run_command
+from tests.helpers.cifar_files import write_cifar10
+
+ON_TEST_FILES = str(REPO / "tests" / "helpers" / "run_cifar10_on_test_files.py")
+PLANTED = str(REPO / "tests" / "jobs" / "planted.py")
+
+
+def check(store: str, cwd: Path, *words: str, **env: str) -> tuple[int, dict, str]:
+    result = run_command([sys.executable, "-m", "mlrepro", "check", "--json", *words], store, cwd, **env)
+    assert result.returncode in (0, 1), result.stderr[-3000:]
+    return result.returncode, json.loads(result.stdout), result.stderr
+
+
+def legs(result: dict) -> dict[str, tuple[str, str]]:
+    return {leg["leg"]: (leg["status"], leg["got"]) for leg in result["legs"]}
+
+
+def test_the_line_fit_passes_every_leg_and_the_verdict_is_recorded_beside_its_runs(tmp_path: Path, store: str) -> None:
+    code, result, _ = check(store, tmp_path, "linefit", "steps=500", "--steps", "12", "--resume-at", "5")
+    assert code == 0, result
+    found = legs(result)
+    assert found["two fresh runs, 12 steps"][0] == "pass"
+    assert found["resumed at step 5 vs the full run"] == ("pass", found["resumed at step 5 vs the full run"][1])
+    # The broken leg differs where the broken checkpoint starts: the proof that the check can fail.
+    assert found["broken resume (weights one ulp off)"] == ("pass", "different from step 5: 0.weight (parameter, optimizer)")
+    assert found["deterministic=true vs false"][0] == "timing"
+    run = mlflow.MlflowClient(store).get_run(result["recorded_run"])
+    assert run.data.tags["mlrepro.determinism_checked"].startswith(
+        "passed: two fresh runs of 12 steps identical, resumed at step 5 identical, broken resume caught")
+    assert run.data.tags["mlrepro.job"] == "linefit" and run.data.params["steps"] == "500"
+    assert run.info.status == "FINISHED"
+    # The legs logged into a scratch store: the user's holds only the verdict's run.
+    assert len(mlflow.MlflowClient(store).search_runs(["0"])) == 1
+
+
+def test_the_cifar10_job_passes_on_the_cpu_with_its_loader_workers(tmp_path: Path, store: str) -> None:
+    write_cifar10(tmp_path / "data", images_per_batch=40)
+    code, result, _ = check(store, tmp_path, ON_TEST_FILES, "device=cpu", f"data_dir={tmp_path / 'data'}",
+                            "test_limit=20", "num_workers=2", "--steps", "10", "--no-record")
+    assert code == 0, result
+    assert [leg["status"] for leg in result["legs"]] == ["pass", "pass", "pass", "timing"]
+    assert result["recorded_run"] is None
+
+
+def test_a_job_drawing_from_an_unseeded_generator_fails_at_the_step_it_starts(tmp_path: Path, store: str) -> None:
+    code, result, _ = check(store, tmp_path, PLANTED, "--steps", "12", PLANT_UNSEEDED_FROM="7")
+    assert code == 1
+    assert result["passed"] is False and result["first_divergent_step"] == 7
+    status, got = legs(result)["two fresh runs, 12 steps"]
+    assert status == "fail" and got.startswith("different from step 7")
+    assert legs(result)["resumed at step 6 vs the full run"][0] == "skipped"
+    tag = mlflow.MlflowClient(store).get_run(result["recorded_run"]).data.tags["mlrepro.determinism_checked"]
+    assert tag.startswith("failed: two fresh runs, 12 steps: different from step 7")
+
+
+def test_bad_input_is_one_line(tmp_path: Path, store: str) -> None:
+    assert_one_line_error(mlrepro_cli(store, tmp_path, "check", "resnet"), "neither a built-in job")
+    assert_one_line_error(mlrepro_cli(store, tmp_path, "check", "linefit", "checkpoint_every=3"),
+                          "checkpoint_every: set by the check itself")
+    assert_one_line_error(mlrepro_cli(store, tmp_path, "check", "linefit", "lr=-1", "--steps", "4"),
+                          "fresh run A", "lr: must be greater than 0")
