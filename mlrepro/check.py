@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict
 from mlrepro import record
 from mlrepro.compare import LoggedRun, RunComparison, compare_logged_runs
 from mlrepro.errors import SpecError
-from mlrepro.orders import JobCommand, Leg, LegReport, Orders, Scratch, builtin_or_script
+from mlrepro.orders import Leg, LegReport, Orders, Scratch, builtin_or_script
 from mlrepro.spec import parse_assignments
 
 # Fields the check sets on every leg; the user's words may not.

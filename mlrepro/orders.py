@@ -10,7 +10,6 @@ their stderr is kept for the one line that says why a leg failed.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
