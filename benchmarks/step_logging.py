@@ -1,8 +1,9 @@
 """Per-step loss logging and compare: mlrepro against MLflow's own ways, side by side, in one process.
 
-    python benchmarks/step_logging.py [--compare-steps 1000000] [--json step_logging.json] [--only stores]
+    python benchmarks/step_logging.py [--compare-steps 1000000] [--json step_logging.json] [--only stores|costs]
 
-Prints a table and writes the same numbers as JSON. Everything runs against a
+Prints a table and writes the same numbers as JSON. The costs of per-tensor fingerprints and of
+opening a run come first. Everything runs against a
 fresh SQLite store in a temporary folder, except the store section: steps a second
 into a SQLite file, into `mlflow server` on SQLite and on PostgreSQL (where Debian's
 PostgreSQL is installed), and the line fit tracked through the PostgreSQL server. The targets are ratios against the
@@ -241,6 +242,93 @@ def read_only_start_up() -> dict[str, float]:
     }
 
 
+def fingerprint_cost(rounds: int = 3, steps: int = 1000) -> dict[str, float]:
+    """Microseconds of a CIFAR-10 step on the CPU, without and with every parameter and gradient
+    fingerprinted at every step: the CIFAR-10 job's own loop (batch 4, two loader workers, one
+    thread), on files in CIFAR-10's format, alternating so that a machine that slows down slows both.
+    Then the same for the CNN's compute alone (the same batch, in memory, no loader), where the
+    fingerprints' share is largest."""
+    import contextlib
+    import io
+
+    import torchvision.datasets.cifar
+
+    from mlrepro.spec import Cifar10Spec
+    from mlrepro.watch import Watch
+    from projects.cifar10.model import Net
+    from projects.cifar10.train import train
+    from tests.helpers.cifar_files import write_cifar10
+
+    torchvision.datasets.cifar.check_integrity = lambda *args, **kwargs: True  # the files are not CIFAR-10's own
+    data = write_cifar10(Path(tempfile.mkdtemp()) / "data", images_per_batch=steps, test_images=10).parent
+    per_step: dict[int, list[float]] = {0: [], 1: []}
+    for _ in range(rounds):
+        for every in (0, 1):
+            spec = Cifar10Spec(data_dir=str(data), epochs=1, train_limit=4 * steps, test_limit=4, device="cpu",
+                               checkpoint_every=0, fingerprint_every=every)
+            with mlrepro.start_run(spec) as run, contextlib.redirect_stdout(io.StringIO()):
+                started = time.perf_counter()
+                train(spec, run)
+                per_step[every].append((time.perf_counter() - started) / steps * 1e6)
+    job_step, job_with = statistics.median(per_step[0]), statistics.median(per_step[1])
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    net = Net()
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.001, momentum=0.9)
+    images, labels = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    criterion = torch.nn.CrossEntropyLoss()
+    watch = Watch(net, every=1, first_step=0)
+
+    def block(fingerprinted: bool, block_steps: int = 300) -> float:
+        started = time.perf_counter()
+        for _ in range(block_steps):
+            optimizer.zero_grad()
+            criterion(net(images), labels).backward()
+            if fingerprinted:
+                watch.step()
+            optimizer.step()
+        return (time.perf_counter() - started) / block_steps * 1e6
+
+    block(True)  # warm-up: the fingerprinter's buffers, the allocator
+    plain, fingerprinted = [], []
+    for _ in range(5):
+        plain.append(block(False))
+        fingerprinted.append(block(True))
+    compute, compute_with = statistics.median(plain), statistics.median(fingerprinted)
+    return {"CIFAR-10 job step, its loader included, us": job_step,
+            "  with fingerprint_every=1 us": job_with,
+            "  cost of the fingerprints, %": 100 * (job_with - job_step) / job_step,
+            "the CNN's compute alone, us": compute,
+            "  with fingerprint_every=1 us ": compute_with,
+            "  cost of the fingerprints there, %": 100 * (compute_with - compute) / compute,
+            "tensors fingerprinted a step": float(len(watch.names))}
+
+
+def run_start_cost(repeats: int = 3) -> dict[str, float]:
+    """Seconds a tracked run adds to a short loop (the line fit, 1,000 steps) beyond the loop itself,
+    in a process that has imported torch and MLflow: opening and recording the run, its writer, and
+    waiting at its end until the store holds every step. A warm-up run first: the process's first
+    run pays once for what a job process pays anyway (its first store connection, say)."""
+    torch.set_num_threads(1)
+    with mlrepro.start_run(LineFitSpec(steps=1000)) as run:
+        line_fit(10, run)
+    untracked, tracked = [], []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        line_fit(1000, None)
+        untracked.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        with mlrepro.start_run(LineFitSpec(steps=1000)) as run:
+            line_fit(1000, run)
+        tracked.append(time.perf_counter() - started)
+        if len(MlflowClient().get_metric_history(run.run_id, "loss")) != 1000:
+            raise SystemExit("a short run did not deliver every step")
+    loop, whole = statistics.median(untracked), statistics.median(tracked)
+    return {"line fit 1,000 steps, untracked s": loop, "  tracked, until every step is in MLflow s": whole,
+            "  added by the run s": whole - loop}
+
+
 def print_stores(stores: dict[str, float]) -> None:
     print(f"\nstores: one writer delivering {THROUGHPUT_STEPS:,} steps in batches of 1,000; the line fit through a server")
     for name, value in stores.items():
@@ -253,8 +341,9 @@ def main() -> int:
     parser.add_argument("--json", default=str(Path(tempfile.gettempdir()) / "mlrepro-benchmarks" / "step_logging.json"),
                         help="where to write the results (default: the system's temporary folder; "
                              "benchmarks/results/step_logging.json is the committed record)")
-    parser.add_argument("--only", choices=["all", "stores"], default="all",
-                        help="stores: only the store section (a few minutes), for a quick look")
+    parser.add_argument("--only", choices=["all", "stores", "costs"], default="all",
+                        help="stores: only the store section (a few minutes); costs: only the fingerprints' and a "
+                             "run's fixed cost (a minute)")
     args = parser.parse_args()
     json_path = Path(args.json).resolve()
     json_path.parent.mkdir(parents=True, exist_ok=True)
@@ -264,10 +353,16 @@ def main() -> int:
         uri = f"sqlite:///{Path(folder) / 'mlflow.db'}"
         mlflow.set_tracking_uri(uri)
         os.environ["MLFLOW_TRACKING_URI"] = uri  # for the commands started in their own processes
+        if args.only == "costs":
+            for name, value in {**fingerprint_cost(), **run_start_cost()}.items():
+                print(f"  {name:<50} {value:>10.3f}")
+            return 0
         stores = store_speed(Path(folder), uri)
         if args.only == "stores":
             print_stores(stores)
             return 0
+        fingerprints = fingerprint_cost()
+        start_cost = run_start_cost()
         thread = training_thread_cost()
         wall = line_fit_wall_time()
         compare = compare_speed(args.compare_steps)
@@ -288,6 +383,8 @@ def main() -> int:
         "mlrepro compare < import torch, mlflow": (
             start_up["mlrepro compare (two 1,000-step runs)"] < start_up["python -c 'import torch, mlflow'"]),
     }
+    targets["fingerprint_every=1 costs a CIFAR-10 CNN CPU step <= 5 %"] = fingerprints["  cost of the fingerprints, %"] <= 5
+    targets["a run adds <= 0.3 s to a short loop"] = start_cost["  added by the run s"] <= 0.3
     if loop_through_server is not None:
         targets["line fit through a PostgreSQL server: its loop <= 1.15x untracked"] = loop_through_server <= 1.15
 
@@ -305,6 +402,12 @@ def main() -> int:
         print(f"  {name:<50} {value:>8.3f}")
     print(f"  mlrepro is {ratio_compare:.0f}x faster")
     print(f"\nmemory: {memory:.2f} bytes a buffered step (peak, training process)")
+    print("\nper-tensor fingerprints, every parameter and gradient, median of alternating blocks")
+    for name, value in fingerprints.items():
+        print(f"  {name:<50} {value:>8.1f}")
+    print("\na run's fixed cost, median of 3, after a warm-up run (s)")
+    for name, value in start_cost.items():
+        print(f"  {name:<50} {value:>8.3f}")
     print("\nstart-up of the commands that only read, median of 3 (s)")
     for name, value in start_up.items():
         print(f"  {name:<50} {value:>8.3f}")
@@ -320,6 +423,8 @@ def main() -> int:
         "line_fit_seconds": {**wall, "ratio": ratio_wall, "steps": LINE_FIT_STEPS},
         "compare_seconds": {**compare, "ratio": ratio_compare, "steps": args.compare_steps},
         "bytes_per_buffered_step": memory,
+        "fingerprints": fingerprints,
+        "run_start_cost_seconds": start_cost,
         "read_only_start_up_seconds": start_up,
         "stores": stores,
         "targets_met": targets,

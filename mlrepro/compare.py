@@ -188,8 +188,9 @@ def compare_logged_runs(a: LoggedRun, b: LoggedRun) -> RunComparison:
     else:
         verdict = "identical" if losses.identical and not tensors_differ else "different"
         diagnosis = diagnose(verdict == "identical", ranked, a.environment, b.environment)
-        if tensors_differ:
-            diagnosis = f"{_where_tensors_part(tensors, losses)}; {diagnosis}"  # type: ignore[arg-type]
+        if tensors_differ:  # plainly first where the losses hide it; else after the likely cause
+            where = _where_tensors_part(tensors, losses)  # type: ignore[arg-type]
+            diagnosis = f"{where}; {diagnosis}" if losses.divergent_steps == 0 else f"{diagnosis}; {where}"
     notes = [f"run {run.run_id} ({name}) is deleted: it is in the tracking store's trash" for name, run in (("A", a), ("B", b))
              if run.deleted]
     for name, run, other in (("A", a, b), ("B", b, a)):

@@ -7,6 +7,10 @@ any tracking URI MLflow supports.
 
 from __future__ import annotations
 
+from mlrepro.writer import prestart
+
+prestart()  # the zygote that forks each run's writer starts now: its imports overlap this process's
+
 import signal
 import sys
 import time

@@ -51,6 +51,23 @@ def _weights(count: int, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(_host_weights[:count].copy()).to(device)
 
 
+_NUMPY_WORDS = {4: np.int32, 8: np.int32}
+
+
+def _host_words(tensor: torch.Tensor) -> np.ndarray:
+    """A CPU tensor's bytes as 32-bit words, a view where it can be (narrower types widened, as
+    on a device)."""
+    itemsize = tensor.element_size()
+    if itemsize in _NUMPY_WORDS and tensor.is_contiguous() and tensor.dtype not in (torch.complex32,):
+        try:
+            return tensor.detach().numpy().reshape(-1).view(np.int32)
+        except (TypeError, RuntimeError):  # a dtype NumPy does not have
+            pass
+    flat = tensor.detach().contiguous().reshape(-1)
+    words = flat.view(_WORDS_OF.get(itemsize, torch.uint8))
+    return (words.to(torch.int32) if itemsize < 4 or itemsize not in _WORDS_OF else words).numpy()
+
+
 def fingerprint_of(tensor: torch.Tensor) -> int:
     """One tensor's fingerprint, at once (on a GPU, a synchronisation): what a replay takes of every
     op's output. Equal to what ``Fingerprinter`` takes of the same tensor."""
@@ -81,6 +98,24 @@ class Fingerprinter:
         self.layout = [(tuple(t.shape), t.dtype) for t in tensors]
         self.device = device
         self.on_host = device.type == "cpu" if on_host is None else on_host
+        if self.on_host:
+            self._init_host(tensors)
+        else:
+            self._init_device(tensors, device)
+
+    def _init_host(self, tensors: list[torch.Tensor]) -> None:
+        """On the CPU the words are read where they lie, through NumPy views, without a copy: each
+        tensor's words times its weights into one buffer, then one ``reduceat`` sums each tensor's
+        part, wrapping in uint32 (NumPy multiplies int32 about twice as fast as torch here)."""
+        words = [max(1, t.numel() * t.element_size() // 4 if t.element_size() >= 4 else t.numel()) for t in tensors]
+        weights = _weights(max(words, default=1), torch.device("cpu")).numpy()
+        self._products_np = np.zeros(sum(words), dtype=np.int32)
+        starts = np.concatenate([[0], np.cumsum(words)[:-1]]).astype(np.intp)
+        self._starts = starts
+        self._slots_np = [self._products_np[start:start + count] for start, count in zip(starts, words)]
+        self._weights_of = [weights[:count] for count in words]
+
+    def _init_device(self, tensors: list[torch.Tensor], device: torch.device) -> None:
         by_dtype: dict[torch.dtype, list[int]] = {}
         for column, tensor in enumerate(tensors):
             by_dtype.setdefault(tensor.dtype, []).append(column)
@@ -111,20 +146,13 @@ class Fingerprinter:
         in_order = sorted(range(len(tensors)), key=start_of_column.__getitem__)
         self._weights = torch.cat([weights[:words_of_column[c]] for c in in_order]).to(device)
         self._products = torch.empty(total, dtype=torch.int32, device=device)
-        if self.on_host:
-            # NumPy multiplies int32 about twice as fast as torch here, and sums each tensor's words
-            # in one reduceat, wrapping in uint32: the hash's arithmetic.
-            self._starts = np.array([start_of_column[c] for c in in_order], dtype=np.intp)
-            self._column_of = np.argsort(in_order)  # from start order back to column order
-            self._weights_np, self._products_np = self._weights.numpy(), self._products.numpy()
-        else:
-            # On a device: block sums, then each tensor's blocks as the difference of two running sums
-            # (int64: exact modulo 2**64, in any order).
-            blocks = total // BLOCK_WORDS
-            self._first = torch.tensor([start_of_column[c] // BLOCK_WORDS for c in range(len(tensors))], device=device)
-            self._end = self._first + torch.tensor([w // BLOCK_WORDS for w in words_of_column], device=device)
-            self._block_sums = torch.empty(blocks, dtype=torch.int32, device=device)
-            self._running = torch.zeros(blocks + 1, dtype=torch.int64, device=device)
+        # Block sums, then each tensor's blocks as the difference of two running sums (int64: exact
+        # modulo 2**64, in any order).
+        blocks = total // BLOCK_WORDS
+        self._first = torch.tensor([start_of_column[c] // BLOCK_WORDS for c in range(len(tensors))], device=device)
+        self._end = self._first + torch.tensor([w // BLOCK_WORDS for w in words_of_column], device=device)
+        self._block_sums = torch.empty(blocks, dtype=torch.int32, device=device)
+        self._running = torch.zeros(blocks + 1, dtype=torch.int64, device=device)
 
     def matches(self, tensors: list[torch.Tensor]) -> bool:
         return len(tensors) == len(self.layout) and all(
@@ -134,6 +162,13 @@ class Fingerprinter:
     def hash(self, tensors: list[torch.Tensor | None]) -> np.ndarray | torch.Tensor:
         """One fingerprint per tensor: uint32 on the host for CPU tensors, else int64 on the device
         (brought home later, in blocks). A missing tensor (a gradient never computed) hashes as zeros."""
+        if self.on_host:
+            for tensor, weights, slot in zip(tensors, self._weights_of, self._slots_np):
+                if tensor is None or not tensor.numel():
+                    slot.fill(0)
+                else:
+                    np.multiply(_host_words(tensor), weights, out=slot)
+            return np.add.reduceat(self._products_np.view(np.uint32), self._starts, dtype=np.uint32)
         words = []
         for group in self._groups:
             sources = [tensors[c] for c in group.columns]
@@ -146,14 +181,6 @@ class Fingerprinter:
             else:
                 torch._foreach_copy_(group.slots, sources)
             words.append(group.words.to(torch.int32) if group.widen else group.words)
-        if self.on_host:
-            offset = 0
-            for group_words in words:
-                end = offset + len(group_words)
-                np.multiply(group_words.numpy(), self._weights_np[offset:end], out=self._products_np[offset:end])
-                offset = end
-            sums = np.add.reduceat(self._products_np.view(np.uint32), self._starts, dtype=np.uint32)
-            return sums[self._column_of]
         # int32 products and sums wrap modulo 2**32, which is the hash's arithmetic.
         torch.mul(words[0] if len(words) == 1 else torch.cat(words), self._weights, out=self._products)
         torch.sum(self._products.view(-1, BLOCK_WORDS), dim=1, dtype=torch.int32, out=self._block_sums)

@@ -15,9 +15,11 @@ run: the child delivers what is left and exits 0 once the store holds all of it.
 run waits for that a bounded time (``MLREPRO_STORE_WAIT_S``); what is still pending
 then stays in the spool for ``mlrepro sync``.
 
-This module imports only the standard library at the top: ``prestart`` is
-meant to run before torch and MLflow are imported, so that the child's own
-imports overlap the parent's.
+Writers are forked by a zygote (``_Zygote``), a helper process that imported
+MLflow once: a run's writer starts at once, instead of importing MLflow again on
+the run's critical path. This module imports only the standard library at the top:
+``prestart`` (called when ``mlrepro.tracking`` is imported) is meant to run before
+torch and MLflow are imported, so that the zygote's imports overlap the parent's.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ import atexit
 import json
 import os
 import select
+import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -39,56 +43,158 @@ if TYPE_CHECKING:
 
 SEND_INTERVAL_S = 0.1
 
-_spare: subprocess.Popen[bytes] | None = None
+
+class _ForkedWriter:
+    """A writer process forked by the zygote: what ``LossWriter`` asks of a ``Popen``, for a process
+    that is not this one's child (the zygote reaps it). Its pid arrives when the zygote has forked it."""
+
+    def __init__(self, zygote: _Zygote, stdin: IO[bytes]) -> None:
+        self._zygote = zygote
+        self.stdin = stdin
+        self._pid: int | None = None
+        self.returncode: int | None = None
+
+    @property
+    def pid(self) -> int:
+        if self._pid is None:
+            self._zygote.answer(self)
+        return self._pid  # type: ignore[return-value]
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                os.kill(self.pid, 0)
+            except ProcessLookupError:
+                self.returncode = 0  # its exit status is the zygote's to reap; the spool says what it delivered
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(f"writer {self.pid}", timeout)  # type: ignore[arg-type]
+            time.sleep(0.01)
+        return 0
+
+    def kill(self) -> None:
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
-def _spawn() -> subprocess.Popen[bytes]:
+class _Zygote:
+    """A helper process that imports MLflow once and forks a ready writer for each run.
+
+    A writer spawned per run imports MLflow again (a second or more of CPU on the run's critical
+    path at its end); one forked from a process that has imported it starts at once. The zygote
+    never opens a store, so no connection is shared with its children. It is spawned early (by
+    ``prestart``, when ``mlrepro.tracking`` is imported), so its own imports overlap the job's,
+    and it exits when this process closes its socket (its end)."""
+
+    def __init__(self) -> None:
+        ours, theirs = socket.socketpair()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "mlrepro.writer", "--zygote", str(theirs.fileno())],
+            pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=_child_env())
+        theirs.close()
+        self.socket = ours
+        _open_pipes.add(ours.fileno())
+        self._waiting: list[_ForkedWriter] = []  # asked for, in order, their pids not read yet
+        self._answers = ours.makefile("rb")  # one reader: a second would lose what the first buffered
+
+    def fork_writer(self, tracking_uri: str | None) -> _ForkedWriter | None:
+        """Ask for a writer reading a new pipe, that opens ``tracking_uri`` (the store its run will most
+        likely use) while it waits; None if the zygote is gone. Does not wait for the fork."""
+        if self.process.poll() is not None:
+            return None
+        read_end, write_end = os.pipe()
+        try:
+            socket.send_fds(self.socket, [b"w" + (tracking_uri or "").encode()], [read_end])
+        except OSError:
+            os.close(write_end)
+            return None
+        finally:
+            os.close(read_end)
+        writer = _ForkedWriter(self, os.fdopen(write_end, "wb", buffering=0))
+        _open_pipes.add(write_end)
+        self._waiting.append(writer)
+        return writer
+
+    def answer(self, writer: _ForkedWriter) -> None:
+        """Read forked pids, in the order they were asked for, until ``writer``'s has come."""
+        while writer._pid is None:
+            line = self._answers.readline()
+            first = self._waiting.pop(0)
+            first._pid = int(line) if line.strip() else -1
+            if first._pid < 0:
+                first.returncode = 1  # the zygote died before forking it: nothing was delivered
+
+    def close(self) -> None:
+        _open_pipes.discard(self.socket.fileno())
+        self.socket.close()
+
+
+_zygote: _Zygote | None = None
+_spare: _ForkedWriter | None = None  # forked ahead, its store open, waiting for a run
+
+
+def _child_env() -> dict[str, str]:
     # The child must run this very copy of mlrepro, wherever it was imported from.
     package_root = str(Path(__file__).resolve().parent.parent)
     python_path = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mlrepro.writer"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        env=dict(os.environ, PYTHONPATH=python_path, PYTHONUNBUFFERED="1"),
-    )
+    return dict(os.environ, PYTHONPATH=python_path, PYTHONUNBUFFERED="1")
+
+
+def _spawn() -> subprocess.Popen[bytes]:
+    """A writer of its own, for where a zygote cannot fork one."""
+    process = subprocess.Popen([sys.executable, "-m", "mlrepro.writer"], stdin=subprocess.PIPE,
+                               stdout=subprocess.DEVNULL, env=_child_env())
     _open_pipes.add(process.stdin.fileno())  # type: ignore[union-attr]
     return process
 
 
-def prestart() -> None:
-    """Start a writer process now, to be adopted by the next run: its import of MLflow
-    (a second or two) then overlaps the caller's own imports instead of the training."""
-    global _spare
+def prestart(tracking_uri: str | None = None) -> None:
+    """Start the zygote now, and have it fork the next run's writer: the zygote's import of MLflow (a
+    second or two) overlaps the caller's own imports, and the writer opens the likely store
+    (``MLFLOW_TRACKING_URI``) while the caller trains, not after."""
+    global _zygote, _spare
     if os.environ.get("RANK", "0") != "0":
         return  # a torchrun rank other than 0 never writes to the store: rank 0 owns the run
-    if _spare is None or _spare.poll() is not None:
-        _spare = _spawn()
+    if not hasattr(socket, "send_fds") or not hasattr(os, "fork"):
+        return  # not POSIX: each run spawns its writer
+    if _zygote is None or _zygote.process.poll() is not None:
+        _zygote, _spare = _Zygote(), None
+    if _spare is None:
+        _spare = _zygote.fork_writer(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))
 
 
-def _adopt() -> subprocess.Popen[bytes]:
+def _adopt(tracking_uri: str) -> subprocess.Popen[bytes] | _ForkedWriter:
+    """The writer forked ahead for this run (and the next one's asked for), else one spawned now."""
     global _spare
-    process, _spare = _spare, None
-    if process is None or process.poll() is not None:
-        process = _spawn()
-    return process
+    prestart(tracking_uri)
+    writer, _spare = _spare, None
+    if writer is not None and writer.poll() is not None:
+        writer = None  # it died waiting
+    prestart(tracking_uri)
+    return writer if writer is not None else _spawn()
 
 
 _open_pipes: set[int] = set()
 
 
 def _close_pipes_in_fork() -> None:
-    """A forked child (a DataLoader worker) must not hold the writer's pipe open:
-    the writer only sees the end of the run when every copy of the pipe is closed.
-    The raw descriptors are closed, so no buffered bytes are flushed twice."""
+    """A forked child (a DataLoader worker) must not hold the writer's pipe or the zygote's socket
+    open: the writer only sees the end of the run, and the zygote the end of this process, when every
+    copy is closed. The raw descriptors are closed, so no buffered bytes are flushed twice."""
     for descriptor in list(_open_pipes):
         try:
             os.close(descriptor)
         except OSError:
             pass
     _open_pipes.clear()
-    global _spare
-    _spare = None
+    global _zygote, _spare
+    _zygote, _spare = None, None
 
 
 if hasattr(os, "register_at_fork"):
@@ -96,10 +202,9 @@ if hasattr(os, "register_at_fork"):
 
 
 @atexit.register
-def _release_spare() -> None:
-    if _spare is not None and _spare.poll() is None and _spare.stdin is not None:
-        _open_pipes.discard(_spare.stdin.fileno())
-        _spare.stdin.close()  # EOF before any header: the child exits at once
+def _release_zygote() -> None:
+    if _zygote is not None:
+        _zygote.close()  # EOF: the zygote exits; writers it forked finish their runs on their own
 
 
 class LossWriter:
@@ -114,7 +219,7 @@ class LossWriter:
         self._values = values
         self._spool = spool
         self._spooled = 0
-        self._process = _adopt()
+        self._process = _adopt(tracking_uri)
         self._stdin: IO[bytes] = self._process.stdin  # type: ignore[assignment]
         self._awake = True
         # The URI goes through the pipe, credentials and all; the spool keeps it without them.
@@ -128,7 +233,7 @@ class LossWriter:
         self._sender.start()
 
     @property
-    def process(self) -> subprocess.Popen[bytes]:
+    def process(self) -> subprocess.Popen[bytes] | _ForkedWriter:
         return self._process
 
     def _wake(self, data: bytes = b"\0") -> None:
@@ -181,7 +286,8 @@ class LossWriter:
         while True:
             try:
                 wait_for_exit(self._process, min(0.5, patience_s))
-                return "delivered" if self._process.returncode == 0 else "died"
+                # The writer removes the spool once the store holds all of it, and only then.
+                return "died" if self._spool.folder.exists() else "delivered"
             except subprocess.TimeoutExpired:
                 now = self._spool.delivered()
                 if now != progress:
@@ -193,7 +299,7 @@ class LossWriter:
         return "stalled"
 
 
-def wait_for_exit(process: subprocess.Popen[bytes], timeout_s: float) -> None:
+def wait_for_exit(process: subprocess.Popen[bytes] | _ForkedWriter, timeout_s: float) -> None:
     """Wait for the writer to exit, and notice it at once: ``Popen.wait(timeout)`` polls
     in sleeps of up to 50 ms, which every run would pay at its end. A pidfd (Linux 5.3+)
     becomes readable the moment the process exits; elsewhere the polling wait does."""
@@ -241,7 +347,53 @@ def mlflow_default_uri() -> str:
     return mlflow.get_tracking_uri()
 
 
+def zygote(descriptor: int) -> int:
+    """The zygote: import what every writer needs, then fork one writer per request on the socket
+    ``descriptor``, its stdin the pipe sent along; exit when the socket closes."""
+    import logging
+
+    from mlrepro.signals import ignore_in_helper_process
+
+    ignore_in_helper_process()
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    import mlflow.store.tracking.sqlalchemy_store  # noqa: F401 - what a SQLite or PostgreSQL store loads
+    from mlflow.tracking import MlflowClient  # noqa: F401
+
+    from mlrepro import spool  # noqa: F401
+    from mlrepro.record import sqlite_schema_is_current
+
+    sqlite_schema_is_current(Path(os.devnull))  # loads the schema's migration scripts, once, for every writer
+    channel = socket.socket(fileno=descriptor)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # its writers are reaped as they exit
+    while True:
+        try:
+            message, descriptors, _, _ = socket.recv_fds(channel, 65536, 1)
+        except OSError:
+            return 0
+        if not message:
+            return 0  # the job's process closed its end: it is over
+        pid = os.fork()
+        if pid == 0:
+            channel.close()
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            os.dup2(descriptors[0], 0)
+            os.close(descriptors[0])
+            if message[1:]:  # the store the run will most likely use: opened while it waits
+                os.environ["MLFLOW_TRACKING_URI"] = message[1:].decode()
+            status = 1
+            try:
+                status = main()
+            finally:
+                sys.stderr.flush()
+                os._exit(status)
+        for received in descriptors:
+            os.close(received)
+        channel.sendall(f"{pid}\n".encode())
+
+
 def main() -> int:
+    """A writer: open the likely store while no run has adopted it, read the run's header, then
+    deliver its spool until the run ends and all of it is in the store."""
     import logging
 
     from mlrepro.signals import ignore_in_helper_process
@@ -297,7 +449,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    status = main()
+    status = zygote(int(sys.argv[2])) if sys.argv[1:2] == ["--zygote"] else main()
     # Every step is committed and counted in the progress file by now. A normal
     # interpreter exit with MLflow loaded (its atexit hooks, thread pools, module
     # teardown) takes about 0.4 s more, and the run waits on this process's exit:

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -158,3 +159,21 @@ def test_seed_worker_derives_from_torchs_worker_seed() -> None:
     torch.manual_seed(123)
     seed_worker(0)
     assert np.random.rand() == a
+
+
+def test_deterministic_mode_does_not_import_inductor_but_a_later_compile_is_deterministic_too() -> None:
+    """torch.use_deterministic_algorithms imports Inductor (two seconds of every run's start); seeding
+    sets the eager switch itself and leaves Inductor's in the variable it reads when imported."""
+    script = (
+        "import sys, torch\n"
+        "from mlrepro.seeding import seed_everything\n"
+        "record = seed_everything(3, deterministic=True)\n"
+        "inductor_loaded = 'torch._inductor' in sys.modules\n"
+        "import torch._inductor.config as inductor\n"
+        "print(inductor_loaded, record.state.deterministic_algorithms, torch.are_deterministic_algorithms_enabled(),"
+        " inductor.deterministic)\n"
+    )
+    env = {key: value for key, value in os.environ.items() if key != "TORCHINDUCTOR_DETERMINISTIC"}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                            env={**env, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    assert result.stdout.split() == ["False", "True", "True", "True"]

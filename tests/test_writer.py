@@ -115,3 +115,28 @@ def test_waiting_for_the_writer_reaps_it_or_says_it_is_still_running() -> None:
     finally:
         hung.kill()
         hung.wait()
+
+
+def _parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads parent pids from /proc")
+def test_each_runs_writer_is_forked_ready_by_the_zygote_and_a_dead_zygote_is_replaced(store: str) -> None:
+    """A writer that imported MLflow again would cost every run a second or more at its end: the
+    zygote, which imported it once, forks one per run, ahead of the run."""
+    from mlrepro import writer
+
+    for _ in range(2):
+        with start_run(LineFitSpec()) as run:
+            run.log_loss(1.0)
+            process = run._writer.process
+            assert _parent_of(process.pid) == writer._zygote.process.pid
+        assert history(run.run_id) == [(0, 1.0)]
+    writer._zygote.process.kill()
+    writer._zygote.process.wait()
+    with start_run(LineFitSpec()) as run:  # its writer was forked before the zygote died
+        run.log_loss(2.0)
+    with start_run(LineFitSpec()) as run:  # a new zygote, or a writer of its own
+        run.log_loss(3.0)
+    assert history(run.run_id) == [(0, 3.0)]
