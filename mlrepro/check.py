@@ -83,6 +83,8 @@ def check_job(job: str, words: list[str], steps: int = 20, resume_at: int | None
     for name in _SET_BY_CHECK:
         if name in given:
             raise SpecError(f"{name}: set by the check itself; leave it out")
+    if given.get("nproc", "1") != "1":
+        raise SpecError("nproc: the check runs each leg as one process; check with nproc=1 first")
     if steps < 2:
         raise SpecError(f"--steps: at least 2, to resume between them (got {steps})")
     resume_at = resume_at if resume_at is not None else steps // 2

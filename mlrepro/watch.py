@@ -201,18 +201,28 @@ class Watch:
         self.names = tuple(name for name, _ in named) * 2
         self.kinds = (PARAMETER,) * len(named) + (GRADIENT,) * len(named)
         self.module_order: list[str] = []
-        self._order_hooks = _record_forward_order(model, self.module_order)
-        device = self.parameters[0].device if self.parameters else torch.device("cpu")
-        self._fingerprinter = Fingerprinter(self.parameters * 2, device) if named else None
+        self._order_hooks = _record_forward_order(model, self.module_order)  # remove themselves after a forward
+        self.hooks: list[torch.utils.hooks.RemovableHandle] = []  # the optimizer's, where one calls step()
+        self._fingerprinter = self._fingerprinter_for_now()
         self._steps: list[int] = []
         self._rows: list[np.ndarray] = []
         self._device_rows: list[torch.Tensor] = []
         self._device_steps: list[int] = []
 
+    def _fingerprinter_for_now(self) -> Fingerprinter | None:
+        if not self.parameters:
+            return None
+        return Fingerprinter(self.parameters * 2, self.parameters[0].device)
+
     def step(self) -> None:
         step, self.next_step = self.next_step, self.next_step + 1
         if self._fingerprinter is None or not self.every or step % self.every:
             return
+        first = self.parameters[0]
+        if (first.device, first.dtype) != (self._fingerprinter.device, self._fingerprinter.layout[0][1]):
+            # The model moved or was converted after watch() (model.to("cuda"), model.double()).
+            self._bring_home()
+            self._fingerprinter = self._fingerprinter_for_now()
         gradients = [p.grad for p in self.parameters]
         row = self._fingerprinter.hash([*self.parameters, *gradients])
         if isinstance(row, np.ndarray):
@@ -240,9 +250,9 @@ class Watch:
                                  tuple(self.module_order))
 
     def close(self) -> None:
-        for handle in self._order_hooks:
+        for handle in [*self._order_hooks, *self.hooks]:
             handle.remove()
-        self._order_hooks = []
+        self._order_hooks, self.hooks = [], []
 
 
 def _record_forward_order(model: torch.nn.Module, order: list[str]) -> list[torch.utils.hooks.RemovableHandle]:

@@ -97,3 +97,20 @@ def test_watch_takes_every_nth_step_names_both_kinds_and_learns_the_forward_orde
     assert (record.values[0][:4] != record.values[1][:4]).all()  # SGD moved every weight
     # The gradient of sum() for last.bias is the batch size at every step: the same bits, the same fingerprint.
     assert record.values[0][5] == record.values[1][5]
+
+
+def test_watching_again_replaces_the_old_watch_and_a_model_converted_after_watch_is_followed() -> None:
+    torch.manual_seed(0)
+    model = Branches()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    first = Watch(model, every=1, first_step=0)
+    first.hooks.append(optimizer.register_step_pre_hook(lambda *_: first.step()))
+    first.close()
+    second = Watch(model, every=1, first_step=0)
+    second.hooks.append(optimizer.register_step_pre_hook(lambda *_: second.step()))
+    model.double()  # converted after watch(), as model.to("cuda") moves it: the watch follows
+    for _ in range(2):
+        optimizer.zero_grad()
+        model(torch.ones(4, 2, dtype=torch.float64)).sum().backward()
+        optimizer.step()
+    assert len(first.record()) == 0 and len(second.record()) == 2
