@@ -242,7 +242,7 @@ def read_only_start_up() -> dict[str, float]:
     }
 
 
-def fingerprint_cost(rounds: int = 3, steps: int = 1000) -> dict[str, float]:
+def fingerprint_cost(rounds: int = 7, steps: int = 1500) -> dict[str, float]:
     """Microseconds of a CIFAR-10 step on the CPU, without and with every parameter and gradient
     fingerprinted at every step: the CIFAR-10 job's own loop (batch 4, two loader workers, one
     thread), on files in CIFAR-10's format, alternating so that a machine that slows down slows both.
@@ -270,7 +270,10 @@ def fingerprint_cost(rounds: int = 3, steps: int = 1000) -> dict[str, float]:
                 started = time.perf_counter()
                 train(spec, run)
                 per_step[every].append((time.perf_counter() - started) / steps * 1e6)
-    job_step, job_with = statistics.median(per_step[0]), statistics.median(per_step[1])
+    # Each round's pair ran one after the other: the median of the pairs' differences is the cost,
+    # steadier than the difference of two medians when the loader's workers share the two cores.
+    job_step = statistics.median(per_step[0])
+    job_with = job_step + statistics.median(b - a for a, b in zip(per_step[0], per_step[1]))
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -357,12 +360,13 @@ def main() -> int:
             for name, value in {**fingerprint_cost(), **run_start_cost()}.items():
                 print(f"  {name:<50} {value:>10.3f}")
             return 0
+        if args.only != "stores":  # first: the store section leaves servers' processes winding down
+            fingerprints = fingerprint_cost()
+            start_cost = run_start_cost()
         stores = store_speed(Path(folder), uri)
         if args.only == "stores":
             print_stores(stores)
             return 0
-        fingerprints = fingerprint_cost()
-        start_cost = run_start_cost()
         thread = training_thread_cost()
         wall = line_fit_wall_time()
         compare = compare_speed(args.compare_steps)
