@@ -1,13 +1,15 @@
 """The command line: parse, call the library, print. Exit codes are decided here and only here.
 
 Exit codes, like ``cmp``:
-    0  success; for compare, the runs are identical
-    1  compare: the runs differ
+    0  success; for compare, the runs are identical; for check, every leg passed; for bisect, the
+       replays agree (the difference did not recur)
+    1  compare: the runs differ; check: a leg failed; bisect: it names where the replays part
     2  bad input or an unusable store: a one-line message on stderr, nothing half-written
     3  compare: identical so far, but a run did not finish (RUNNING, KILLED, FAILED)
     4  a job or ``sync``: the tracking store did not take everything in time; the rest waits in
        the local spool, and ``mlrepro sync`` delivers it (nothing is lost)
-    128+N  a job stopped by signal N (130 SIGINT, 143 SIGTERM), its run KILLED with every step recorded
+    128+N  a job stopped by signal N (130 SIGINT, 143 SIGTERM), its run KILLED with every step recorded;
+       check or bisect interrupted (130)
 """
 
 from __future__ import annotations
@@ -64,6 +66,17 @@ def user_errors(on_error: Callable[[str], None] | None = None) -> Iterator[None]
         if on_error is not None:
             on_error(message)
         fail(message)
+
+
+@contextmanager
+def interrupted_in_one_line(command: str) -> Iterator[None]:
+    """Ctrl-C in a command that runs jobs of its own (check, bisect): the jobs end with it, and it
+    says so in one line, exit 130, as a shell expects of an interrupted command."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        click.echo(f"mlrepro: {command} interrupted; its legs' scratch store is removed", err=True)
+        sys.exit(128 + 2)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -153,7 +166,7 @@ def bisect(run_a: str, run_b: str, project: str | None, as_json: bool) -> None:
     """
     from mlrepro.bisect import bisect_runs, describe
 
-    with user_errors():
+    with user_errors(), interrupted_in_one_line("bisect"):
         result = bisect_runs(run_a, run_b, project=project)
     click.echo(result.model_dump_json(indent=2) if as_json else describe(result))
     sys.exit(EXIT_OK if result.difference is None else EXIT_DIFFERENT)
@@ -182,7 +195,7 @@ def check(job: str, assignments: tuple[str, ...], steps: int, resume_at: int | N
 
     from mlrepro.check import check_job
 
-    with user_errors():
+    with user_errors(), interrupted_in_one_line("check"):
         result = check_job(job, list(_as_assignments(assignments)), steps, resume_at,
                            on_leg=None if as_json else lambda leg: click.echo(f"  running {leg} ...", err=True),
                            record_in=MlflowClient() if record else None)
