@@ -7,14 +7,19 @@ changes it, unlike an XOR or a plain sum), and a difference in one word, a one-u
 included, always changes it: ``w_i * d`` is never 0 modulo 2**32 for odd ``w_i`` and
 ``0 < |d| < 2**32``. Many words differing at once collide with probability about 2**-32.
 
-The cost is what matters, so it is made of a few large operations, not one per tensor:
-every tensor is copied into a flat buffer of its dtype (one ``_foreach_copy_``), each
-tensor padded to whole blocks of ``BLOCK_WORDS`` words; the words are multiplied by the
-weights and summed block by block in 32-bit integer arithmetic (vectorised on CPUs,
-where 64-bit multiplication is not); each tensor's blocks are then summed as the
-difference of two running sums. Integer sums are exact in any order, so the result is
-the same on any device. On a GPU the results stay on the device and come to the
-host a block of steps at a time, like the losses: the loop is not synchronised every step.
+The cost is what matters, so it is made of few, large operations. On the CPU each tensor
+is read where it lies, through a NumPy view: its words times the weights go into one
+buffer (NumPy's int32 multiplication is vectorised; 64-bit multiplication is not), and
+one ``reduceat`` sums each tensor's part, wrapping in uint32. On a GPU every tensor is
+copied into a flat buffer of its dtype (one ``_foreach_copy_``), each padded to whole
+blocks of ``BLOCK_WORDS`` words, which are multiplied and summed block by block in 32-bit
+integer arithmetic; each tensor's blocks are then summed as the difference of two running
+sums. Integer sums are exact in any order, so both ways give the same numbers (a test runs
+the GPU's way on the CPU). On a GPU the results stay on the device and come to the host a
+block of steps at a time, like the losses: the loop is not synchronised every step.
+
+Measured (benchmarks/): about 0.2 ms a step for the CIFAR-10 CNN's 20 tensors (124,000 words)
+on this project's 2-core machine, most of it reading the tensors from memory.
 """
 
 from __future__ import annotations
