@@ -126,9 +126,10 @@ class BaseSpec(BaseModel):
     metric: MetricName = Field("loss", description="MLflow metric name for the per-step loss")
     checkpoint_every: Count = Field(0, ge=0, description="log a checkpoint every N steps; 0 = never")
     resume_from: RunId = Field("", description="run id to continue from its newest checkpoint; empty = a new run")
-    # Measured (benchmarks/): one fingerprint of every parameter and gradient costs the CIFAR-10 CNN's
-    # CPU step a few percent, but the line fit's 50-us step about half again; every 10 steps keeps
-    # even that under 5 %, and bisect finds the exact step between two fingerprints.
+    # Measured (benchmarks/, 2 cores): fingerprinting every parameter and gradient takes about 0.2 ms
+    # for the CIFAR-10 CNN, 5-10 % of its CPU step at every step, and 25-30 % of the line fit's
+    # 0.25-ms step. Every 10 steps costs a tenth of that; compare then names the step within ten,
+    # and bisect finds the exact one.
     fingerprint_every: Count = Field(FINGERPRINT_EVERY, ge=0, description=(
         "fingerprint every parameter and gradient every N steps, for compare to say where runs part; 0 = never"))
 
