@@ -45,9 +45,13 @@ def test_identical_runs_exit_0_different_runs_exit_1_naming_the_step_and_the_cau
     result = mlrepro_cli(store, tmp_path, "compare", a[:8], c[:12])  # unique prefixes, as find and show print them
     assert result.returncode == 1, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0] == f"different: runs {a} and {c} first differ at step 0"
-    assert lines[1].startswith("  A: ") and lines[2].startswith("  B: ")
-    assert "30 of 30 common steps differ" in lines[3]
+    # Another seed draws other initial weights: the fingerprints part before the first update.
+    assert lines[0] == f"different: runs {a} and {c} first differ at step 0: 0.weight (parameter)"
+    assert lines[1].startswith("  fingerprints first differ at step 0 (initial weights), in forward order: "
+                               "0.weight (parameter), 0.weight (gradient), 0.bias (parameter)")
+    assert lines[2] == "  losses first differ at step 0"
+    assert lines[3].startswith("    A: ") and lines[4].startswith("    B: ")
+    assert "30 of 30 common steps differ" in lines[5]
     assert any(line.split()[:5] == ["spec", "seed", "3", "|", "4"] for line in lines)
 
     as_json = json.loads(mlrepro_cli(store, tmp_path, "compare", "--json", a, c).stdout)
