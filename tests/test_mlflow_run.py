@@ -45,7 +45,8 @@ def test_mlflow_run_twice_is_identical_and_another_seed_differs_from_step_0(tmp_
     made = client.get_run(only_run_id(store))
     assert made.info.status == "FINISHED"
     assert made.data.tags["mlrepro.compared.run_a"] == first and made.data.tags["mlrepro.compared.run_b"] == other_seed
-    assert made.data.tags["mlrepro.compared.verdict"] == "different from step 0 (likely cause: seed)"
+    assert made.data.tags["mlrepro.compared.verdict"] == (
+        "different from step 0: first tensor 0.weight (parameter, initial weights) at step 0 (likely cause: seed)")
     assert made.data.tags["mlrepro.compared.identical"] == "false"
     plots = [entry.path for entry in client.list_artifacts(made.info.run_id, "mlrepro/compare")]
     assert plots == [f"mlrepro/compare/{first}-vs-{other_seed}.png"]
