@@ -90,9 +90,9 @@ def check_job(job: str, words: list[str], steps: int = 20, resume_at: int | None
     resume_at = resume_at if resume_at is not None else steps // 2
     if not 0 < resume_at < steps:
         raise SpecError(f"--resume-at: a step between 1 and {steps - 1} (got {resume_at})")
-    # Checkpoints every resume_at steps: the one at resume_at is the only one before the run stops.
+    # Checkpoints every resume_at steps; the resumed legs start from the one at resume_at, by its name.
     leg_words = [*words, f"checkpoint_every={resume_at}", "fingerprint_every=1", "resume_from="]
-    deterministic = given.get("deterministic", "true").lower() not in ("false", "0", "no")
+    deterministic = given.get("deterministic", "true").strip().lower() not in ("false", "f", "0", "no", "n", "off")
     flipped = [*[w for w in words if not w.startswith("deterministic=")], f"deterministic={str(not deterministic).lower()}",
                "checkpoint_every=0", "fingerprint_every=0", "resume_from="]
     say = on_leg or (lambda _text: None)
