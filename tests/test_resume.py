@@ -38,9 +38,9 @@ def resume_and_compare(store: str, cwd: Path, job: str, killed: str, *assignment
 @pytest.mark.both_stores
 def test_a_killed_cifar10_run_with_two_workers_resumes_bit_for_bit(tmp_path: Path, store: str) -> None:
     # 300 steps an epoch; checkpoints every 50 steps land mid-epoch and at its end. A server sees
-    # checkpoints later than a SQLite file does (each is an upload): there the run is longer, so
-    # that the kill still lands mid-run.
-    epochs = 4 if store.startswith("http") else 2
+    # checkpoints later than a SQLite file does (each is an upload, with the exact record and its
+    # fingerprints beside it): there the run is much longer, so that the kill still lands mid-run.
+    epochs = 8 if store.startswith("http") else 2
     spec = ["dataset=fake", "train_limit=1200", "test_limit=40", f"epochs={epochs}", "num_workers=2",
             "checkpoint_every=50"]
     job = start_job(store, tmp_path, [sys.executable, "-m", "projects.cifar10", *spec])
