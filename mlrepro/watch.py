@@ -56,14 +56,11 @@ def _weights(count: int, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(_host_weights[:count].copy()).to(device)
 
 
-_NUMPY_WORDS = {4: np.int32, 8: np.int32}
-
-
 def _host_words(tensor: torch.Tensor) -> np.ndarray:
     """A CPU tensor's bytes as 32-bit words, a view where it can be (narrower types widened, as
     on a device)."""
     itemsize = tensor.element_size()
-    if itemsize in _NUMPY_WORDS and tensor.is_contiguous() and tensor.dtype not in (torch.complex32,):
+    if itemsize in (4, 8) and tensor.is_contiguous():
         try:
             return tensor.detach().numpy().reshape(-1).view(np.int32)
         except (TypeError, RuntimeError):  # a dtype NumPy does not have
@@ -76,10 +73,7 @@ def _host_words(tensor: torch.Tensor) -> np.ndarray:
 def fingerprint_of(tensor: torch.Tensor) -> int:
     """One tensor's fingerprint, at once (on a GPU, a synchronisation): what a replay takes of every
     op's output. Equal to what ``Fingerprinter`` takes of the same tensor."""
-    data = tensor.detach().cpu().contiguous().reshape(-1)
-    itemsize = data.element_size()
-    words = data.view(_WORDS_OF.get(itemsize, torch.uint8))
-    words = (words.to(torch.int32) if itemsize < 4 or itemsize not in _WORDS_OF else words).numpy()
+    words = _host_words(tensor.detach().cpu())
     products = np.multiply(words, _weights(len(words), torch.device("cpu")).numpy())
     return int(np.add.reduce(products.view(np.uint32), dtype=np.uint32))
 
@@ -158,10 +152,6 @@ class Fingerprinter:
         self._end = self._first + torch.tensor([w // BLOCK_WORDS for w in words_of_column], device=device)
         self._block_sums = torch.empty(blocks, dtype=torch.int32, device=device)
         self._running = torch.zeros(blocks + 1, dtype=torch.int64, device=device)
-
-    def matches(self, tensors: list[torch.Tensor]) -> bool:
-        return len(tensors) == len(self.layout) and all(
-            (tuple(t.shape), t.dtype) == shape_dtype for t, shape_dtype in zip(tensors, self.layout))
 
     @torch.no_grad()
     def hash(self, tensors: list[torch.Tensor | None]) -> np.ndarray | torch.Tensor:

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mlrepro.fingerprints import GRADIENT, PARAMETER
-from mlrepro.watch import Fingerprinter, Watch
+from mlrepro.watch import Fingerprinter, Watch, fingerprint_of
 
 CPU = torch.device("cpu")
 
@@ -57,6 +57,7 @@ def test_the_host_sum_and_the_device_sum_agree_for_every_dtype(dtype: torch.dtyp
     device = Fingerprinter(tensors, CPU, on_host=False).hash(tensors)
     assert isinstance(host, np.ndarray) and host.dtype == np.uint32
     assert host.tolist() == device.tolist()
+    assert host.tolist() == [fingerprint_of(tensor) for tensor in tensors]  # the replay's one-tensor way
 
 
 def test_a_gradient_never_computed_hashes_as_zeros() -> None:
