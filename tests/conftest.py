@@ -140,6 +140,14 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: 
         assert fragment in lines[0], lines[0]
 
 
+def run_planted(store_uri: str, cwd: Path, *words: str, **env: str) -> str:
+    """The planted test job (tests/jobs/planted.py) in its own process, differences planted by ``env``;
+    returns its run id."""
+    result = run_command([sys.executable, str(REPO / "tests" / "jobs" / "planted.py"), *words], store_uri, cwd, **env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return next(line.split()[2] for line in result.stderr.splitlines() if line.startswith("mlrepro: run "))
+
+
 def start_job(store: str, cwd: Path, command: list[str]) -> subprocess.Popen[str]:
     """A job in the background, to be killed."""
     return subprocess.Popen(command, cwd=cwd, env=job_env(store, PYTHONHASHSEED="0"),

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from mlrepro.bisect import first_difference
-from tests.conftest import REPO, assert_one_line_error, mlrepro_cli, run_command
+from tests.conftest import REPO, assert_one_line_error, mlrepro_cli, run_command, run_planted
 
 PLANTED = REPO / "tests" / "jobs" / "planted.py"
 
@@ -32,15 +32,9 @@ def test_replays_that_ran_other_modules_or_stopped_early_are_said_to_part_in_the
     assert first_difference(a, a[:1]).explanation.startswith("replay A went on where the other stopped")
 
 
-def planted(store: str, cwd: Path, *words: str, **env: str) -> str:
-    result = run_command([sys.executable, str(PLANTED), *words], store, cwd, **env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return next(line.split()[2] for line in result.stderr.splitlines() if line.startswith("mlrepro: run "))
-
-
 def test_bisect_names_the_layer_whose_op_is_nondeterministic(tmp_path: Path, store: str) -> None:
     noisy = {"PLANT_NOISE_FROM": "15"}  # Noise adds unseeded noise from step 15 on, in these runs and the replays
-    a, b = (planted(store, tmp_path, "checkpoint_every=10", **noisy) for _ in range(2))
+    a, b = (run_planted(store, tmp_path, "checkpoint_every=10", **noisy) for _ in range(2))
     result = run_command([sys.executable, "-m", "mlrepro", "bisect", "--json", a, b], store, tmp_path, **noisy)
     assert result.returncode == 1, result.stderr
     found = json.loads(result.stdout)
@@ -60,9 +54,9 @@ def test_bisect_names_the_layer_whose_op_is_nondeterministic(tmp_path: Path, sto
 
 
 def test_runs_without_a_checkpoint_before_they_part_are_refused_in_one_line(tmp_path: Path, store: str) -> None:
-    a = planted(store, tmp_path, "checkpoint_every=0", "fingerprint_every=1")
-    b = planted(store, tmp_path, "checkpoint_every=0", "fingerprint_every=1", PLANT_ULP="5:head.bias")
+    a = run_planted(store, tmp_path, "checkpoint_every=0", "fingerprint_every=1")
+    b = run_planted(store, tmp_path, "checkpoint_every=0", "fingerprint_every=1", PLANT_ULP="5:head.bias")
     assert_one_line_error(mlrepro_cli(store, tmp_path, "bisect", a, b), "part at step 5",
                           "no checkpoint in common at or before step 5", "checkpoint_every=N")
-    same = planted(store, tmp_path, "checkpoint_every=0", "fingerprint_every=1")
+    same = run_planted(store, tmp_path, "checkpoint_every=0", "fingerprint_every=1")
     assert_one_line_error(mlrepro_cli(store, tmp_path, "bisect", a, same), "do not part (identical)")

@@ -6,13 +6,12 @@ and checks that compare names a one-ulp change, also while the losses are still 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from mlrepro.fingerprints import GRADIENT, PARAMETER, FingerprintRecord, compare_fingerprints
-from tests.conftest import REPO, mlrepro_cli, run_command
+from tests.conftest import mlrepro_cli, run_planted
 
 NAMES = ("head.weight", "conv.weight") * 2  # registered head first; the forward runs conv first
 KINDS = (PARAMETER, PARAMETER, GRADIENT, GRADIENT)
@@ -78,10 +77,7 @@ def test_a_resumed_runs_record_continues_the_one_it_resumed() -> None:
 
 
 def planted(store: str, cwd: Path, **env: str) -> str:
-    result = run_command([sys.executable, str(REPO / "tests" / "jobs" / "planted.py"), "fingerprint_every=1",
-                          "checkpoint_every=0"], store, cwd, **env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return next(line.split()[2] for line in result.stderr.splitlines() if line.startswith("mlrepro: run "))
+    return run_planted(store, cwd, "fingerprint_every=1", "checkpoint_every=0", **env)
 
 
 def test_compare_names_the_step_and_tensor_of_a_one_ulp_change_while_the_losses_still_agree(
