@@ -60,6 +60,38 @@ def test_the_host_sum_and_the_device_sum_agree_for_every_dtype(dtype: torch.dtyp
     assert host.tolist() == [fingerprint_of(tensor) for tensor in tensors]  # the replay's one-tensor way
 
 
+def test_kept_tensors_are_hashed_as_they_are_now_after_updates_in_place_and_a_new_storage() -> None:
+    """A parameter's view is made once: it must still show the parameter's bytes after the optimizer
+    changed them in place and after ``p.data = ...``; the tensors a view cannot show (not contiguous,
+    a narrower dtype, empty) are read again at every call."""
+    generator = torch.Generator().manual_seed(2)
+    parameters = [torch.nn.Parameter(torch.randn(4, 5, generator=generator)),
+                  torch.nn.Parameter(torch.randn(5, 4, generator=generator).t()),
+                  torch.nn.Parameter(torch.randn(6, generator=generator).half()),
+                  torch.nn.Parameter(torch.randn(3, generator=generator).double()),
+                  torch.nn.Parameter(torch.empty(0)),
+                  torch.nn.Parameter(torch.tensor(1.5))]
+    kept = Fingerprinter(parameters, CPU, kept=len(parameters))
+
+    def as_new() -> list[int]:
+        return Fingerprinter(parameters, CPU).hash(parameters).tolist()
+
+    first = kept.hash(parameters).tolist()
+    assert first == as_new()
+    with torch.no_grad():
+        for parameter in parameters:
+            parameter.mul_(3)
+    assert kept.hash(parameters).tolist() == as_new() != first
+    parameters[0].data = torch.randn(4, 5, generator=generator)
+    assert kept.hash(parameters).tolist() == as_new()
+
+
+def test_a_gradient_that_requires_grad_hashes_as_its_values() -> None:
+    """backward(create_graph=True) leaves gradients that require grad: NumPy cannot view them directly."""
+    values = torch.randn(6, 2)
+    assert fingerprint(values.clone().requires_grad_()) == fingerprint(values)
+
+
 def test_a_gradient_never_computed_hashes_as_zeros() -> None:
     shape = torch.zeros(5)
     fingerprinter = Fingerprinter([shape, shape], CPU)
