@@ -242,10 +242,14 @@ def read_only_start_up() -> dict[str, float]:
     }
 
 
-def fingerprint_cost(rounds: int = 7, steps: int = 1500) -> dict[str, float]:
+def fingerprint_cost(rounds: int = 3, steps: int = 3000, block_steps: int = 25) -> dict[str, float]:
     """Microseconds of a CIFAR-10 step on the CPU, without and with every parameter and gradient
-    fingerprinted at every step: the CIFAR-10 job's own loop (batch 4, two loader workers, one
-    thread), on files in CIFAR-10's format, alternating so that a machine that slows down slows both.
+    fingerprinted: the CIFAR-10 job's own loop (batch 4, two loader workers, one thread), on files
+    in CIFAR-10's format, with fingerprint_every=1. Within each run the fingerprints are taken in
+    alternate blocks of steps and left out in the others, so that both kinds of step share the
+    loader, the process and the moment; a step is the time between two logged losses. (Whole runs
+    with and without, one after the other, differed by more than the fingerprints cost: the
+    loader's workers start differently each time.) Also: the time inside the fingerprinting alone.
     Then the same for the CNN's compute alone (the same batch, in memory, no loader), where the
     fingerprints' share is largest."""
     import contextlib
@@ -261,19 +265,39 @@ def fingerprint_cost(rounds: int = 7, steps: int = 1500) -> dict[str, float]:
 
     torchvision.datasets.cifar.check_integrity = lambda *args, **kwargs: True  # the files are not CIFAR-10's own
     data = write_cifar10(Path(tempfile.mkdtemp()) / "data", images_per_batch=steps, test_images=10).parent
-    per_step: dict[int, list[float]] = {0: [], 1: []}
-    for _ in range(rounds):
-        for every in (0, 1):
-            spec = Cifar10Spec(data_dir=str(data), epochs=1, train_limit=4 * steps, test_limit=4, device="cpu",
-                               checkpoint_every=0, fingerprint_every=every)
+    spec = Cifar10Spec(data_dir=str(data), epochs=1, train_limit=4 * steps, test_limit=4, device="cpu",
+                       checkpoint_every=0, fingerprint_every=1)
+    take = Watch.step
+    calls: list[int] = [0]
+    inside: list[float] = []
+
+    def in_alternate_blocks(watch: Watch) -> None:
+        calls[0] += 1
+        if (calls[0] // block_steps) % 2 == 0:
+            started = time.perf_counter()
+            take(watch)
+            inside.append(time.perf_counter() - started)
+
+    plain, fingerprinted = [], []
+    Watch.step = in_alternate_blocks
+    try:
+        for _ in range(rounds):
+            calls[0] = 0
+            logged_at: list[float] = []
             with mlrepro.start_run(spec) as run, contextlib.redirect_stdout(io.StringIO()):
-                started = time.perf_counter()
+                log_loss = run.log_loss
+                run.log_loss = lambda value: (logged_at.append(time.perf_counter()), log_loss(value))
                 train(spec, run)
-                per_step[every].append((time.perf_counter() - started) / steps * 1e6)
-    # Each round's pair ran one after the other: the median of the pairs' differences is the cost,
-    # steadier than the difference of two medians when the loader's workers share the two cores.
-    job_step = statistics.median(per_step[0])
-    job_with = job_step + statistics.median(b - a for a, b in zip(per_step[0], per_step[1]))
+            # The interval before step k's loss holds step k's fingerprints when its block takes them.
+            seconds = np.diff(logged_at)
+            taken = (np.arange(2, len(logged_at) + 1) // block_steps) % 2 == 0
+            plain.append(float(np.median(seconds[~taken])) * 1e6)
+            fingerprinted.append(float(np.median(seconds[taken])) * 1e6)
+    finally:
+        Watch.step = take
+    job_step = statistics.median(plain)
+    job_with = job_step + statistics.median(b - a for a, b in zip(plain, fingerprinted))
+    hashing = statistics.median(inside) * 1e6
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -302,6 +326,8 @@ def fingerprint_cost(rounds: int = 7, steps: int = 1500) -> dict[str, float]:
     return {"CIFAR-10 job step, its loader included, us": job_step,
             "  with fingerprint_every=1 us": job_with,
             "  cost of the fingerprints, %": 100 * (job_with - job_step) / job_step,
+            "  time inside the fingerprinting, us": hashing,
+            "  that time's share of the step, %": 100 * hashing / job_step,
             "the CNN's compute alone, us": compute,
             "  with fingerprint_every=1 us ": compute_with,
             "  cost of the fingerprints there, %": 100 * (compute_with - compute) / compute,
