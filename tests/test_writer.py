@@ -140,3 +140,15 @@ def test_each_runs_writer_is_forked_ready_by_the_zygote_and_a_dead_zygote_is_rep
     with start_run(LineFitSpec()) as run:  # a new zygote, or a writer of its own
         run.log_loss(3.0)
     assert history(run.run_id) == [(0, 3.0)]
+
+
+def test_the_writer_yields_to_the_training_loop(store: str) -> None:
+    """On a machine whose cores are all busy, the writer waits and the loop does not."""
+    with start_run(LineFitSpec()) as run:
+        run.log_loss(1.0)
+        pid = run._writer.process.pid
+        deadline = time.monotonic() + 10  # it lowers its priority first thing once forked
+        while os.getpriority(os.PRIO_PROCESS, pid) <= os.getpriority(os.PRIO_PROCESS, 0) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert os.getpriority(os.PRIO_PROCESS, pid) > os.getpriority(os.PRIO_PROCESS, 0)
+    assert history(run.run_id) == [(0, 1.0)]
