@@ -18,8 +18,10 @@ sums. Integer sums are exact in any order, so both ways give the same numbers (a
 the GPU's way on the CPU). On a GPU the results stay on the device and come to the host a
 block of steps at a time, like the losses: the loop is not synchronised every step.
 
-Measured (benchmarks/): about 0.2 ms a step for the CIFAR-10 CNN's 20 tensors (124,000 words)
-on this project's 2-core machine, most of it reading the tensors from memory.
+Measured (benchmarks/): 0.17 ms a step inside the hash for the CIFAR-10 CNN's 20 tensors (124,000
+words) on this project's 2-core machine, where a second hash at once takes 0.05 ms: right after
+backward the code and the tensors are out of the caches. With what it costs the steps around it,
+6.7 % of the CIFAR-10 job's CPU step at ``fingerprint_every=1``.
 """
 
 from __future__ import annotations
