@@ -7,21 +7,24 @@ changes it, unlike an XOR or a plain sum), and a difference in one word, a one-u
 included, always changes it: ``w_i * d`` is never 0 modulo 2**32 for odd ``w_i`` and
 ``0 < |d| < 2**32``. Many words differing at once collide with probability about 2**-32.
 
-The cost is what matters, so it is made of few, large operations. On the CPU each tensor
-is read where it lies, through a NumPy view: its words times the weights go into one
-buffer (NumPy's int32 multiplication is vectorised; 64-bit multiplication is not), and
-one ``reduceat`` sums each tensor's part, wrapping in uint32. On a GPU every tensor is
-copied into a flat buffer of its dtype (one ``_foreach_copy_``), each padded to whole
-blocks of ``BLOCK_WORDS`` words, which are multiplied and summed block by block in 32-bit
-integer arithmetic; each tensor's blocks are then summed as the difference of two running
-sums. Integer sums are exact in any order, so both ways give the same numbers (a test runs
-the GPU's way on the CPU). On a GPU the results stay on the device and come to the host a
-block of steps at a time, like the losses: the loop is not synchronised every step.
+The cost is what matters, so it is made of few, large operations. On the CPU a compiled
+kernel (``mlrepro/_wordhash.c``, built when mlrepro is installed where a C compiler is at
+hand) reads every tensor once, where it lies, in one call for all of them. Without it
+NumPy computes the same numbers: each tensor is read through a NumPy view, its words
+times the weights go into one buffer (NumPy's int32 multiplication is vectorised; 64-bit
+multiplication is not), and one ``reduceat`` sums each tensor's part, wrapping in uint32.
+On a GPU every tensor is copied into a flat buffer of its dtype (one ``_foreach_copy_``),
+each padded to whole blocks of ``BLOCK_WORDS`` words, which are multiplied and summed block
+by block in 32-bit integer arithmetic; each tensor's blocks are then summed as the
+difference of two running sums. Integer sums are exact in any order, so all three ways give
+the same numbers (the tests run each of them on the CPU). On a GPU the results stay on the
+device and come to the host a block of steps at a time, like the losses: the loop is not
+synchronised every step.
 
-Measured (benchmarks/): 0.17 ms a step inside the hash for the CIFAR-10 CNN's 20 tensors (124,000
-words) on this project's 2-core machine, where a second hash at once takes 0.05 ms: right after
-backward the code and the tensors are out of the caches. With what it costs the steps around it,
-6.7 % of the CIFAR-10 job's CPU step at ``fingerprint_every=1``.
+Measured (benchmarks/): for the CIFAR-10 CNN's 20 tensors (124,000 words) right after
+backward, on this project's 2-core machine, 0.04 ms inside the compiled hash against 0.15 ms
+with NumPy: there the tensors and the interpreter's code are out of the caches, and the
+NumPy way's many calls cost more than its arithmetic.
 """
 
 from __future__ import annotations
@@ -32,6 +35,11 @@ import numpy as np
 import torch
 
 from mlrepro.fingerprints import GRADIENT, PARAMETER, FingerprintRecord
+
+try:
+    from mlrepro import _wordhash
+except ImportError:  # installed without a C compiler: NumPy computes the same numbers, more slowly
+    _wordhash = None
 
 BLOCK_WORDS = 64
 # Steps of fingerprints kept on a GPU before one copy to the host.
@@ -63,9 +71,9 @@ def _host_words(tensor: torch.Tensor) -> np.ndarray:
     on a device)."""
     itemsize = tensor.element_size()
     if itemsize in (4, 8):
-        try:  # (reshape(-1) copies a tensor that is not contiguous, in its logical order)
+        try:  # (a tensor that is not contiguous is copied, in its logical order)
             array = (tensor.detach() if tensor.requires_grad else tensor).numpy()
-            return array.reshape(-1).view(np.int32)
+            return np.ascontiguousarray(array).reshape(-1).view(np.int32)
         except (TypeError, RuntimeError):  # a dtype NumPy does not have
             pass
     flat = tensor.detach().contiguous().reshape(-1)
@@ -103,14 +111,18 @@ class Fingerprinter:
     """Hashes a fixed list of tensor shapes and dtypes (a model's parameters and their gradients)."""
 
     def __init__(self, tensors: list[torch.Tensor], device: torch.device, on_host: bool | None = None,
-                 kept: int = 0) -> None:
-        """``on_host``: sum with NumPy (the default for CPU tensors) or with torch, as on a GPU.
-        ``kept``: how many of the first tensors are passed again as the same objects at every call,
-        changed in place (a model's parameters): on the host their views are made once."""
+                 kept: int = 0, compiled: bool | None = None) -> None:
+        """``on_host``: sum on the host (the default for CPU tensors) or with torch, as on a GPU.
+        ``compiled``: on the host, with the compiled kernel (the default, where it was built) or
+        with NumPy. ``kept``: how many of the first tensors are passed again as the same objects
+        at every call, changed in place (a model's parameters): NumPy's views of them are made once."""
         self.layout = [(tuple(t.shape), t.dtype) for t in tensors]
         self.kept = kept
         self.device = device
         self.on_host = device.type == "cpu" if on_host is None else on_host
+        if compiled and _wordhash is None:
+            raise RuntimeError("mlrepro._wordhash was not built: mlrepro was installed without a C compiler")
+        self.compiled = self.on_host and _wordhash is not None and compiled is not False
         if self.on_host:
             self._init_host(tensors)
         else:
@@ -146,6 +158,13 @@ class Fingerprinter:
         # (tensor, its address, its words) of the kept tensors: made again only if it is another
         # object or its storage moved (``p.data = ...``).
         self._kept_views: list[tuple[torch.Tensor, int, np.ndarray | None] | None] = [None] * self.kept
+        # For the compiled kernel: each tensor's dtype and its count of words, where they lie in
+        # memory as the hash reads them (elements of 4, 8 or 16 bytes; 0: NumPy's way, a narrower
+        # dtype widened to words, or nothing to read).
+        self._dtypes = [t.dtype for t in tensors]
+        self._word_counts = np.array([count if t.numel() and t.element_size() % 4 == 0 else 0
+                                      for t, count in zip(tensors, words)], dtype=np.int64)
+        self._weights_np = weights
 
     def _init_device(self, tensors: list[torch.Tensor], device: torch.device) -> None:
         by_dtype: dict[torch.dtype, list[int]] = {}
@@ -186,6 +205,28 @@ class Fingerprinter:
         self._block_sums = torch.empty(blocks, dtype=torch.int32, device=device)
         self._running = torch.zeros(blocks + 1, dtype=torch.int64, device=device)
 
+    def _hash_compiled(self, tensors: list[torch.Tensor | None]) -> np.ndarray:
+        """Every tensor whose words lie in its own contiguous CPU memory, in one call of the kernel
+        (which reads ``data_ptr()`` directly, so nothing else may reach it); the rest with NumPy."""
+        addresses, elsewhere = [], []
+        strided = torch.strided
+        for column, (tensor, dtype, count) in enumerate(zip(tensors, self._dtypes, self._word_counts)):
+            if (count and tensor is not None and tensor.dtype is dtype and tensor.is_cpu
+                    and tensor.layout is strided and tensor.is_contiguous()):
+                addresses.append(tensor.data_ptr())
+            else:
+                addresses.append(0)
+                elsewhere.append(column)
+        fingerprints = np.zeros(len(tensors), dtype=np.uint32)
+        _wordhash.hash_words(addresses, self._word_counts, self._weights_np, fingerprints)
+        for column in elsewhere:
+            weights, slot, _ = self._host_columns[column]
+            tensor = tensors[column]
+            if weights is not None and tensor is not None:
+                np.multiply(_host_words(tensor.detach().cpu()).reshape(weights.shape), weights, out=slot)
+                fingerprints[column] = np.add.reduce(slot.reshape(-1).view(np.uint32), dtype=np.uint32)
+        return fingerprints
+
     def _hash_on_host(self, tensors: list[torch.Tensor | None]) -> np.ndarray:
         kept = self._kept_views
         for column, (tensor, (weights, slot, elements_are_words)) in enumerate(zip(tensors, self._host_columns)):
@@ -213,7 +254,9 @@ class Fingerprinter:
     def hash(self, tensors: list[torch.Tensor | None]) -> np.ndarray | torch.Tensor:
         """One fingerprint per tensor: uint32 on the host for CPU tensors, else int64 on the device
         (brought home later, in blocks). A missing tensor (a gradient never computed) hashes as zeros."""
-        return self._hash_on_host(tensors) if self.on_host else self._hash_on_device(tensors)
+        if not self.on_host:
+            return self._hash_on_device(tensors)
+        return self._hash_compiled(tensors) if self.compiled else self._hash_on_host(tensors)
 
     @torch.no_grad()
     def _hash_on_device(self, tensors: list[torch.Tensor | None]) -> torch.Tensor:

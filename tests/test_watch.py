@@ -2,30 +2,51 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mlrepro import watch
 from mlrepro.fingerprints import GRADIENT, PARAMETER
 from mlrepro.watch import Fingerprinter, Watch, fingerprint_of
 
 CPU = torch.device("cpu")
+NOT_BUILT = "mlrepro._wordhash was not built (no C compiler at install)"
+# The three ways to the same numbers, all run here on the CPU: the compiled kernel, NumPy
+# (where the kernel was not built), and torch's block sums (a GPU's way).
+WAYS = {
+    "compiled": pytest.param({"compiled": True}, id="compiled",
+                             marks=pytest.mark.skipif(watch._wordhash is None, reason=NOT_BUILT)),
+    "numpy": pytest.param({"compiled": False}, id="numpy"),
+    "device": pytest.param({"on_host": False}, id="device"),
+}
 
 
-def fingerprint(tensor: torch.Tensor, on_host: bool | None = None) -> int:
-    return int(Fingerprinter([tensor], CPU, on_host=on_host).hash([tensor])[0])
+def fingerprint(tensor: torch.Tensor, **way: bool) -> int:
+    return int(Fingerprinter([tensor], CPU, **way).hash([tensor])[0])
 
 
-@settings(max_examples=60, deadline=None)
+def test_the_compiled_hash_was_built_where_ci_requires_it() -> None:
+    """CI installs with gcc at hand: there the kernel must be built, or its tests would skip unseen."""
+    if os.environ.get("MLREPRO_REQUIRE_COMPILED") != "1":
+        pytest.skip("MLREPRO_REQUIRE_COMPILED is not 1")
+    assert watch._wordhash is not None, NOT_BUILT
+    assert Fingerprinter([torch.zeros(3)], CPU).compiled
+
+
+@pytest.mark.parametrize("way", WAYS.values())
+@settings(max_examples=40, deadline=None)
 @given(size=st.integers(1, 5000), position=st.integers(0, 10**6), seed=st.integers(0, 2**31))
-def test_one_ulp_anywhere_changes_the_fingerprint(size: int, position: int, seed: int) -> None:
+def test_one_ulp_anywhere_changes_the_fingerprint(way: dict[str, bool], size: int, position: int, seed: int) -> None:
     values = torch.randn(size, generator=torch.Generator().manual_seed(seed))
     moved = values.clone()
     i = position % size
     moved[i] = torch.nextafter(moved[i], torch.tensor(float("inf")))
-    assert fingerprint(values) != fingerprint(moved)
+    assert fingerprint(values, **way) != fingerprint(moved, **way)
 
 
 def test_it_depends_on_the_order_of_the_values_not_only_on_which_they_are() -> None:
@@ -48,16 +69,38 @@ def test_a_tensors_fingerprint_does_not_depend_on_the_tensors_beside_it() -> Non
     assert int(among[1]) == alone
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16, torch.int64, torch.bool])
-def test_the_host_sum_and_the_device_sum_agree_for_every_dtype(dtype: torch.dtype) -> None:
-    """The GPU's way (torch block sums) runs here on the CPU: it must give the host's numbers."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16, torch.int64,
+                                   torch.bool, torch.complex128])
+@pytest.mark.parametrize("way", [WAYS["compiled"], WAYS["device"]])
+def test_every_way_gives_numpys_numbers_for_every_dtype_and_layout(dtype: torch.dtype, way: dict[str, bool]) -> None:
+    """The compiled kernel reads contiguous tensors itself and leaves the rest (not contiguous, a
+    narrower dtype widened, empty, missing) to NumPy; the GPU's way copies all of them. Each must
+    give what NumPy gives, and the replay's one-tensor ``fingerprint_of`` too."""
     generator = torch.Generator().manual_seed(1)
-    tensors = [(torch.randn(shape, generator=generator) * 100).to(dtype) for shape in [(7,), (3, 65), (130,)]]
-    host = Fingerprinter(tensors, CPU, on_host=True).hash(tensors)
-    device = Fingerprinter(tensors, CPU, on_host=False).hash(tensors)
-    assert isinstance(host, np.ndarray) and host.dtype == np.uint32
-    assert host.tolist() == device.tolist()
-    assert host.tolist() == [fingerprint_of(tensor) for tensor in tensors]  # the replay's one-tensor way
+    tensors = [(torch.randn(shape, generator=generator) * 100).to(dtype) for shape in [(7,), (3, 65), (130,), ()]]
+    tensors += [tensors[1].t(), tensors[2][::3], torch.empty(0, dtype=dtype)]
+    expected = Fingerprinter(tensors, CPU, compiled=False).hash(tensors)
+    got = Fingerprinter(tensors, CPU, **way).hash(tensors)
+    assert isinstance(expected, np.ndarray) and expected.dtype == np.uint32
+    assert got.tolist() == expected.tolist()
+    assert expected.tolist() == [fingerprint_of(tensor) for tensor in tensors]
+    with_one_missing = [*tensors[:-1], None]
+    assert (Fingerprinter(tensors, CPU, **way).hash(with_one_missing).tolist()
+            == Fingerprinter(tensors, CPU, compiled=False).hash(with_one_missing).tolist())
+
+
+@pytest.mark.skipif(watch._wordhash is None, reason=NOT_BUILT)
+def test_the_kernel_refuses_counts_it_has_no_weights_for() -> None:
+    """It reads raw addresses: what it can check (lengths, counts against the weights) it checks."""
+    words, weights, out = np.arange(8, dtype=np.int32), np.ones(4, dtype=np.int32), np.zeros(1, dtype=np.uint32)
+    with pytest.raises(ValueError):
+        watch._wordhash.hash_words([words.ctypes.data], np.array([8]), weights, out)
+    with pytest.raises(ValueError):
+        watch._wordhash.hash_words([words.ctypes.data, 0], np.array([4]), weights, out)
+    with pytest.raises(TypeError):
+        watch._wordhash.hash_words([words.ctypes.data], np.array([4], dtype=np.int32), weights, out)
+    watch._wordhash.hash_words([words.ctypes.data], np.array([4]), weights, out)
+    assert out.tolist() == [0 + 1 + 2 + 3]
 
 
 def test_kept_tensors_are_hashed_as_they_are_now_after_updates_in_place_and_a_new_storage() -> None:
@@ -71,10 +114,10 @@ def test_kept_tensors_are_hashed_as_they_are_now_after_updates_in_place_and_a_ne
                   torch.nn.Parameter(torch.randn(3, generator=generator).double()),
                   torch.nn.Parameter(torch.empty(0)),
                   torch.nn.Parameter(torch.tensor(1.5))]
-    kept = Fingerprinter(parameters, CPU, kept=len(parameters))
+    kept = Fingerprinter(parameters, CPU, kept=len(parameters), compiled=False)
 
     def as_new() -> list[int]:
-        return Fingerprinter(parameters, CPU).hash(parameters).tolist()
+        return Fingerprinter(parameters, CPU, on_host=False).hash(parameters).tolist()
 
     first = kept.hash(parameters).tolist()
     assert first == as_new()
@@ -86,15 +129,17 @@ def test_kept_tensors_are_hashed_as_they_are_now_after_updates_in_place_and_a_ne
     assert kept.hash(parameters).tolist() == as_new()
 
 
-def test_a_gradient_that_requires_grad_hashes_as_its_values() -> None:
+@pytest.mark.parametrize("way", WAYS.values())
+def test_a_gradient_that_requires_grad_hashes_as_its_values(way: dict[str, bool]) -> None:
     """backward(create_graph=True) leaves gradients that require grad: NumPy cannot view them directly."""
     values = torch.randn(6, 2)
-    assert fingerprint(values.clone().requires_grad_()) == fingerprint(values)
+    assert fingerprint(values.clone().requires_grad_(), **way) == fingerprint(values, **way)
 
 
-def test_a_gradient_never_computed_hashes_as_zeros() -> None:
+@pytest.mark.parametrize("way", WAYS.values())
+def test_a_gradient_never_computed_hashes_as_zeros(way: dict[str, bool]) -> None:
     shape = torch.zeros(5)
-    fingerprinter = Fingerprinter([shape, shape], CPU)
+    fingerprinter = Fingerprinter([shape, shape], CPU, **way)
     assert fingerprinter.hash([torch.ones(5), None]).tolist() == fingerprinter.hash([torch.ones(5), torch.zeros(5)]).tolist()
 
 
