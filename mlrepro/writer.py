@@ -25,6 +25,7 @@ torch and MLflow are imported, so that the zygote's imports overlap the parent's
 from __future__ import annotations
 
 import atexit
+import gc
 import json
 import os
 import select
@@ -360,9 +361,13 @@ def zygote(descriptor: int) -> int:
     from mlflow.tracking import MlflowClient  # noqa: F401
 
     from mlrepro import spool  # noqa: F401
-    from mlrepro.record import sqlite_schema_is_current
+    from mlrepro.record import latest_schema_revision
 
-    sqlite_schema_is_current(Path(os.devnull))  # loads the schema's migration scripts, once, for every writer
+    latest_schema_revision()  # loads the schema's migration scripts (50 ms), once, for every writer
+    # What the imports made lives as long as the writers: out of the collector's sight, a
+    # writer's collections do not walk MLflow's hundreds of thousands of objects each time
+    # its store makes a thousand metrics (they took most of a short run's delivery).
+    gc.freeze()
     channel = socket.socket(fileno=descriptor)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # its writers are reaped as they exit
     while True:
