@@ -21,6 +21,7 @@ def test_untracked_files_are_counted_apart_and_only_tracked_changes_make_a_run_d
     git(tmp_path, "init", "-q")
     (tmp_path / "train.py").write_text("print(1)\n")
     git(tmp_path, "add", "train.py")
+    assert git_facts(tmp_path)["git_commit"] == UNAVAILABLE  # no commit yet
     git(tmp_path, "commit", "-q", "-m", "x")
     clean = git_facts(tmp_path)
     assert len(clean["git_commit"]) == 40
@@ -35,6 +36,10 @@ def test_untracked_files_are_counted_apart_and_only_tracked_changes_make_a_run_d
     assert edited["git_dirty"] == "true" and edited["git_diff_digest"] != NO_CHANGES
     (tmp_path / "train.py").write_text("print(3)\n")
     assert git_facts(tmp_path)["git_diff_digest"] != edited["git_diff_digest"]
+    git(tmp_path, "checkout", "-q", "train.py")
+    git(tmp_path, "add", "spec.yaml")  # staged, never committed: a change to the tracked files
+    staged = git_facts(tmp_path)
+    assert (staged["git_dirty"], staged["git_untracked"]) == ("true", "0") and staged["git_diff_digest"] != NO_CHANGES
 
 
 SCRIPT = """
