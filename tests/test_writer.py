@@ -142,6 +142,26 @@ def test_each_runs_writer_is_forked_ready_by_the_zygote_and_a_dead_zygote_is_rep
     assert history(run.run_id) == [(0, 3.0)]
 
 
+def test_the_next_runs_writer_is_forked_as_a_run_ends_unless_mlflow_run_started_the_process(
+        store: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Forked as a run starts, the next run's writer opened its store on the cores the run was starting
+    on; forked as it ends, it does so between runs. A process `mlflow run` started holds one run."""
+    from mlrepro import writer
+
+    with start_run(LineFitSpec()) as run:
+        run.log_loss(1.0)
+        assert writer._spare is None
+    spare = writer._spare
+    assert spare is not None and spare.poll() is None
+    with start_run(LineFitSpec()) as run:
+        assert run._writer.process is spare
+    writer._spare.kill()
+    writer._spare = None
+    monkeypatch.setenv("MLFLOW_RUN_ID", "0" * 32)
+    writer._prepare_next(store)
+    assert writer._spare is None
+
+
 def test_the_writer_yields_to_the_training_loop(store: str) -> None:
     """On a machine whose cores are all busy, the writer waits and the loop does not."""
     with start_run(LineFitSpec()) as run:
