@@ -28,9 +28,9 @@ import tempfile
 import time
 import zipfile
 from array import array
-from functools import cache
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 

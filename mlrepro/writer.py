@@ -185,9 +185,11 @@ def _prepare_next(tracking_uri: str) -> None:
     """Fork the next run's writer once this run's is done: opening its store (about 0.3 s of CPU)
     then overlaps what the process does between runs, not this run's start on two cores, where it
     competed with the run and its writer (0.05 to 0.1 s of a short run here). A process that
-    ``mlflow run`` started holds one run: it forks none."""
+    ``mlflow run`` started holds one run: it forks none. Never raises: this run is delivered, and a
+    next run that finds no writer forked ahead forks or spawns its own."""
     if not os.environ.get("MLFLOW_RUN_ID"):
-        prestart(tracking_uri)
+        with contextlib.suppress(OSError):
+            prestart(tracking_uri)
 
 
 _open_pipes: set[int] = set()

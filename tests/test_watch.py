@@ -129,6 +129,18 @@ def test_kept_tensors_are_hashed_as_they_are_now_after_updates_in_place_and_a_ne
     assert kept.hash(parameters).tolist() == as_new()
 
 
+@pytest.mark.parametrize("way", [WAYS["compiled"], WAYS["numpy"]])
+def test_a_tensor_of_another_size_than_the_watched_one_is_refused_not_read_past(way: dict[str, bool]) -> None:
+    """``p.data = smaller`` gives a parameter another shape: the kernel must not read the old
+    shape's count of words from the new, smaller memory."""
+    parameter = torch.nn.Parameter(torch.randn(100_000))
+    fingerprinter = Fingerprinter([parameter], CPU, kept=1, **way)
+    fingerprinter.hash([parameter])
+    parameter.data = torch.randn(10)
+    with pytest.raises(ValueError):
+        fingerprinter.hash([parameter])
+
+
 @pytest.mark.parametrize("way", WAYS.values())
 def test_a_gradient_that_requires_grad_hashes_as_its_values(way: dict[str, bool]) -> None:
     """backward(create_graph=True) leaves gradients that require grad: NumPy cannot view them directly."""
