@@ -160,11 +160,9 @@ class Fingerprinter:
         # (tensor, its address, its words) of the kept tensors: made again only if it is another
         # object or its storage moved (``p.data = ...``).
         self._kept_views: list[tuple[torch.Tensor, int, np.ndarray | None] | None] = [None] * self.kept
-        # For the compiled kernel: each tensor's dtype and its count of words, where they lie in
-        # memory as the hash reads them (elements of 4, 8 or 16 bytes; 0: NumPy's way, a narrower
-        # dtype widened to words, or nothing to read).
-        self._dtypes = [t.dtype for t in tensors]
-        self._numels = [t.numel() for t in tensors]
+        # For the compiled kernel: each tensor's count of words, where they lie in memory as the
+        # hash reads them (elements of 4, 8 or 16 bytes; 0: NumPy's way, a narrower dtype widened
+        # to words, or nothing to read).
         self._word_counts = np.array([count if t.numel() and t.element_size() % 4 == 0 else 0
                                       for t, count in zip(tensors, words)], dtype=np.int64)
         self._weights_np = weights
@@ -213,10 +211,9 @@ class Fingerprinter:
         (which reads ``data_ptr()`` directly, so nothing else may reach it); the rest with NumPy."""
         addresses, elsewhere = [], []
         strided = torch.strided
-        for column, (tensor, dtype, numel, count) in enumerate(zip(tensors, self._dtypes, self._numels,
-                                                                   self._word_counts)):
+        for column, (tensor, (shape, dtype), count) in enumerate(zip(tensors, self.layout, self._word_counts)):
             if (count and tensor is not None and tensor.dtype is dtype and tensor.is_cpu and tensor.layout is strided
-                    and tensor.is_contiguous() and tensor.numel() == numel):
+                    and tensor.is_contiguous() and tensor.shape == shape):
                 addresses.append(tensor.data_ptr())
             else:
                 addresses.append(0)
