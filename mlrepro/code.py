@@ -164,11 +164,7 @@ _sifted: dict[int, object] = {}
 _files_outside_installation: list[str] = []
 
 
-def _installations() -> tuple[str, ...]:
-    return tuple(str(Path(prefix).resolve()) + os.sep for prefix in {sys.prefix, sys.base_prefix, sys.exec_prefix})
-
-
-def _loaded_files() -> list[str]:
+def _loaded_files(installations: tuple[str, ...]) -> list[str]:
     """The Python files of the modules this process has loaded, outside Python's installation.
 
     A process with torch loaded holds thousands of modules; each is sifted once a process, so a
@@ -176,7 +172,6 @@ def _loaded_files() -> list[str]:
     memory has gone cold by then (0.04 to 0.05 s a run here). A file stays once its module was
     loaded, as the code that ran. Read from each module's own namespace: getattr would call the
     module-level ``__getattr__`` of each module without a ``__file__``."""
-    installations = _installations()
     for module in list(sys.modules.values()):
         if _sifted.get(id(module)) is module:
             continue
@@ -194,10 +189,10 @@ def _sources(project: Path, extra: Iterable[Path]) -> dict[str, str]:
     project's own are read."""
     # Python's own installation (a virtualenv inside the project, a pyenv under a home folder
     # kept in git) holds libraries, never the job.
-    installations = _installations()
+    installations = tuple(str(Path(prefix).resolve()) + os.sep for prefix in {sys.prefix, sys.base_prefix, sys.exec_prefix})
     root = str(project) + os.sep
     found = {}
-    for text in {*_loaded_files(), *(str(path) for path in extra)}:
+    for text in {*_loaded_files(installations), *(str(path) for path in extra)}:
         if not text.endswith(".py") or not text.startswith(root) or text.startswith(installations):
             continue
         file = Path(text)
