@@ -1,20 +1,30 @@
-"""Shared fixtures: a real MLflow SQLite store in a temporary folder, and job subprocesses."""
+"""Shared fixtures: a real MLflow store in a temporary folder (copied from one migrated template), the
+team tier's one `mlflow server` on PostgreSQL, and job subprocesses.
+
+Two tiers: a test that starts a process (a job, `mlflow run`, torchrun, a server, a browser) carries the
+marker ``e2e``; ``pytest -m "not e2e"`` is the fast tier, every rule checked in this process.
+"""
 
 from __future__ import annotations
 
 import importlib.util
 import os
 import random
+import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import click
 import mlflow
 import pytest
+from click.testing import CliRunner, Result
 from hypothesis import HealthCheck, settings
 
 from tests.helpers.postgres import Postgres, postgres_bin
@@ -61,34 +71,148 @@ def postgres() -> Iterator[Postgres]:
     cluster.stop()
 
 
-@pytest.fixture
-def team_server(tmp_path: Path, postgres: Postgres) -> Iterator[MlflowServer]:
-    """`mlflow server` with its runs in a new PostgreSQL database and artifacts served from a folder."""
-    server = MlflowServer(tmp_path / "team-server", backend_uri=postgres.create_database(f"mlflow_{uuid.uuid4().hex}"))
+@pytest.fixture(scope="session")
+def team_server(tmp_path_factory: pytest.TempPathFactory, postgres: Postgres) -> Iterator[MlflowServer]:
+    """One `mlflow server` for the session, its runs in PostgreSQL and its artifacts served from a
+    folder, as a team runs it. Each test gets an experiment of its own on it (``team_experiment``)."""
+    server = MlflowServer(tmp_path_factory.mktemp("team-server"), backend_uri=postgres.create_database("mlflow_team"))
     server.start()
     yield server
     server.stop()
 
 
 @pytest.fixture
-def store(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A fresh tracking store: a SQLite file whose artifacts land under tmp_path too (MLflow puts them
-    in ./mlruns), or, in the team tier, a team's `mlflow server` (``http://127.0.0.1:PORT``)."""
-    if getattr(request, "param", "sqlite") == "team":
-        uri = request.getfixturevalue("team_server").uri
-    else:
-        uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.chdir(tmp_path)
+def team_experiment(team_server: MlflowServer, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A new experiment on the session's team server; this test's runs, its jobs' and `mlflow run`'s
+    go there (MLFLOW_EXPERIMENT_ID), so tests sharing the server never see each other's runs."""
+    experiment_id = mlflow.MlflowClient(team_server.uri).create_experiment(f"test-{uuid.uuid4().hex}")
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", experiment_id)
+    return experiment_id
+
+
+def experiment() -> str:
+    """The experiment this test's runs go to: its own on the team server, else the store's default."""
+    return os.environ.get("MLFLOW_EXPERIMENT_ID", "0")
+
+
+def make_store_template(folder: Path) -> Path:
+    """A SQLite store whose schema MLflow has migrated, its default experiment's artifacts in
+    ``folder/mlruns``. Migrating takes seconds; tests copy the file (``copy_store``) instead."""
+    folder.mkdir(parents=True, exist_ok=True)
+    database = folder / "mlflow.db"
+    client = mlflow.MlflowClient(f"sqlite:///{database}")
+    client.search_experiments(max_results=1)  # creates the schema, and the default experiment...
+    with sqlite3.connect(database) as db:      # ...whose artifacts MLflow placed under the cwd
+        db.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
+                   (str(folder / "mlruns" / "0"),))
+    return folder
+
+
+def copy_store(template: Path, folder: Path) -> str:
+    """A copy of a template store (its database and artifacts) in ``folder``, every artifact
+    location moved there too, so writes to the copy never reach the template; its URI."""
+    shutil.copytree(template, folder, dirs_exist_ok=True)
+    database = folder / "mlflow.db"
+    with sqlite3.connect(database) as db:
+        db.execute("UPDATE experiments SET artifact_location = replace(artifact_location, ?, ?)",
+                   (str(template), str(folder)))
+        db.execute("UPDATE runs SET artifact_uri = replace(artifact_uri, ?, ?)", (str(template), str(folder)))
+    return f"sqlite:///{database}"
+
+
+@pytest.fixture(scope="session")
+def store_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's one migrated, empty SQLite store."""
+    return make_store_template(tmp_path_factory.mktemp("store-template"))
+
+
+def use_store(uri: str, cwd: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Point this process, and every command a test starts, at ``uri``, from ``cwd``."""
+    monkeypatch.chdir(cwd)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     mlflow.set_tracking_uri(uri)
-    # Made here, before any job starts: two processes that open a missing SQLite store at once
-    # both run MLflow's schema migrations, and one fails ("expected to match one row").
-    mlflow.MlflowClient(uri).search_experiments(max_results=1)
+
+
+@pytest.fixture
+def store(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+          store_template: Path) -> Iterator[str]:
+    """A fresh tracking store: a SQLite file whose artifacts land under tmp_path too (copied from
+    the session's template), or, in the team tier, an experiment of this test's own on the team's
+    `mlflow server` (``http://127.0.0.1:PORT``)."""
+    if getattr(request, "param", "sqlite") == "team":
+        request.getfixturevalue("team_experiment")
+        uri = request.getfixturevalue("team_server").uri
+    else:
+        uri = copy_store(store_template, tmp_path)
+    use_store(uri, tmp_path, monkeypatch)
     yield uri
     while mlflow.active_run() is not None:
         mlflow.end_run()
     mlflow.set_tracking_uri(None)
+
+
+@dataclass(frozen=True)
+class LineFitRuns:
+    """Line-fit runs made once a session, read by many tests: ``same_a`` and ``same_b`` ran the same
+    spec (seed 3, 30 steps), ``other_seed`` seed 4; ``folder`` is their store, for ``copy_store``."""
+
+    folder: Path
+    same_a: str
+    same_b: str
+    other_seed: str
+
+
+@pytest.fixture(scope="session")
+def linefit_runs(tmp_path_factory: pytest.TempPathFactory, store_template: Path) -> LineFitRuns:
+    """Made in this process: that two processes repeat bit for bit is proven end to end, once
+    (test_mlflow_run); tests of what is done with runs read these."""
+    from mlrepro.spec import LineFitSpec
+    from mlrepro.tracking import start_run
+    from projects.linefit.train import train
+
+    folder = tmp_path_factory.mktemp("linefit-runs")
+    uri = copy_store(store_template, folder)
+    made = []
+    with pytest.MonkeyPatch.context() as patch:
+        use_store(uri, folder, patch)
+        patch.setenv("MLREPRO_SPOOL_DIR", str(folder / "spool"))
+        for seed in (3, 3, 4):
+            spec = LineFitSpec(seed=seed, steps=30)
+            with start_run(spec) as run:
+                train(spec, run)
+            made.append(run.run_id)
+        mlflow.set_tracking_uri(None)
+    return LineFitRuns(folder, *made)
+
+
+@pytest.fixture
+def linefit_store(linefit_runs: LineFitRuns, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LineFitRuns]:
+    """This test's own copy of the session's line-fit runs, the current store."""
+    use_store(copy_store(linefit_runs.folder, tmp_path), tmp_path, monkeypatch)
+    yield linefit_runs
+    mlflow.set_tracking_uri(None)
+
+
+def run_here(command: click.Command, *args: str) -> Result:
+    """A command line (mlrepro's, or a job's) in this process, as its own process would run it:
+    exit code, stdout and stderr apart. Tests of messages and exit codes use this; a test that
+    needs a process of its own (a signal, a repeat across processes) is ``e2e``."""
+    import mlrepro.code
+
+    with pytest.MonkeyPatch.context() as patch:
+        # A job's command line marks the process as one; this process runs more than one.
+        patch.setattr(mlrepro.code, "_takes_spec_file", False)
+        return CliRunner().invoke(command, list(args), catch_exceptions=False)
+
+
+def assert_one_line_error_here(result: Result, *fragments: str) -> None:
+    """A user error from a command run in this process: exit 2, one line 'mlrepro: error: ...'."""
+    assert result.exit_code == 2, (result.stdout, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.startswith("mlrepro: error:")]
+    assert len(lines) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
 
 
 def job_env(store_uri: str, **extra_env: str) -> dict[str, str]:
@@ -126,7 +250,9 @@ def mlrepro_cli(store_uri: str, cwd: Path, *args: str) -> subprocess.CompletedPr
 
 
 def only_run_id(store_uri: str) -> str:
-    runs = mlflow.MlflowClient(store_uri).search_runs(experiment_ids=["0"], order_by=["attributes.start_time DESC"])
+    """The newest run of this test's experiment."""
+    runs = mlflow.MlflowClient(store_uri).search_runs(experiment_ids=[experiment()],
+                                                      order_by=["attributes.start_time DESC"])
     return runs[0].info.run_id
 
 
@@ -187,7 +313,7 @@ def kill_after_checkpoints(store: str, job: subprocess.Popen[str], at_least: int
     run_id = None
     while time.monotonic() < deadline:
         assert job.poll() is None, f"the job ended before it could be killed: {job.stderr.read()[-2000:]}"
-        runs = mlflow.MlflowClient().search_runs(["0"])
+        runs = mlflow.MlflowClient().search_runs([experiment()])
         if runs:
             run_id = runs[0].info.run_id
             if len(checkpoints(run_id)) >= at_least:

@@ -1,4 +1,7 @@
-"""The command line as a user meets it: verdicts, exit codes, and one line for every mistake."""
+"""The command line as a user meets it: verdicts, exit codes, and one line for every mistake.
+
+Checked in this process (click's runner) on the session's shared line-fit runs; one test starts the
+command in a process of its own, as a shell does."""
 
 from __future__ import annotations
 
@@ -9,15 +12,15 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from tests.conftest import assert_one_line_error, mlrepro_cli, only_run_id, run_command, run_linefit
+from mlrepro.cli import job_command, main, spec_file_command
+from mlrepro.spec import LineFitSpec
+from projects import TRAINERS
+from projects.linefit.train import train
+from tests.conftest import (
+    LineFitRuns, assert_one_line_error, assert_one_line_error_here, mlrepro_cli, only_run_id, run_command, run_here,
+)
 
-
-def two_runs(store: str, cwd: Path, *other: str) -> tuple[str, str]:
-    assert run_linefit(store, cwd, "seed=3", "steps=30").returncode == 0
-    first = only_run_id(store)
-    assert run_linefit(store, cwd, "steps=30", *other).returncode == 0
-    return first, only_run_id(store)
-
+LINEFIT = job_command(LineFitSpec, train)
 
 # Runs each command line in this one process, then says whether torch was imported on the way.
 IMPORTS_TORCH = """
@@ -32,18 +35,15 @@ print("torch imported:", "torch" in sys.modules)
 """
 
 
-@pytest.mark.both_stores
-def test_identical_runs_exit_0_different_runs_exit_1_naming_the_step_and_the_cause(tmp_path: Path, store: str) -> None:
-    a, b = two_runs(store, tmp_path, "seed=3")
-    assert run_linefit(store, tmp_path, "steps=30", "seed=4").returncode == 0
-    c = only_run_id(store)
+def test_identical_runs_exit_0_different_runs_exit_1_naming_the_step_and_the_cause(linefit_store: LineFitRuns) -> None:
+    a, b, c = linefit_store.same_a, linefit_store.same_b, linefit_store.other_seed
 
-    result = mlrepro_cli(store, tmp_path, "compare", a, b)
-    assert result.returncode == 0, result.stderr
+    result = run_here(main, "compare", a, b)
+    assert result.exit_code == 0, result.stderr
     assert result.stdout.startswith(f"identical: runs {a} and {b} logged the same 30 losses, bit for bit")
 
-    result = mlrepro_cli(store, tmp_path, "compare", a[:8], c[:12])  # unique prefixes, as find and show print them
-    assert result.returncode == 1, result.stderr
+    result = run_here(main, "compare", a[:8], c[:12])  # unique prefixes, as find and show print them
+    assert result.exit_code == 1, result.stderr
     lines = result.stdout.splitlines()
     # Another seed draws other initial weights: the fingerprints part before the first update.
     assert lines[0] == f"different: runs {a} and {c} first differ at step 0: 0.weight (parameter)"
@@ -54,12 +54,24 @@ def test_identical_runs_exit_0_different_runs_exit_1_naming_the_step_and_the_cau
     assert "30 of 30 common steps differ" in lines[5]
     assert any(line.split()[:5] == ["spec", "seed", "3", "|", "4"] for line in lines)
 
-    as_json = json.loads(mlrepro_cli(store, tmp_path, "compare", "--json", a, c).stdout)
+    as_json = json.loads(run_here(main, "compare", "--json", a, c).stdout)
     assert as_json["identical"] is False and as_json["first_divergent_step"] == 0
     assert [(d["source"], d["key"], d["value_a"], d["value_b"]) for d in as_json["differences"]] == [
         ("spec", "seed", "3", "4")
     ]
     assert as_json["diagnosis"].startswith("most likely cause: seed (3 | 4): another seed draws")
+
+
+@pytest.mark.e2e
+def test_in_a_process_of_its_own_compare_exits_as_documented_and_reading_never_imports_torch(
+    linefit_store: LineFitRuns, tmp_path: Path
+) -> None:
+    store = mlflow.get_tracking_uri()
+    a, c = linefit_store.same_a, linefit_store.other_seed
+    different = mlrepro_cli(store, tmp_path, "compare", a[:8], c[:12])
+    assert different.returncode == 1, different.stderr
+    assert different.stdout.startswith(f"different: runs {a} and {c} first differ at step 0")
+    assert_one_line_error(mlrepro_cli(store, tmp_path, "compare", a, "nosuchrun"), "no run 'nosuchrun'")
 
     # Reading commands never import torch: --help and compare start in a fraction of the time.
     commands = [["--help"], ["compare", a, c], ["show", a], ["find"]]
@@ -68,28 +80,27 @@ def test_identical_runs_exit_0_different_runs_exit_1_naming_the_step_and_the_cau
     assert "torch imported: False" in light.stdout
 
 
-def test_compare_errors_exit_2_with_one_line(tmp_path: Path, store: str) -> None:
-    assert run_linefit(store, tmp_path, "steps=3").returncode == 0
-    real = only_run_id(store)
-    assert_one_line_error(mlrepro_cli(store, tmp_path, "compare", real, "nosuchrun"), "no run 'nosuchrun'")
+def test_compare_errors_exit_2_with_one_line(linefit_store: LineFitRuns, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = linefit_store.same_a
+    assert_one_line_error_here(run_here(main, "compare", real, "nosuchrun"), "no run 'nosuchrun'")
 
     with mlflow.start_run() as empty:
         mlflow.log_param("seed", "1")
-    assert_one_line_error(mlrepro_cli(store, tmp_path, "compare", real, empty.info.run_id), "logged no 'loss' metric")
+    assert_one_line_error_here(run_here(main, "compare", real, empty.info.run_id), "logged no 'loss' metric")
 
-    unreachable = run_command(
-        [sys.executable, "-m", "mlrepro", "compare", real, real], "http://127.0.0.1:9", tmp_path,
-        MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="5",
-    )
-    assert_one_line_error(unreachable, "cannot reach the tracking server at http://127.0.0.1:9")
-
-
-def test_compare_without_two_runs_is_a_usage_error(tmp_path: Path, store: str) -> None:
-    result = mlrepro_cli(store, tmp_path, "compare", "onlyone")
-    assert result.returncode == 2 and "Missing argument" in result.stderr and "Traceback" not in result.stderr
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    mlflow.set_tracking_uri("http://127.0.0.1:9")
+    assert_one_line_error_here(run_here(main, "compare", real, real),
+                               "cannot reach the tracking server at http://127.0.0.1:9")
 
 
-def test_bad_job_input_exits_2_with_one_line_and_logs_nothing(tmp_path: Path, store: str) -> None:
+def test_compare_without_two_runs_is_a_usage_error() -> None:
+    result = run_here(main, "compare", "onlyone")
+    assert result.exit_code == 2 and "Missing argument" in result.stderr
+
+
+def test_bad_job_input_exits_2_with_one_line_and_logs_nothing(store: str) -> None:
     cases = [
         (["seed=-1"], "seed: must be from 0 to 4294967295 (got '-1')"),
         (["steps=0"], "steps: must be from 1 to 1000000000"),
@@ -101,17 +112,17 @@ def test_bad_job_input_exits_2_with_one_line_and_logs_nothing(tmp_path: Path, st
         (["--spec", "missing.yaml"], "spec file not found: missing.yaml"),
     ]
     for words, message in cases:
-        assert_one_line_error(run_linefit(store, tmp_path, *words), message)
+        assert_one_line_error_here(run_here(LINEFIT, *words), message)
     assert mlflow.MlflowClient().search_runs(["0"]) == []
 
 
 def test_a_spec_file_runs_and_words_override_it(tmp_path: Path, store: str) -> None:
     (tmp_path / "spec.yaml").write_text("job: linefit\nseed: 5\nsteps: 7\n")
-    result = run_linefit(store, tmp_path, "--spec", "spec.yaml", "steps=9")
-    assert result.returncode == 0, result.stderr
+    result = run_here(LINEFIT, "--spec", "spec.yaml", "steps=9")
+    assert result.exit_code == 0, result.stderr
     params = mlflow.MlflowClient().get_run(only_run_id(store)).data.params
     assert (params["seed"], params["steps"]) == ("5", "9")
 
-    by_job_field = run_command([sys.executable, "-m", "projects", "--spec", "spec.yaml"], store, tmp_path)
-    assert by_job_field.returncode == 0, by_job_field.stderr
+    by_job_field = run_here(spec_file_command(TRAINERS), "--spec", "spec.yaml")
+    assert by_job_field.exit_code == 0, by_job_field.stderr
     assert mlflow.MlflowClient().get_run(only_run_id(store)).data.params["steps"] == "7"

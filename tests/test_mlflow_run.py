@@ -8,7 +8,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from tests.conftest import mlflow_run, mlrepro_cli, only_run_id, run_command
+from tests.conftest import experiment, mlflow_run, mlrepro_cli, only_run_id, run_command
 
 
 def launched(store: str, cwd: Path, *params: str) -> str:
@@ -51,7 +51,7 @@ def test_mlflow_run_twice_is_identical_and_another_seed_differs_from_step_0(tmp_
     plots = [entry.path for entry in client.list_artifacts(made.info.run_id, "mlrepro/compare")]
     assert plots == [f"mlrepro/compare/{first}-vs-{other_seed}.png"]
     # A CI gate asks for a difference to fail the run: exactly what `-P fail_on_difference=true` passes on.
-    gate_run = client.create_run("0").info.run_id
+    gate_run = client.create_run(experiment()).info.run_id
     gate = run_command([sys.executable, "-m", "mlrepro", "compare", first, other_seed, "--on-launched-run",
                         "--fail-on-difference", "true"], store, tmp_path, MLFLOW_RUN_ID=gate_run)
     assert gate.returncode == 1, gate.stderr

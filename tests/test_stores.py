@@ -15,7 +15,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from tests.conftest import job_env
+from tests.conftest import experiment, job_env
 from tests.helpers.server import MlflowServer
 
 STEPS = 10_000
@@ -49,7 +49,7 @@ def log_at_once(uri: str, cwd: Path, runs: int) -> None:
 
 def assert_every_step_of_every_run(uri: str, runs: int) -> None:
     client = mlflow.MlflowClient(uri)
-    found = client.search_runs(["0"])
+    found = client.search_runs([experiment()])
     assert sorted(int(run.data.params["seed"]) for run in found) == list(range(runs))
     counted = 0
     for run in found:
@@ -64,7 +64,9 @@ def assert_every_step_of_every_run(uri: str, runs: int) -> None:
 
 
 @pytest.mark.team
-def test_eight_runs_logging_at_once_into_one_team_server_lose_no_step(tmp_path: Path, team_server: MlflowServer) -> None:
+def test_eight_runs_logging_at_once_into_one_team_server_lose_no_step(
+    tmp_path: Path, team_server: MlflowServer, team_experiment: str
+) -> None:
     log_at_once(team_server.uri, tmp_path, 8)
     assert_every_step_of_every_run(team_server.uri, 8)
 

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
 import pytest
 
-from tests.conftest import mlrepro_cli, only_run_id, run_linefit
+from tests.conftest import experiment, mlrepro_cli, only_run_id, run_linefit
 from tests.helpers.server import MlflowServer
 
 CHROMIUM = os.environ.get("MLREPRO_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
@@ -44,11 +43,13 @@ def _browser_or_skip() -> object:
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.team)])
 def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A real `mlflow server` on loopback, its runs in a SQLite file or (the team tier) in PostgreSQL."""
-    backend = None
+    """A real `mlflow server` on loopback, its runs in a SQLite file, or (the team tier) the session's
+    team server on PostgreSQL, in an experiment of this test's own."""
     if request.param == "postgres":
-        backend = request.getfixturevalue("postgres").create_database(f"ui_{uuid.uuid4().hex}")
-    server = MlflowServer(tmp_path / "server", backend_uri=backend)
+        request.getfixturevalue("team_experiment")
+        yield request.getfixturevalue("team_server").uri
+        return
+    server = MlflowServer(tmp_path / "server")
     server.start()
     yield server.uri
     server.stop()
@@ -69,7 +70,7 @@ def test_the_run_comparison_view_shows_loss_seed_and_mlrepro_tags(tmp_path: Path
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 3400})
-            page.goto(f'{server}/#/compare-runs?runs=["{run_a}","{run_b}"]&experiments=["0"]')
+            page.goto(f'{server}/#/compare-runs?runs=["{run_a}","{run_b}"]&experiments=["{experiment()}"]')
             page.get_by_text("Run details").wait_for(timeout=90_000)
             page.get_by_text("mlrepro.spec_hash").wait_for(timeout=30_000)
             body = page.inner_text("body")
