@@ -152,6 +152,19 @@ def store(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.Mo
     mlflow.set_tracking_uri(None)
 
 
+def make_shared_runs(folder: Path, store_template: Path, make: Callable[[pytest.MonkeyPatch], list[str]]) -> list[str]:
+    """Runs made once a session, in this process, into a store of their own in ``folder`` that
+    tests copy (``copy_store``); ``make`` logs them and returns their ids."""
+    uri = copy_store(store_template, folder)
+    with pytest.MonkeyPatch.context() as patch:
+        use_store(uri, folder, patch)
+        patch.setenv("MLREPRO_SPOOL_DIR", str(folder / "spool"))
+        try:
+            return make(patch)
+        finally:
+            mlflow.set_tracking_uri(None)
+
+
 @dataclass(frozen=True)
 class LineFitRuns:
     """Line-fit runs made once a session, read by many tests: ``same_a`` and ``same_b`` ran the same
@@ -171,19 +184,17 @@ def linefit_runs(tmp_path_factory: pytest.TempPathFactory, store_template: Path)
     from mlrepro.tracking import start_run
     from projects.linefit.train import train
 
-    folder = tmp_path_factory.mktemp("linefit-runs")
-    uri = copy_store(store_template, folder)
-    made = []
-    with pytest.MonkeyPatch.context() as patch:
-        use_store(uri, folder, patch)
-        patch.setenv("MLREPRO_SPOOL_DIR", str(folder / "spool"))
+    def make(_: pytest.MonkeyPatch) -> list[str]:
+        made = []
         for seed in (3, 3, 4):
             spec = LineFitSpec(seed=seed, steps=30)
             with start_run(spec) as run:
                 train(spec, run)
             made.append(run.run_id)
-        mlflow.set_tracking_uri(None)
-    return LineFitRuns(folder, *made)
+        return made
+
+    folder = tmp_path_factory.mktemp("linefit-runs")
+    return LineFitRuns(folder, *make_shared_runs(folder, store_template, make))
 
 
 @pytest.fixture
@@ -191,6 +202,50 @@ def linefit_store(linefit_runs: LineFitRuns, tmp_path: Path, monkeypatch: pytest
     """This test's own copy of the session's line-fit runs, the current store."""
     use_store(copy_store(linefit_runs.folder, tmp_path), tmp_path, monkeypatch)
     yield linefit_runs
+    mlflow.set_tracking_uri(None)
+
+
+@dataclass(frozen=True)
+class PlantedRuns:
+    """Runs of the planted job (tests/jobs/planted.py: 40 steps, fingerprints at every step, no
+    checkpoint), made once a session: ``plain`` twice, and one weight moved by one ulp after the
+    backward of step 5 (``head.bias``), step 25 (``head.bias``) and the last step, 39 (``conv.weight``)."""
+
+    folder: Path
+    plain: str
+    plain_again: str
+    ulp_at_5: str
+    ulp_at_25: str
+    ulp_at_39: str
+
+
+PLANTED_ULPS = ["", "", "5:head.bias", "25:head.bias", "39:conv.weight"]
+
+
+@pytest.fixture(scope="session")
+def planted_runs(tmp_path_factory: pytest.TempPathFactory, store_template: Path) -> PlantedRuns:
+    from mlrepro.tracking import start_run
+    from tests.jobs.planted import PlantedSpec, train
+
+    def make(patch: pytest.MonkeyPatch) -> list[str]:
+        made = []
+        spec = PlantedSpec(fingerprint_every=1, checkpoint_every=0)
+        for ulp in PLANTED_ULPS:
+            patch.setenv("PLANT_ULP", ulp)
+            with start_run(spec) as run:
+                train(spec, run)
+            made.append(run.run_id)
+        return made
+
+    folder = tmp_path_factory.mktemp("planted-runs")
+    return PlantedRuns(folder, *make_shared_runs(folder, store_template, make))
+
+
+@pytest.fixture
+def planted_store(planted_runs: PlantedRuns, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[PlantedRuns]:
+    """This test's own copy of the session's planted runs, the current store."""
+    use_store(copy_store(planted_runs.folder, tmp_path), tmp_path, monkeypatch)
+    yield planted_runs
     mlflow.set_tracking_uri(None)
 
 

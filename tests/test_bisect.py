@@ -7,8 +7,13 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 from mlrepro.bisect import first_difference
-from tests.conftest import REPO, assert_one_line_error, mlrepro_cli, run_command, run_planted
+from mlrepro.cli import main
+from tests.conftest import (
+    REPO, PlantedRuns, assert_one_line_error_here, mlrepro_cli, run_command, run_here, run_planted,
+)
 
 PLANTED = REPO / "tests" / "jobs" / "planted.py"
 
@@ -32,6 +37,7 @@ def test_replays_that_ran_other_modules_or_stopped_early_are_said_to_part_in_the
     assert first_difference(a, a[:1]).explanation.startswith("replay A went on where the other stopped")
 
 
+@pytest.mark.e2e
 def test_bisect_names_the_layer_whose_op_is_nondeterministic(tmp_path: Path, store: str) -> None:
     noisy = {"PLANT_NOISE_FROM": "15"}  # Noise adds unseeded noise from step 15 on, in these runs and the replays
     a, b = (run_planted(store, tmp_path, "checkpoint_every=10", **noisy) for _ in range(2))
@@ -53,10 +59,8 @@ def test_bisect_names_the_layer_whose_op_is_nondeterministic(tmp_path: Path, sto
     assert "did not recur" in calm.stdout
 
 
-def test_runs_without_a_checkpoint_before_they_part_are_refused_in_one_line(tmp_path: Path, store: str) -> None:
-    a = run_planted(store, tmp_path, "checkpoint_every=0", "fingerprint_every=1")
-    b = run_planted(store, tmp_path, "checkpoint_every=0", "fingerprint_every=1", PLANT_ULP="5:head.bias")
-    assert_one_line_error(mlrepro_cli(store, tmp_path, "bisect", a, b), "part at step 5",
-                          "no checkpoint in common at or before step 5", "checkpoint_every=N")
-    same = run_planted(store, tmp_path, "checkpoint_every=0", "fingerprint_every=1")
-    assert_one_line_error(mlrepro_cli(store, tmp_path, "bisect", a, same), "do not part (identical)")
+def test_runs_without_a_checkpoint_before_they_part_are_refused_in_one_line(planted_store: PlantedRuns) -> None:
+    a, b = planted_store.plain, planted_store.ulp_at_5  # no checkpoint: checkpoint_every=0
+    assert_one_line_error_here(run_here(main, "bisect", a, b), "part at step 5",
+                               "no checkpoint in common at or before step 5", "checkpoint_every=N")
+    assert_one_line_error_here(run_here(main, "bisect", a, planted_store.plain_again), "do not part (identical)")

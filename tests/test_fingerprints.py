@@ -1,17 +1,18 @@
 """Where two runs' fingerprints part: the step, the first tensor in forward order, and which phase.
 
-The rules are checked on records made here; one test starts the planted job in two processes
-and checks that compare names a one-ulp change, also while the losses are still the same."""
+The rules are checked on records made here, then on the session's planted runs: compare names a
+one-ulp change, also while the losses are still the same."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
+import mlflow
 import numpy as np
 
+from mlrepro.cli import main
 from mlrepro.fingerprints import GRADIENT, PARAMETER, FingerprintRecord, compare_fingerprints
-from tests.conftest import mlrepro_cli, run_planted
+from tests.conftest import PlantedRuns, run_here
 
 NAMES = ("head.weight", "conv.weight") * 2  # registered head first; the forward runs conv first
 KINDS = (PARAMETER, PARAMETER, GRADIENT, GRADIENT)
@@ -73,39 +74,33 @@ def test_a_resumed_runs_record_continues_the_one_it_resumed() -> None:
     assert spliced.values[2, 0] == 50 and spliced.values[1, 0] == before.values[1, 0]
 
 
-# --- across processes -----------------------------------------------------------------
-
-
-def planted(store: str, cwd: Path, **env: str) -> str:
-    return run_planted(store, cwd, "fingerprint_every=1", "checkpoint_every=0", **env)
+# --- on the session's planted runs -----------------------------------------------------------
 
 
 def test_compare_names_the_step_and_tensor_of_a_one_ulp_change_while_the_losses_still_agree(
-        tmp_path: Path, store: str) -> None:
-    plain = planted(store, tmp_path)
-    moved = planted(store, tmp_path, PLANT_ULP="25:head.bias")
-    result = mlrepro_cli(store, tmp_path, "compare", "--json", plain, moved)
-    assert result.returncode == 1, result.stderr
+        planted_store: PlantedRuns) -> None:
+    plain, moved = planted_store.plain, planted_store.ulp_at_25
+    result = run_here(main, "compare", "--json", plain, moved)
+    assert result.exit_code == 1, result.stderr
     verdict = json.loads(result.stdout)
     tensors = verdict["tensors"]
     assert (tensors["first_divergent_step"], tensors["tensor"], tensors["kind"]) == (25, "head.bias", "parameter")
     assert verdict["first_divergent_step"] == 25 and verdict["verdict"] == "different"
     # The change came after step 25's loss: the losses agree there, and for as long as one ulp takes to show.
     assert verdict["losses"]["first_divergent_step"] is None or verdict["losses"]["first_divergent_step"] > 25
-    text = mlrepro_cli(store, tmp_path, "compare", plain, moved).stdout
+    text = run_here(main, "compare", plain, moved).stdout
     assert "head.bias (parameter)" in text.splitlines()[0] and "step 25" in text.splitlines()[0]
 
 
-def test_weights_that_differ_under_identical_losses_are_said_plainly_and_recorded(tmp_path: Path, store: str) -> None:
-    plain = planted(store, tmp_path)
-    last = planted(store, tmp_path, PLANT_ULP="39:conv.weight")  # the last step: no loss comes after it
-    result = mlrepro_cli(store, tmp_path, "compare", "--log", plain, last)
-    assert result.returncode == 1, result.stderr
+def test_weights_that_differ_under_identical_losses_are_said_plainly_and_recorded(planted_store: PlantedRuns) -> None:
+    plain, last = planted_store.plain, planted_store.ulp_at_39  # the last step: no loss comes after it
+    result = run_here(main, "compare", "--log", plain, last)
+    assert result.exit_code == 1, result.stderr
     first = result.stdout.splitlines()[0]
     assert first == (f"different: runs {plain} and {last} logged the same 40 losses, bit for bit, but their weights "
                      "differ from step 39: conv.weight (parameter)")
     assert "the losses are identical, but the weights are not" in result.stdout
-    tags = __import__("mlflow").MlflowClient(store).get_run(plain).data.tags
+    tags = mlflow.MlflowClient().get_run(plain).data.tags
     assert tags[f"mlrepro.verdict.{last}"].startswith(
         "different from step 39: first tensor conv.weight (parameter, optimizer) at step 39; "
         "the losses agree, the weights do not")
