@@ -8,8 +8,10 @@ import sys
 from pathlib import Path
 
 import mlflow
+import pytest
 
-from tests.conftest import REPO, assert_one_line_error, mlrepro_cli, run_command
+from mlrepro.cli import main
+from tests.conftest import REPO, assert_one_line_error, assert_one_line_error_here, mlrepro_cli, run_command, run_here
 from tests.helpers.cifar_files import write_cifar10
 
 ON_TEST_FILES = str(REPO / "tests" / "helpers" / "run_cifar10_on_test_files.py")
@@ -26,6 +28,7 @@ def legs(result: dict) -> dict[str, tuple[str, str]]:
     return {leg["leg"]: (leg["status"], leg["got"]) for leg in result["legs"]}
 
 
+@pytest.mark.e2e
 def test_the_line_fit_passes_every_leg_and_the_verdict_is_recorded_beside_its_runs(tmp_path: Path, store: str) -> None:
     code, result, _ = check(store, tmp_path, "linefit", "steps=500", "--steps", "12", "--resume-at", "5")
     assert code == 0, result
@@ -42,8 +45,12 @@ def test_the_line_fit_passes_every_leg_and_the_verdict_is_recorded_beside_its_ru
     assert run.info.status == "FINISHED"
     # The legs logged into a scratch store: the user's holds only the verdict's run.
     assert len(mlflow.MlflowClient(store).search_runs(["0"])) == 1
+    # A leg whose job refuses its words says which leg, in one line.
+    assert_one_line_error(mlrepro_cli(store, tmp_path, "check", "linefit", "lr=-1", "--steps", "4"),
+                          "fresh run A", "lr: must be greater than 0")
 
 
+@pytest.mark.e2e
 def test_the_cifar10_job_passes_on_the_cpu_with_its_loader_workers(tmp_path: Path, store: str) -> None:
     write_cifar10(tmp_path / "data", images_per_batch=40)
     code, result, _ = check(store, tmp_path, ON_TEST_FILES, "device=cpu", f"data_dir={tmp_path / 'data'}",
@@ -53,6 +60,7 @@ def test_the_cifar10_job_passes_on_the_cpu_with_its_loader_workers(tmp_path: Pat
     assert result["recorded_run"] is None
 
 
+@pytest.mark.e2e
 def test_a_job_drawing_from_an_unseeded_generator_fails_at_the_step_it_starts(tmp_path: Path, store: str) -> None:
     code, result, _ = check(store, tmp_path, PLANTED, "--steps", "12", PLANT_UNSEEDED_FROM="7")
     assert code == 1
@@ -64,9 +72,7 @@ def test_a_job_drawing_from_an_unseeded_generator_fails_at_the_step_it_starts(tm
     assert tag.startswith("failed: two fresh runs, 12 steps: different from step 7")
 
 
-def test_bad_input_is_one_line(tmp_path: Path, store: str) -> None:
-    assert_one_line_error(mlrepro_cli(store, tmp_path, "check", "resnet"), "neither a built-in job")
-    assert_one_line_error(mlrepro_cli(store, tmp_path, "check", "linefit", "checkpoint_every=3"),
-                          "checkpoint_every: set by the check itself")
-    assert_one_line_error(mlrepro_cli(store, tmp_path, "check", "linefit", "lr=-1", "--steps", "4"),
-                          "fresh run A", "lr: must be greater than 0")
+def test_bad_input_is_one_line_before_any_leg_starts(store: str) -> None:
+    assert_one_line_error_here(run_here(main, "check", "resnet"), "neither a built-in job")
+    assert_one_line_error_here(run_here(main, "check", "linefit", "checkpoint_every=3"),
+                               "checkpoint_every: set by the check itself")

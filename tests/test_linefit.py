@@ -7,9 +7,13 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import pytest
 
 from mlrepro import load_run
-from tests.conftest import REPO, only_run_id, run_command, run_linefit
+from mlrepro.cli import job_command
+from mlrepro.spec import LineFitSpec
+from projects.linefit.train import train
+from tests.conftest import REPO, only_run_id, run_command, run_here, run_linefit
 
 SEED_SCRIPTS = REPO / "tests" / "seed_scripts"
 
@@ -27,6 +31,7 @@ def seed_script_losses(tmp_path: Path, store: str) -> tuple[np.ndarray, str]:
     return np.load(out), result.stdout
 
 
+@pytest.mark.e2e
 def test_seed_3_losses_equal_the_seed_scripts_bit_for_bit(tmp_path: Path, store: str) -> None:
     expected, seed_stdout = seed_script_losses(tmp_path, store)
     assert len(expected) == 1000
@@ -47,9 +52,9 @@ def test_seed_3_losses_equal_the_seed_scripts_bit_for_bit(tmp_path: Path, store:
     assert job_lines == seed_lines and len(job_lines) == 10
 
 
-def test_steps_and_lr_come_from_the_spec(tmp_path: Path, store: str) -> None:
-    result = run_linefit(store, tmp_path, "steps=20", "lr=1e-3", "hidden=10")
-    assert result.returncode == 0, result.stderr
+def test_steps_and_lr_come_from_the_spec(store: str) -> None:
+    result = run_here(job_command(LineFitSpec, train), "steps=20", "lr=1e-3", "hidden=10")
+    assert result.exit_code == 0, result.stderr
     run = load_run(only_run_id(store))
     assert len(run.losses) == 20
     assert run.spec is not None and run.spec.lr == 1e-3 and run.spec.hidden == 10

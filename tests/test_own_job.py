@@ -5,16 +5,18 @@ and every read path works where its spec class cannot be imported."""
 from __future__ import annotations
 
 import json
+import runpy
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import mlflow
 import pytest
 
-from tests.conftest import (
-    REPO, assert_one_line_error, kill_after_checkpoints, mlrepro_cli, only_run_id, run_command, start_job,
-)
+from mlrepro.cli import job_command, main
+from mlrepro.orders import ORDERS_ENV, Orders
+from tests.conftest import REPO, assert_one_line_error_here, mlrepro_cli, only_run_id, run_command, run_here
 
 # Read where `train` (the module that defines NoisySpec) cannot be imported.
 READ_WITHOUT_THE_CLASS = """
@@ -37,6 +39,12 @@ def project(tmp_path: Path) -> Path:
     return Path(shutil.copytree(REPO / "examples" / "own_job", tmp_path / "noisy"))
 
 
+def users_job(project: Path) -> tuple[type, Callable]:
+    """The spec class and training function of the project's train.py, loaded as a module is."""
+    module = runpy.run_path(str(project / "train.py"))
+    return module["NoisySpec"], module["train"]
+
+
 def launched(store: str, cwd: Path, project: Path, *params: str) -> str:
     args = [sys.executable, "-m", "mlflow", "run", str(project), "--env-manager", "local"]
     for param in params:
@@ -46,6 +54,7 @@ def launched(store: str, cwd: Path, project: Path, *params: str) -> str:
     return only_run_id(store)
 
 
+@pytest.mark.e2e
 def test_mlflow_run_compare_show_find_and_reproduce_a_users_own_job(tmp_path: Path, store: str, project: Path) -> None:
     a = launched(store, tmp_path, project, "steps=150")
     wider = launched(store, tmp_path, project, "steps=150", "width=32")
@@ -82,35 +91,42 @@ def test_mlflow_run_compare_show_find_and_reproduce_a_users_own_job(tmp_path: Pa
     assert tags["mlrepro.reproduces"] == a and tags["mlflow.project.entryPoint"] == "main"
 
 
-def test_a_killed_run_of_a_users_job_resumes_bit_for_bit(tmp_path: Path, store: str, project: Path) -> None:
-    spec = ["steps=20000", "checkpoint_every=2000"]
-    job = start_job(store, project, [sys.executable, "train.py", *spec])
-    killed = kill_after_checkpoints(store, job, at_least=2)
+def test_a_stopped_run_of_a_users_job_resumes_bit_for_bit_and_its_digest_is_the_whole_runs(
+    tmp_path: Path, store: str, project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In this process: a SIGKILL and its resume are proven end to end in test_resume (CIFAR-10, two
+    loader workers, both stores) and test_distributed (two ranks); this is the user's own loop and spec."""
+    job = job_command(*users_job(project))
+    spec = ["steps=2000", "checkpoint_every=200"]
+    orders = tmp_path / "orders.json"
+    orders.write_text(Orders(stop_after=700).model_dump_json())  # ends it after step 699, as a kill would
+    with monkeypatch.context() as stopped:
+        stopped.setenv(ORDERS_ENV, str(orders))
+        assert run_here(job, *spec).exit_code == 0
+    stopped_id = only_run_id(store)
 
-    resumed = run_command([sys.executable, "train.py", *spec, f"resume_from={killed[:8]}"], store, project,
-                          PYTHONHASHSEED="0")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    resumed = run_here(job, *spec, f"resume_from={stopped_id[:8]}")
+    assert resumed.exit_code == 0, resumed.stderr[-3000:]
     resumed_id = only_run_id(store)
     assert f"mlrepro: run {resumed_id} in {store}" in resumed.stderr
-    assert f"mlrepro: continues run {killed} from step " in resumed.stderr
-    whole = run_command([sys.executable, "train.py", *spec], store, project, PYTHONHASHSEED="0")
-    assert whole.returncode == 0, whole.stderr[-3000:]
-
+    assert f"mlrepro: continues run {stopped_id} from step 600" in resumed.stderr
+    assert run_here(job, *spec).exit_code == 0
     uninterrupted = only_run_id(store)
-    verdict = mlrepro_cli(store, tmp_path, "compare", resumed_id, uninterrupted)
-    assert verdict.returncode == 0, verdict.stdout + verdict.stderr
-    assert "logged the same 20000 losses, bit for bit" in verdict.stdout
+
+    verdict = run_here(main, "compare", resumed_id, uninterrupted)
+    assert verdict.exit_code == 0, verdict.stdout + verdict.stderr
+    assert "logged the same 2000 losses, bit for bit" in verdict.stdout
     # The digest is of the stitched losses, so `find --digest` finds the resumed run beside the whole one.
     client = mlflow.MlflowClient()
     resumed_tags, whole_tags = client.get_run(resumed_id).data.tags, client.get_run(uninterrupted).data.tags
     assert resumed_tags["mlrepro.loss_digest"] == whole_tags["mlrepro.loss_digest"]
     assert resumed_tags["mlrepro.own_loss_digest"] != resumed_tags["mlrepro.loss_digest"]
-    found = json.loads(mlrepro_cli(store, tmp_path, "find", "--json", "--digest", whole_tags["mlrepro.loss_digest"]).stdout)
+    found = json.loads(run_here(main, "find", "--json", "--digest", whole_tags["mlrepro.loss_digest"]).stdout)
     assert {run["run_id"] for run in found} == {resumed_id, uninterrupted}
 
 
-def test_bad_input_to_a_users_job_is_one_line(tmp_path: Path, store: str, project: Path) -> None:
-    result = run_command([sys.executable, "train.py", "width=wide", "--colour", "red"], store, project)
-    assert_one_line_error(result, "invalid noisy spec: width: must be a whole number (got 'wide')",
-                          "colour: unknown field (allowed: ")
+def test_bad_input_to_a_users_job_is_one_line(store: str, project: Path) -> None:
+    result = run_here(job_command(*users_job(project)), "width=wide", "--colour", "red")
+    assert_one_line_error_here(result, "invalid noisy spec: width: must be a whole number (got 'wide')",
+                               "colour: unknown field (allowed: ")
     assert mlflow.MlflowClient().search_runs(["0"]) == []

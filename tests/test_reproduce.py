@@ -10,10 +10,14 @@ from pathlib import Path
 import mlflow
 import pytest
 
+from mlrepro.cli import main
 from mlrepro.reproduce import environment_drift
-from tests.conftest import REPO, assert_one_line_error, mlrepro_cli, only_run_id, run_command, run_linefit
+from tests.conftest import (
+    REPO, LineFitRuns, assert_one_line_error_here, mlrepro_cli, only_run_id, run_command, run_here,
+)
 
 
+@pytest.mark.e2e
 @pytest.mark.both_stores
 def test_a_built_in_job_reproduces_and_both_runs_say_so(tmp_path: Path, store: str) -> None:
     job = run_command(
@@ -34,6 +38,7 @@ def test_a_built_in_job_reproduces_and_both_runs_say_so(tmp_path: Path, store: s
     assert client.get_run(original).data.tags[f"mlrepro.verdict.{repeat}"] == "identical bit for bit (20 steps)"
 
 
+@pytest.mark.e2e
 def test_it_warns_when_the_job_s_code_changed_since_the_run(tmp_path: Path, store: str) -> None:
     project = Path(shutil.copytree(REPO / "examples" / "own_job", tmp_path / "noisy"))
 
@@ -55,17 +60,14 @@ def test_it_warns_when_the_job_s_code_changed_since_the_run(tmp_path: Path, stor
     assert warned[:2] == ["code.source_digest", "git.diff_digest"] and "git.dirty" in warned
 
 
-def test_runs_that_cannot_be_repeated_exit_2_with_one_line(tmp_path: Path, store: str) -> None:
+def test_runs_that_cannot_be_repeated_exit_2_with_one_line(tmp_path: Path, linefit_store: LineFitRuns) -> None:
     with mlflow.start_run() as plain:
         mlflow.log_metric("loss", 1.0, step=0)
-    assert_one_line_error(
-        mlrepro_cli(store, tmp_path, "reproduce", plain.info.run_id, "--project", str(REPO)),
-        "was not logged by an mlrepro job",
-    )
-    assert_one_line_error(mlrepro_cli(store, tmp_path, "reproduce", "nosuchrun"), "no run 'nosuchrun'")
-    assert run_linefit(store, tmp_path, "steps=5").returncode == 0
-    assert_one_line_error(
-        mlrepro_cli(store, tmp_path, "reproduce", only_run_id(store), "--project", str(tmp_path / "gone")),
+    assert_one_line_error_here(run_here(main, "reproduce", plain.info.run_id, "--project", str(REPO)),
+                               "was not logged by an mlrepro job")
+    assert_one_line_error_here(run_here(main, "reproduce", "nosuchrun"), "no run 'nosuchrun'")
+    assert_one_line_error_here(
+        run_here(main, "reproduce", linefit_store.same_a, "--project", str(tmp_path / "gone")),
         f"the project folder {tmp_path / 'gone'} is not here: pass --project DIR",
     )
 

@@ -13,7 +13,11 @@ import pytest
 from mlrepro import load_run, start_run
 from mlrepro.errors import MlreproError
 from mlrepro.spec import LineFitSpec
-from tests.conftest import assert_one_line_error, kill_after_checkpoints, mlrepro_cli, only_run_id, run_command, start_job
+from mlrepro.cli import job_command
+from projects.linefit.train import train
+from tests.conftest import (
+    assert_one_line_error_here, kill_after_checkpoints, mlrepro_cli, only_run_id, run_command, run_here, start_job,
+)
 
 
 def resume_and_compare(store: str, cwd: Path, job: str, killed: str, *assignments: str) -> None:
@@ -35,6 +39,7 @@ def resume_and_compare(store: str, cwd: Path, job: str, killed: str, *assignment
     assert f"logged the same {len(load_run(uninterrupted).losses)} losses, bit for bit" in verdict.stdout
 
 
+@pytest.mark.e2e
 @pytest.mark.both_stores
 def test_a_killed_cifar10_run_with_two_workers_resumes_bit_for_bit(tmp_path: Path, store: str) -> None:
     # 300 steps an epoch; checkpoints every 50 steps land mid-epoch and at its end. A server sees
@@ -48,29 +53,24 @@ def test_a_killed_cifar10_run_with_two_workers_resumes_bit_for_bit(tmp_path: Pat
     resume_and_compare(store, tmp_path, "cifar10", killed, *spec)
 
 
-def test_a_tampered_checkpoint_stops_the_resume_with_one_line(tmp_path: Path, store: str) -> None:
-    assert run_command([sys.executable, "-m", "projects.linefit", "steps=40", "checkpoint_every=20"], store,
-                       tmp_path).returncode == 0
+def test_a_tampered_checkpoint_stops_the_resume_with_one_line(store: str) -> None:
+    linefit = job_command(LineFitSpec, train)
+    spec = ["steps=40", "checkpoint_every=20"]
+    assert run_here(linefit, *spec).exit_code == 0
     original = only_run_id(store)
     artifacts = Path(mlflow.MlflowClient().get_run(original).info.artifact_uri.removeprefix("file://"))
     newest = artifacts / "mlrepro" / "checkpoints" / "step-000000040.pt"
     data = bytearray(newest.read_bytes())
     data[-200:-100] = bytes(100)
     newest.write_bytes(bytes(data))
-    result = run_command([sys.executable, "-m", "projects.linefit", "steps=40", "checkpoint_every=20",
-                          f"resume_from={original}"], store, tmp_path)
-    assert_one_line_error(result, "step-000000040.pt does not match its checksum", "it was not loaded")
+    assert_one_line_error_here(run_here(linefit, *spec, f"resume_from={original}"),
+                               "step-000000040.pt does not match its checksum", "it was not loaded")
     newest.write_bytes(newest.read_bytes()[:1000])
-    assert_one_line_error(
-        run_command([sys.executable, "-m", "projects.linefit", "steps=40", "checkpoint_every=20",
-                     f"resume_from={original}"], store, tmp_path),
-        "does not match its checksum",
-    )
+    assert_one_line_error_here(run_here(linefit, *spec, f"resume_from={original}"), "does not match its checksum")
 
 
 def test_resuming_needs_the_same_spec_and_a_checkpoint_and_creates_nothing_otherwise(store: str) -> None:
-    # In one process: the refusals are the record's; how a job prints them is tested above.
-    from projects.linefit.train import train
+    # The refusals are the record's; how a job prints them is tested above.
 
     def run_line_fit(spec: LineFitSpec) -> str:
         with start_run(spec) as run:

@@ -13,7 +13,8 @@ from mlrepro import compare_runs, find_runs, load_run, record_comparison, start_
 from mlrepro.losses import LossSeries
 from mlrepro.errors import ExperimentNotFoundError, SpecError
 from mlrepro.spec import LineFitSpec
-from tests.conftest import mlrepro_cli
+from mlrepro.cli import main
+from tests.conftest import run_here
 
 
 def logged_run(losses: list[float], **fields: object) -> str:
@@ -90,28 +91,29 @@ def test_find_refuses_bad_criteria(store: str) -> None:
 
 
 def test_the_cli_find_show_and_compare_log(store: str, tmp_path: Path) -> None:
+    """In this process, as mlrepro's command line runs them (test_cli starts one in a process of its own)."""
     a, b = logged_run([2.0, 1.0], seed=9), logged_run([2.0, 1.0], seed=9)
-    logged = mlrepro_cli(store, tmp_path, "compare", "--log", a, b)
-    assert logged.returncode == 0, logged.stderr
+    logged = run_here(main, "compare", "--log", a, b)
+    assert logged.exit_code == 0, logged.stderr
     assert (f"recorded on run {a}: tag mlrepro.verdict.{b} = 'identical bit for bit (2 steps)', "
             f"plot mlrepro/compare/{b}.png") in logged.stdout.splitlines()
 
-    found = json.loads(mlrepro_cli(store, tmp_path, "find", "--json", "--job", "linefit", "seed=9", "steps=2").stdout)
+    found = json.loads(run_here(main, "find", "--json", "--job", "linefit", "seed=9", "steps=2").stdout)
     assert [run["run_id"] for run in found] == [b, a]
     assert found[0]["verdicts"] == {a: "identical bit for bit (2 steps)"}
     (tmp_path / "spec.yaml").write_text("job: linefit\nseed: 9\nsteps: 2\n")
-    table = mlrepro_cli(store, tmp_path, "find", "--spec", "spec.yaml").stdout.splitlines()
+    table = run_here(main, "find", "--spec", "spec.yaml").stdout.splitlines()
     assert table[0].split()[:3] == ["run", "id", "started"] and len(table) == 3
 
-    shown = mlrepro_cli(store, tmp_path, "show", a[:8])  # the form find prints
-    assert shown.returncode == 0
+    shown = run_here(main, "show", a[:8])  # the form find prints
+    assert shown.exit_code == 0
     assert f"run {a} (FINISHED)" in shown.stdout and "  seed: 9" in shown.stdout
     assert "losses (loss, from the artifact): 2 steps (0..1)" in shown.stdout
     assert f"  vs {b}: identical bit for bit (2 steps)" in shown.stdout
     assert "  torch.version: " in shown.stdout
 
     # A job this process cannot import is looked up by its logged params; none here.
-    unknown = mlrepro_cli(store, tmp_path, "find", "--job", "resnet", "depth=50")
-    assert unknown.returncode == 0 and unknown.stdout.strip() == "no matching runs"
-    no_job = mlrepro_cli(store, tmp_path, "find", "seed=9")
-    assert no_job.returncode == 2 and "job: missing" in no_job.stderr
+    unknown = run_here(main, "find", "--job", "resnet", "depth=50")
+    assert unknown.exit_code == 0 and unknown.stdout.strip() == "no matching runs"
+    no_job = run_here(main, "find", "seed=9")
+    assert no_job.exit_code == 2 and "job: missing" in no_job.stderr
