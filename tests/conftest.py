@@ -46,6 +46,24 @@ def spool_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return folder
 
 
+@pytest.fixture(autouse=True)
+def fast_tier_starts_no_interpreter(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fast tier's promise, kept by the suite itself: a test not marked ``e2e`` starts no Python
+    process of its own (a job, `mlflow run`, torchrun, a server). Only the run's own writer, which
+    mlrepro starts for every run, is let through."""
+    if request.node.get_closest_marker("e2e"):
+        return
+    real_init = subprocess.Popen.__init__
+
+    def refuse_interpreters(popen: subprocess.Popen, args: object, *rest: object, **options: object) -> None:
+        words = [str(word) for word in ([args] if isinstance(args, (str, bytes, os.PathLike)) else args)]
+        if words and words[0] == sys.executable and "mlrepro.writer" not in words:
+            raise AssertionError(f"this test starts a process ({' '.join(words)[:200]}): mark it e2e")
+        real_init(popen, args, *rest, **options)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse_interpreters)
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """A test marked ``both_stores`` runs on a SQLite file and again in the team tier."""
     if "store" in metafunc.fixturenames and metafunc.definition.get_closest_marker("both_stores"):

@@ -46,6 +46,7 @@ def run(mode: str, path: Path) -> list:
     return json.loads(result.stdout)
 
 
+@pytest.mark.e2e
 def test_every_generator_continues_exactly_after_a_reload_in_another_process(tmp_path: Path) -> None:
     path = tmp_path / "step-3.pt"
     assert run("save", path) == run("load", path)

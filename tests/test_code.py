@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from mlrepro.code import NO_CHANGES, UNAVAILABLE, git_facts
 from tests.conftest import mlrepro_cli, run_command
 
@@ -50,6 +52,7 @@ print(json.dumps(capture_code().model_dump(mode="json")))
 """
 
 
+@pytest.mark.e2e
 def test_a_script_is_named_relative_to_its_project_with_every_source_it_loaded(tmp_path: Path) -> None:
     project = tmp_path / "project"
     (project / "jobs").mkdir(parents=True)
@@ -75,6 +78,7 @@ print(run.run_id)
 """
 
 
+@pytest.mark.e2e
 def test_the_same_spec_from_two_scripts_is_two_jobs_and_compare_names_the_code_first(
     tmp_path: Path, store: str
 ) -> None:

@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 import mlflow
+import pytest
 import numpy as np
 
 from mlrepro import compare_runs, load_run
@@ -31,6 +32,7 @@ def cifar10(store: str, cwd: Path, *assignments: str) -> str:
     return made[0].info.run_id
 
 
+@pytest.mark.e2e
 def test_two_processes_train_one_run_that_repeats_bit_for_bit_and_another_world_size_is_named(
     tmp_path: Path, store: str
 ) -> None:
@@ -77,6 +79,7 @@ def test_a_bucket_size_or_backend_difference_is_ranked_with_the_world_size_near_
     assert "pytorch issue 30509" in found[0].explanation
 
 
+@pytest.mark.e2e
 def test_a_killed_run_of_two_processes_resumes_bit_for_bit(tmp_path: Path, store: str) -> None:
     # 2,400 images: 300 steps an epoch on each rank; checkpoints every 50 steps, mid-epoch and at its end.
     spec = ["dataset=fake", "train_limit=2400", "test_limit=20", "epochs=2", "num_workers=0", "checkpoint_every=50",
@@ -97,6 +100,7 @@ def test_a_killed_run_of_two_processes_resumes_bit_for_bit(tmp_path: Path, store
     assert "logged the same 600 losses, bit for bit" in verdict.stdout
 
 
+@pytest.mark.e2e
 def test_two_torchrun_agents_on_loopback_train_as_one_machine_with_two_processes_does(
     tmp_path: Path, store: str
 ) -> None:

@@ -60,6 +60,7 @@ def test_extra_facts_and_a_hash_that_follows_them() -> None:
     assert base.hash != capture_environment(extra={"run.device": "cuda"}).hash
 
 
+@pytest.mark.e2e
 def test_the_hash_is_stable_across_processes() -> None:
     code = "from mlrepro.environment import capture_environment; print(capture_environment().hash)"
     run = lambda: subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout  # noqa: E731

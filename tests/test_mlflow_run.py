@@ -17,6 +17,7 @@ def launched(store: str, cwd: Path, *params: str) -> str:
     return only_run_id(store)
 
 
+@pytest.mark.e2e
 @pytest.mark.both_stores
 def test_mlflow_run_twice_is_identical_and_another_seed_differs_from_step_0(tmp_path: Path, store: str) -> None:
     first = launched(store, tmp_path)
@@ -57,6 +58,7 @@ def test_mlflow_run_twice_is_identical_and_another_seed_differs_from_step_0(tmp_
     assert gate.returncode == 1, gate.stderr
 
 
+@pytest.mark.e2e
 def test_a_bad_or_mistyped_parameter_fails_the_launched_run_and_says_why(tmp_path: Path, store: str) -> None:
     # `sed` is not declared in the MLproject, so `mlflow run` passes it on as `--sed 4`.
     result = mlflow_run(store, tmp_path, "lr=-1", "sed=4")

@@ -30,6 +30,7 @@ def plain_run(store: str, cwd: Path, uses_torch: bool) -> dict:
     return json.loads(result.stdout.splitlines()[-1])
 
 
+@pytest.mark.e2e
 def test_a_plain_mlflow_run_of_a_torch_script_carries_the_environment_tags(tmp_path: Path, store: str) -> None:
     out = plain_run(store, tmp_path, uses_torch=True)
     tags = out["tags"]
@@ -43,6 +44,7 @@ def test_a_plain_mlflow_run_of_a_torch_script_carries_the_environment_tags(tmp_p
     assert out["import_was_light"] is True
 
 
+@pytest.mark.e2e
 def test_a_script_without_torch_pays_nothing(tmp_path: Path, store: str) -> None:
     out = plain_run(store, tmp_path, uses_torch=False)
     assert out["torch_after"] is False

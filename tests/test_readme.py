@@ -6,6 +6,8 @@ import re
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import REPO, run_command
 
 README = (REPO / "README.md").read_text()
@@ -16,6 +18,7 @@ def code_block_after(heading: str) -> str:
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
+@pytest.mark.e2e
 def test_the_python_api_example_runs_as_written(tmp_path: Path, store: str) -> None:
     (tmp_path / "api.py").write_text(code_block_after("## Python API"))
     result = run_command([sys.executable, "api.py"], store, tmp_path, PYTHONHASHSEED="0")

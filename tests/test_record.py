@@ -124,6 +124,7 @@ with start_run(LineFitSpec(steps=3)) as run:
 """
 
 
+@pytest.mark.e2e
 def test_jobs_that_start_at_once_on_a_new_sqlite_file_all_succeed(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'new.db'}"
     start_at = time.time() + 8  # every process imported and waiting, then all open the new store at once

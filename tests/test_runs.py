@@ -92,6 +92,7 @@ with start_run(LineFitSpec()) as run:
 """
 
 
+@pytest.mark.e2e
 def test_a_killed_run_reads_exactly_up_to_its_last_flush_then_from_the_metric_history(
     store: str, tmp_path: Path
 ) -> None:

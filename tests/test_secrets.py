@@ -9,6 +9,7 @@ from array import array
 from pathlib import Path
 
 import mlflow
+import pytest
 
 from mlrepro.spool import Spool
 from tests.conftest import job_env, only_run_id
@@ -33,6 +34,7 @@ def leaks(text: str) -> list[str]:
     return [secret for secret in [*PLANTED.values(), URI_PASSWORD] if secret in text]
 
 
+@pytest.mark.e2e
 def test_planted_secrets_reach_no_tag_param_artifact_or_message(tmp_path: Path, store: str, spool_dir: Path) -> None:
     python = sys.executable
     outputs = [

@@ -28,6 +28,7 @@ def draws_in_new_process(seed: int) -> list:
     return json.loads(result.stdout)
 
 
+@pytest.mark.e2e
 def test_every_generator_repeats_in_a_new_process() -> None:
     assert draws_in_new_process(11) == draws_in_new_process(11)
     assert draws_in_new_process(11) != draws_in_new_process(12)
@@ -80,6 +81,7 @@ def test_non_deterministic_turns_the_strict_switches_off(restore_switches) -> No
     assert state.intra_op_threads == 2
 
 
+@pytest.mark.e2e
 def test_hash_randomisation_is_recorded_as_the_process_really_has_it() -> None:
     code = "from mlrepro import seed_everything; r = seed_everything(1); print(r.state.hash_randomization, r.state.python_hash_seed)"
     fixed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
@@ -98,6 +100,7 @@ def test_bad_arguments_are_refused_before_anything_changes(seed, threads) -> Non
     assert read_determinism_state() == before
 
 
+@pytest.mark.e2e
 def test_thread_count_changes_cpu_results_so_it_is_pinned() -> None:
     """Why threads are part of the spec: on this machine's CPU a reduction split over
     two threads sums in another order than on one."""
@@ -118,6 +121,7 @@ print(w.grad.double().sum().item().hex())
     assert grad_sum(2) != one_thread
 
 
+@pytest.mark.e2e
 def test_worker_seeding_gives_each_worker_its_own_numpy_draws_and_repeats() -> None:
     code = """
 import json
@@ -161,6 +165,7 @@ def test_seed_worker_derives_from_torchs_worker_seed() -> None:
     assert np.random.rand() == a
 
 
+@pytest.mark.e2e
 def test_deterministic_mode_does_not_import_inductor_but_a_later_compile_is_deterministic_too() -> None:
     """torch.use_deterministic_algorithms imports Inductor (two seconds of every run's start); seeding
     sets the eager switch itself and leaves Inductor's in the variable it reads when imported."""

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import mlflow
+import pytest
 import numpy as np
 
 from mlrepro import load_run
@@ -59,6 +60,7 @@ def stopped_after(stderr: str, name: str) -> int:
     return int(line.split(" after ")[1].split()[0])
 
 
+@pytest.mark.e2e
 def test_sigterm_to_the_job_ends_it_killed_with_every_step_and_the_steps_are_the_runs_own(
     tmp_path: Path, store: str
 ) -> None:
@@ -80,6 +82,7 @@ def test_sigterm_to_the_job_ends_it_killed_with_every_step_and_the_steps_are_the
     assert compared["diagnosis"].startswith(f"identical so far: A stopped at step {steps - 1} (KILLED)")
 
 
+@pytest.mark.e2e
 def test_sigterm_to_the_process_group_stops_loader_workers_too_and_the_run_ends_killed(
     tmp_path: Path, store: str
 ) -> None:
@@ -93,6 +96,7 @@ def test_sigterm_to_the_process_group_stops_loader_workers_too_and_the_run_ends_
     assert_killed_with_every_step(run_id, stopped_after(stderr, "SIGTERM"))
 
 
+@pytest.mark.e2e
 def test_ctrl_c_under_mlflow_run_ends_the_run_killed_with_every_step(tmp_path: Path, store: str) -> None:
     launcher = start(store, tmp_path, [sys.executable, "-m", "mlflow", "run", str(REPO), "--env-manager", "local",
                                        "-P", "steps=1000000"])
@@ -117,6 +121,7 @@ with start_run(LineFitSpec(steps=10**6)) as run:
 """
 
 
+@pytest.mark.e2e
 def test_after_sigkill_the_orphaned_run_is_named_and_marked_killed_and_what_is_lost_is_measured(
     tmp_path: Path, store: str
 ) -> None:

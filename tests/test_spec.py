@@ -108,6 +108,7 @@ def test_bad_spec_files_give_one_line(tmp_path: Path, content: str | None, messa
     assert message in str(caught.value) and "\n" not in str(caught.value)
 
 
+@pytest.mark.e2e
 def test_the_hash_is_stable_across_processes_and_follows_the_content() -> None:
     code = "from mlrepro.spec import LineFitSpec; print(LineFitSpec(seed=3).hash)"
     other_process = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

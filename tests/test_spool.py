@@ -138,6 +138,7 @@ def server(tmp_path: Path) -> MlflowServer:
     server.stop()
 
 
+@pytest.mark.e2e
 def test_a_server_that_stops_mid_run_and_returns_before_the_end_gets_every_step(
     tmp_path: Path, server: MlflowServer
 ) -> None:
@@ -153,6 +154,7 @@ def test_a_server_that_stops_mid_run_and_returns_before_the_end_gets_every_step(
     assert_whole_and_once(server, run_id, 40_000)
 
 
+@pytest.mark.e2e
 def test_a_server_away_when_the_run_ends_leaves_it_to_sync_which_delivers_every_step_once(
     tmp_path: Path, server: MlflowServer, spool_dir: Path
 ) -> None:

@@ -63,6 +63,7 @@ def assert_every_step_of_every_run(uri: str, runs: int) -> None:
     assert counted == runs * STEPS
 
 
+@pytest.mark.e2e
 @pytest.mark.team
 def test_eight_runs_logging_at_once_into_one_team_server_lose_no_step(
     tmp_path: Path, team_server: MlflowServer, team_experiment: str
@@ -71,6 +72,7 @@ def test_eight_runs_logging_at_once_into_one_team_server_lose_no_step(
     assert_every_step_of_every_run(team_server.uri, 8)
 
 
+@pytest.mark.e2e
 def test_four_runs_logging_at_once_into_one_sqlite_file_lose_no_step(tmp_path: Path, store: str) -> None:
     log_at_once(store, tmp_path, 4)
     assert_every_step_of_every_run(store, 4)

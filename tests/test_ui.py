@@ -55,6 +55,7 @@ def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     server.stop()
 
 
+@pytest.mark.e2e
 def test_the_run_comparison_view_shows_loss_seed_and_mlrepro_tags(tmp_path: Path, server: str) -> None:
     sync_playwright = _browser_or_skip()
     work = tmp_path / "work"

@@ -103,6 +103,7 @@ def test_the_writer_opens_early_only_a_store_whose_schema_is_made(tmp_path: Path
     assert not sqlite_schema_is_current(half_made)
 
 
+@pytest.mark.e2e
 def test_waiting_for_the_writer_reaps_it_or_says_it_is_still_running() -> None:
     done = subprocess.Popen([sys.executable, "-c", "pass"])
     wait_for_exit(done, timeout_s=60)
@@ -142,6 +143,7 @@ def test_each_runs_writer_is_forked_ready_by_the_zygote_and_a_dead_zygote_is_rep
     assert history(run.run_id) == [(0, 3.0)]
 
 
+@pytest.mark.e2e
 def test_the_next_runs_writer_is_forked_as_a_run_ends_unless_mlflow_run_started_the_process(
         store: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Forked as a run starts, the next run's writer opened its store on the cores the run was starting
