@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from mlrepro.bisect import first_difference
+from mlrepro.bisect import BisectResult, describe, first_difference
 from mlrepro.cli import main
 from tests.conftest import (
-    REPO, PlantedRuns, assert_one_line_error_here, mlrepro_cli, run_command, run_here, run_planted,
+    REPO, PlantedRuns, assert_one_line_error_here, run_command, run_here, run_planted,
 )
 
 PLANTED = REPO / "tests" / "jobs" / "planted.py"
@@ -50,12 +50,12 @@ def test_bisect_names_the_layer_whose_op_is_nondeterministic(tmp_path: Path, sto
     assert difference["where"] == "noise: torch.randn"
     line = next(i for i, text in enumerate(PLANTED.read_text().splitlines(), 1) if "torch.randn(x.shape" in text)
     assert difference["location"] == f"{PLANTED}:{line} in forward"
-    text = run_command([sys.executable, "-m", "mlrepro", "bisect", a, b], store, tmp_path, **noisy).stdout
+    text = describe(BisectResult.model_validate_json(result.stdout))  # what bisect prints without --json
     assert "first difference: step 15, in module noise: op torch.randn" in text
 
     # Without the variable the op is deterministic again: the replays agree, and bisect says so.
-    calm = mlrepro_cli(store, tmp_path, "bisect", a, b)
-    assert calm.returncode == 0, calm.stderr
+    calm = run_here(main, "bisect", a, b)  # the command here; its replays in processes of their own
+    assert calm.exit_code == 0, calm.stderr
     assert "did not recur" in calm.stdout
 
 

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from mlrepro.cli import main
 from mlrepro.code import NO_CHANGES, UNAVAILABLE, git_facts
-from tests.conftest import mlrepro_cli, run_command
+from tests.conftest import run_command, run_here
 
 
 def git(folder: Path, *args: str) -> None:
@@ -89,9 +90,9 @@ def test_the_same_spec_from_two_scripts_is_two_jobs_and_compare_names_the_code_f
         assert result.returncode == 0, result.stderr[-2000:]
         ids.append(result.stdout.split()[-1])
     # The losses are the same numbers, yet the runs are not the same job.
-    verdict = json.loads(mlrepro_cli(store, tmp_path, "compare", "--json", *ids).stdout)
+    verdict = json.loads(run_here(main, "compare", "--json", *ids).stdout)
     assert verdict["identical"] is True
     assert [(d["key"], d["value_a"], d["value_b"]) for d in verdict["differences"]][0] == (
         "code.entry", "first.py", "second.py")
-    table = mlrepro_cli(store, tmp_path, "find", "--job", "linefit", "seed=3", "steps=5").stdout
+    table = run_here(main, "find", "--job", "linefit", "seed=3", "steps=5").stdout
     assert "linefit (first.py)" in table and "linefit (second.py)" in table

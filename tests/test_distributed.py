@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from mlrepro import compare_runs, load_run
+from mlrepro.cli import main
 from mlrepro.diagnosis import differences
-from tests.conftest import job_env, kill_after_checkpoints, mlrepro_cli, only_run_id, run_command, start_job
+from tests.conftest import job_env, kill_after_checkpoints, only_run_id, run_command, run_here, start_job
 from tests.helpers.server import free_port
 
 # 200 images, 4 a batch: 50 steps an epoch on one process, 25 on each of two.
@@ -121,6 +122,6 @@ def test_a_killed_run_of_two_processes_resumes_bit_for_bit(tmp_path: Path, store
     whole = only_run_id(store)
     resumed_at = int(mlflow.MlflowClient().get_run(resumed_id).data.tags["mlrepro.resumed_at_step"])
     assert 0 < resumed_at < 600
-    verdict = mlrepro_cli(store, tmp_path, "compare", resumed_id, whole)
-    assert verdict.returncode == 0, verdict.stdout + verdict.stderr
+    verdict = run_here(main, "compare", resumed_id, whole)
+    assert verdict.exit_code == 0, verdict.stdout + verdict.stderr
     assert "logged the same 600 losses, bit for bit" in verdict.stdout

@@ -8,7 +8,8 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from tests.conftest import experiment, mlflow_run, mlrepro_cli, only_run_id, run_command
+from mlrepro.cli import main
+from tests.conftest import experiment, mlflow_run, mlrepro_cli, only_run_id, run_command, run_here
 
 
 def launched(store: str, cwd: Path, *params: str) -> str:
@@ -34,8 +35,8 @@ def test_mlflow_run_twice_is_identical_and_another_seed_differs_from_step_0(tmp_
     assert same.returncode == 0 and same.stdout.startswith("identical:"), same.stdout + same.stderr
     assert "1000 losses" in same.stdout
 
-    different = mlrepro_cli(store, tmp_path, "compare", first, other_seed)
-    assert different.returncode == 1
+    different = run_here(main, "compare", first, other_seed)
+    assert different.exit_code == 1
     assert "first differ at step 0" in different.stdout
 
     # Through MLflow: the comparison is a run of its own, FINISHED because the comparison was made,

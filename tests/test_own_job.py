@@ -59,20 +59,20 @@ def test_mlflow_run_compare_show_find_and_reproduce_a_users_own_job(tmp_path: Pa
     a = launched(store, tmp_path, project, "steps=150")
     wider = launched(store, tmp_path, project, "steps=150", "width=32")
 
-    different = mlrepro_cli(store, tmp_path, "compare", "--json", a[:8], wider[:8])
-    assert different.returncode == 1, different.stderr
+    different = run_here(main, "compare", "--json", a[:8], wider[:8])
+    assert different.exit_code == 1, different.stderr
     verdict = json.loads(different.stdout)
     assert verdict["first_divergent_step"] == 0
     assert [(d["source"], d["key"], d["value_a"], d["value_b"]) for d in verdict["differences"]] == [
         ("spec", "width", "16", "32")]
     assert verdict["diagnosis"].startswith("most likely cause: width (16 | 32)")
 
-    shown = mlrepro_cli(store, tmp_path, "show", a)
-    assert shown.returncode == 0, shown.stderr
+    shown = run_here(main, "show", a)
+    assert shown.exit_code == 0, shown.stderr
     assert f"code: script train.py in {project}" in shown.stdout and "MLproject entry point main" in shown.stdout
     assert "spec (noisy, hash " in shown.stdout and "  width: 16" in shown.stdout
 
-    found = json.loads(mlrepro_cli(store, tmp_path, "find", "--json", "--job", "noisy", "width=32").stdout)
+    found = json.loads(run_here(main, "find", "--json", "--job", "noisy", "width=32").stdout)
     assert [(run["run_id"], run["job"], run["entry"]) for run in found] == [(wider, "noisy", "train.py")]
 
     record = run_command([sys.executable, "-c", READ_WITHOUT_THE_CLASS, a], store, tmp_path)

@@ -11,12 +11,12 @@ import mlflow
 import pytest
 
 from mlrepro import load_run, start_run
+from mlrepro.cli import job_command, main
 from mlrepro.errors import MlreproError
 from mlrepro.spec import LineFitSpec
-from mlrepro.cli import job_command
 from projects.linefit.train import train
 from tests.conftest import (
-    assert_one_line_error_here, kill_after_checkpoints, mlrepro_cli, only_run_id, run_command, run_here, start_job,
+    assert_one_line_error_here, kill_after_checkpoints, only_run_id, run_command, run_here, start_job,
 )
 
 
@@ -34,8 +34,8 @@ def resume_and_compare(store: str, cwd: Path, job: str, killed: str, *assignment
     assert tags["mlrepro.resumed_from"] == killed and client.get_run(killed).data.tags["mlrepro.resumed_by"] == resumed_id
     resumed_at = int(tags["mlrepro.resumed_at_step"])
     assert 0 < resumed_at < len(load_run(uninterrupted).losses)
-    verdict = mlrepro_cli(store, cwd, "compare", resumed_id, uninterrupted)
-    assert verdict.returncode == 0, verdict.stdout + verdict.stderr
+    verdict = run_here(main, "compare", resumed_id, uninterrupted)
+    assert verdict.exit_code == 0, verdict.stdout + verdict.stderr
     assert f"logged the same {len(load_run(uninterrupted).losses)} losses, bit for bit" in verdict.stdout
 
 

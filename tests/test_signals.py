@@ -12,11 +12,14 @@ import time
 from pathlib import Path
 
 import mlflow
-import pytest
 import numpy as np
+import pytest
 
 from mlrepro import load_run
-from tests.conftest import REPO, job_env, mlrepro_cli, only_run_id, run_linefit
+from mlrepro.cli import job_command, main
+from mlrepro.spec import LineFitSpec
+from projects.linefit.train import train
+from tests.conftest import REPO, job_env, mlrepro_cli, only_run_id, run_here
 
 
 def start(store: str, cwd: Path, command: list[str], **extra_env: str) -> subprocess.Popen[str]:
@@ -74,9 +77,9 @@ def test_sigterm_to_the_job_ends_it_killed_with_every_step_and_the_steps_are_the
     assert_killed_with_every_step(run_id, steps)
 
     # They are the first steps of the same job run to its end: identical so far, never "nondeterminism".
-    assert run_linefit(store, tmp_path, f"steps={steps + 5}").returncode == 0
-    verdict = mlrepro_cli(store, tmp_path, "compare", "--json", run_id, only_run_id(store))
-    assert verdict.returncode == 3, verdict.stdout + verdict.stderr
+    assert run_here(job_command(LineFitSpec, train), f"steps={steps + 5}").exit_code == 0
+    verdict = run_here(main, "compare", "--json", run_id, only_run_id(store))
+    assert verdict.exit_code == 3, verdict.stdout + verdict.stderr
     compared = json.loads(verdict.stdout)
     assert compared["verdict"] == "identical so far" and compared["losses"]["steps_in_both"] == steps
     assert compared["diagnosis"].startswith(f"identical so far: A stopped at step {steps - 1} (KILLED)")
@@ -132,7 +135,7 @@ def test_after_sigkill_the_orphaned_run_is_named_and_marked_killed_and_what_is_l
     handed_over = int(stdout.split()[-1]) + 1
     client = mlflow.MlflowClient()
 
-    shown = mlrepro_cli(store, tmp_path, "show", run_id)
+    shown = run_here(main, "show", run_id)
     assert f"run {run_id} (RUNNING, its process gone: killed without a chance to say so)" in shown.stdout
     # The spool holds what the writer had not delivered; marking the run delivers it first.
     marked = mlrepro_cli(store, tmp_path, "mark-killed", run_id[:8])
@@ -145,5 +148,5 @@ def test_after_sigkill_the_orphaned_run_is_named_and_marked_killed_and_what_is_l
     assert 0 <= lost <= 400  # at most the last 0.1 s not yet spooled, at ~1,500 steps/s here
     assert mark.startswith(f"marked run {run_id} KILLED: its process is gone; it logged {logged} steps"), mark
     assert client.get_run(run_id).info.status == "KILLED"
-    again = mlrepro_cli(store, tmp_path, "mark-killed", run_id)
-    assert again.returncode == 2 and "is KILLED, not RUNNING" in again.stderr
+    again = run_here(main, "mark-killed", run_id)
+    assert again.exit_code == 2 and "is KILLED, not RUNNING" in again.stderr
