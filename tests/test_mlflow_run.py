@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import mlflow
 import pytest
 
 from mlrepro.cli import main
-from tests.conftest import experiment, mlflow_run, mlrepro_cli, only_run_id, run_command, run_here
+from tests.conftest import experiment, mlflow_run, mlrepro_cli, only_run_id, run_here
 
 
 def launched(store: str, cwd: Path, *params: str) -> str:
@@ -20,7 +19,9 @@ def launched(store: str, cwd: Path, *params: str) -> str:
 
 @pytest.mark.e2e
 @pytest.mark.both_stores
-def test_mlflow_run_twice_is_identical_and_another_seed_differs_from_step_0(tmp_path: Path, store: str) -> None:
+def test_mlflow_run_twice_is_identical_and_another_seed_differs_from_step_0(
+    tmp_path: Path, store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     first = launched(store, tmp_path)
     second = launched(store, tmp_path)
     other_seed = launched(store, tmp_path, "seed=4")
@@ -53,10 +54,9 @@ def test_mlflow_run_twice_is_identical_and_another_seed_differs_from_step_0(tmp_
     plots = [entry.path for entry in client.list_artifacts(made.info.run_id, "mlrepro/compare")]
     assert plots == [f"mlrepro/compare/{first}-vs-{other_seed}.png"]
     # A CI gate asks for a difference to fail the run: exactly what `-P fail_on_difference=true` passes on.
-    gate_run = client.create_run(experiment()).info.run_id
-    gate = run_command([sys.executable, "-m", "mlrepro", "compare", first, other_seed, "--on-launched-run",
-                        "--fail-on-difference", "true"], store, tmp_path, MLFLOW_RUN_ID=gate_run)
-    assert gate.returncode == 1, gate.stderr
+    monkeypatch.setenv("MLFLOW_RUN_ID", client.create_run(experiment()).info.run_id)
+    gate = run_here(main, "compare", first, other_seed, "--on-launched-run", "--fail-on-difference", "true")
+    assert gate.exit_code == 1, gate.stderr
 
 
 @pytest.mark.e2e
