@@ -47,9 +47,19 @@ class Postgres:
         data = self.folder / "data"
         self._run(str(self.bin / "initdb"), "-D", str(data), "-U", self.user, "--auth=trust", "-E", "UTF8",
                   "--no-sync")
-        self._run(str(self.bin / "pg_ctl"), "-D", str(data), "-l", str(self.folder / "postgres.log"), "-w",
-                  "-o", f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off "
-                        "-c max_connections=200", "start")
+        # Another process may bind the chosen port before PostgreSQL does (another suite on this
+        # machine): then it is started again on another free port.
+        for attempt in range(3):
+            try:
+                self._run(str(self.bin / "pg_ctl"), "-D", str(data), "-l", str(self.folder / "postgres.log"), "-w",
+                          "-o", f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off "
+                                "-c max_connections=200", "start")
+                return
+            except subprocess.CalledProcessError:
+                log = self.folder / "postgres.log"
+                if attempt == 2 or "could not bind" not in (log.read_text() if log.exists() else ""):
+                    raise
+                self.port = free_port()
 
     def create_database(self, name: str) -> str:
         """A new, empty database; its SQLAlchemy URI for MLflow (psycopg 3)."""

@@ -12,6 +12,10 @@ import urllib.request
 from pathlib import Path
 
 
+class PortTakenError(RuntimeError):
+    """The port chosen for a server was bound by another process before the server could bind it."""
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -32,13 +36,28 @@ class MlflowServer:
         self.process: subprocess.Popen[bytes] | None = None
         self.log = folder / "server.log"
         self.workers = workers
+        self.started_once = False
 
     @property
     def uri(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout_s: float = 120) -> None:
+        """Start the server and wait until it answers. The first start takes another free port when
+        the one chosen was taken meanwhile (another suite on the machine may have just bound it); a
+        restart keeps its port, as a team's server does."""
+        for attempt in range(3):
+            try:
+                self._start(timeout_s)
+                return
+            except PortTakenError:
+                if self.started_once or attempt == 2:
+                    raise
+                self.port = free_port()
+
+    def _start(self, timeout_s: float) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
+        logged_before = self.log.stat().st_size if self.log.exists() else 0
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
@@ -49,14 +68,21 @@ class MlflowServer:
             )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
+            said = self.log.read_bytes()[logged_before:].decode(errors="replace")
             if self.process.poll() is not None:
-                raise RuntimeError(f"mlflow server exited: {self.log.read_text()[-3000:]}")
+                if "address already in use" in said.lower():
+                    raise PortTakenError(f"port {self.port} is taken")
+                raise RuntimeError(f"mlflow server exited: {said[-3000:]}")
+            # Ready when this server logged the answer: a 200 alone may come from another process
+            # that holds the port (this one then exits, and the loop above sees why).
+            if '"GET /health HTTP/1.1" 200' in said:
+                self.started_once = True
+                return
             try:
-                with urllib.request.urlopen(f"{self.uri}/health", timeout=1) as answer:
-                    if answer.status == 200:
-                        return
+                urllib.request.urlopen(f"{self.uri}/health", timeout=1).close()
             except OSError:
-                time.sleep(0.2)
+                pass
+            time.sleep(0.2)
         raise RuntimeError(f"mlflow server did not answer within {timeout_s} s: {self.log.read_text()[-3000:]}")
 
     def stop(self, crash: bool = False) -> None:
