@@ -13,6 +13,7 @@ leaves the process's handlers as they are.
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -76,6 +77,21 @@ class Interruption:
         "DataLoader worker ... is killed"; once the run is stopping, that is no news."""
         if threading.current_thread() is threading.main_thread() and signal.SIGCHLD not in self.previous:
             self.previous[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+
+
+def _default_handlers_in_forked_child() -> None:
+    """A process forked while a run trains (a DataLoader worker) is not the run: a signal must not
+    raise ``RunInterrupted`` there. Its own defaults come back (torch's worker then sets its own
+    SIGTERM handler): a worker killed with the group dies at once, instead of unwinding as if it
+    were the run, with its threads still serving the parent."""
+    for signum in HANDLED:
+        handler = signal.getsignal(signum)
+        if isinstance(getattr(handler, "__self__", None), Interruption):
+            signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_default_handlers_in_forked_child)
 
 
 @contextmanager

@@ -17,6 +17,7 @@ import pytest
 
 from mlrepro import load_run
 from mlrepro.cli import job_command, main
+from mlrepro.signals import Interruption, interruptible
 from mlrepro.spec import LineFitSpec
 from projects.linefit.train import train
 from tests.conftest import REPO, job_env, mlrepro_cli, only_run_id, run_here
@@ -61,6 +62,25 @@ def stopped_after(stderr: str, name: str) -> int:
     line = next(line for line in stderr.splitlines() if f"stopped by {name} after" in line)
     assert line.endswith("steps; every step is recorded, and the run is KILLED"), line
     return int(line.split(" after ")[1].split()[0])
+
+
+def test_a_process_forked_while_a_run_trains_gets_the_default_handlers_back() -> None:
+    """A DataLoader worker is forked from the run's process but is not the run: SIGTERM to the group
+    must kill it at once, and Ctrl-C reach it as a plain KeyboardInterrupt, never RunInterrupted."""
+    with interruptible():
+        assert isinstance(signal.getsignal(signal.SIGTERM).__self__, Interruption)
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: report its handlers, and leave without running anything of pytest's
+            handlers = (signal.getsignal(signal.SIGTERM) == signal.SIG_DFL,
+                        signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+            os.write(write, repr(handlers).encode())
+            os._exit(0)
+        os.close(write)
+        said = os.read(read, 100).decode()
+        os.close(read)
+        os.waitpid(pid, 0)
+    assert said == "(True, True)"
 
 
 @pytest.mark.e2e
