@@ -54,9 +54,12 @@ def test_mlflow_run_twice_is_identical_and_another_seed_differs_from_step_0(
     plots = [entry.path for entry in client.list_artifacts(made.info.run_id, "mlrepro/compare")]
     assert plots == [f"mlrepro/compare/{first}-vs-{other_seed}.png"]
     # A CI gate asks for a difference to fail the run: exactly what `-P fail_on_difference=true` passes on.
-    monkeypatch.setenv("MLFLOW_RUN_ID", client.create_run(experiment()).info.run_id)
+    gate_run = client.create_run(experiment()).info.run_id
+    monkeypatch.setenv("MLFLOW_RUN_ID", gate_run)
     gate = run_here(main, "compare", first, other_seed, "--on-launched-run", "--fail-on-difference", "true")
     assert gate.exit_code == 1, gate.stderr
+    assert f"recorded on run {gate_run}: the verdict and the plot" in gate.stdout
+    assert client.get_run(gate_run).data.tags["mlrepro.compared.identical"] == "false"
 
 
 @pytest.mark.e2e

@@ -14,7 +14,7 @@ from mlrepro.losses import LossSeries
 from mlrepro.errors import ExperimentNotFoundError, SpecError
 from mlrepro.spec import LineFitSpec
 from mlrepro.cli import main
-from tests.conftest import run_here
+from tests.conftest import LineFitRuns, run_here
 
 
 def logged_run(losses: list[float], **fields: object) -> str:
@@ -117,3 +117,13 @@ def test_the_cli_find_show_and_compare_log(store: str, tmp_path: Path) -> None:
     assert unknown.exit_code == 0 and unknown.stdout.strip() == "no matching runs"
     no_job = run_here(main, "find", "seed=9")
     assert no_job.exit_code == 2 and "job: missing" in no_job.stderr
+
+
+def test_on_launched_run_outside_mlflow_run_records_nothing_and_exits_by_the_verdict(
+    linefit_store: LineFitRuns, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)  # no run launched: nothing to record the verdict on
+    result = run_here(main, "compare", linefit_store.same_a, linefit_store.other_seed, "--on-launched-run")
+    assert result.exit_code == 1, result.stderr
+    assert "recorded on run" not in result.stdout + result.stderr
+    assert len(mlflow.MlflowClient().search_runs(["0"])) == 3  # the shared runs, and no other
