@@ -215,14 +215,6 @@ def linefit_runs(tmp_path_factory: pytest.TempPathFactory, store_template: Path)
     return LineFitRuns(folder, *make_shared_runs(folder, store_template, make))
 
 
-@pytest.fixture
-def linefit_store(linefit_runs: LineFitRuns, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LineFitRuns]:
-    """This test's own copy of the session's line-fit runs, the current store."""
-    use_store(copy_store(linefit_runs.folder, tmp_path), tmp_path, monkeypatch)
-    yield linefit_runs
-    mlflow.set_tracking_uri(None)
-
-
 @dataclass(frozen=True)
 class PlantedRuns:
     """Runs of the planted job (tests/jobs/planted.py: 40 steps, fingerprints at every step, no
@@ -259,12 +251,22 @@ def planted_runs(tmp_path_factory: pytest.TempPathFactory, store_template: Path)
     return PlantedRuns(folder, *make_shared_runs(folder, store_template, make))
 
 
-@pytest.fixture
-def planted_store(planted_runs: PlantedRuns, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[PlantedRuns]:
-    """This test's own copy of the session's planted runs, the current store."""
-    use_store(copy_store(planted_runs.folder, tmp_path), tmp_path, monkeypatch)
-    yield planted_runs
-    mlflow.set_tracking_uri(None)
+def copy_of(runs_fixture: str) -> Callable[..., Iterator[object]]:
+    """A fixture that makes this test's own copy of the session's shared runs ``runs_fixture`` the
+    current store, and gives the test their ids; what the test writes stays in its copy."""
+
+    @pytest.fixture
+    def fixture(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
+        runs = request.getfixturevalue(runs_fixture)
+        use_store(copy_store(runs.folder, tmp_path), tmp_path, monkeypatch)
+        yield runs
+        mlflow.set_tracking_uri(None)
+
+    return fixture
+
+
+linefit_store = copy_of("linefit_runs")  # LineFitRuns
+planted_store = copy_of("planted_runs")  # PlantedRuns
 
 
 def run_here(command: click.Command, *args: str) -> Result:

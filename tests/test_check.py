@@ -12,9 +12,7 @@ import pytest
 
 from mlrepro.cli import main
 from tests.conftest import REPO, assert_one_line_error, assert_one_line_error_here, mlrepro_cli, run_command, run_here
-from tests.helpers.cifar_files import write_cifar10
 
-ON_TEST_FILES = str(REPO / "tests" / "helpers" / "run_cifar10_on_test_files.py")
 PLANTED = str(REPO / "tests" / "jobs" / "planted.py")
 
 
@@ -51,19 +49,13 @@ def test_the_line_fit_passes_every_leg_and_the_verdict_is_recorded_beside_its_ru
 
 
 @pytest.mark.e2e
-def test_the_cifar10_job_passes_on_the_cpu_with_its_loader_workers(tmp_path: Path, store: str) -> None:
-    write_cifar10(tmp_path / "data", images_per_batch=40)
-    code, result, _ = check(store, tmp_path, ON_TEST_FILES, "device=cpu", f"data_dir={tmp_path / 'data'}",
-                            "test_limit=20", "num_workers=2", "--steps", "10", "--no-record")
-    assert code == 0, result
-    assert [leg["status"] for leg in result["legs"]] == ["pass", "pass", "pass", "timing"]
-    assert result["recorded_run"] is None
-
-
-@pytest.mark.e2e
-def test_a_job_drawing_from_an_unseeded_generator_fails_at_the_step_it_starts(tmp_path: Path, store: str) -> None:
-    code, result, _ = check(store, tmp_path, PLANTED, "--steps", "12", PLANT_UNSEEDED_FROM="7")
-    assert code == 1
+def test_a_job_drawing_from_an_unseeded_generator_fails_at_the_step_it_starts(
+    store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PLANT_UNSEEDED_FROM", "7")  # the legs' processes inherit it
+    checked = run_here(main, "check", "--json", PLANTED, "--steps", "12")  # the command here, its legs not
+    code, result = checked.exit_code, json.loads(checked.stdout)
+    assert code == 1, checked.stderr[-3000:]
     assert result["passed"] is False and result["first_divergent_step"] == 7
     status, got = legs(result)["two fresh runs, 12 steps"]
     assert status == "fail" and got.startswith("different from step 7")

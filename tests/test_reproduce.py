@@ -13,7 +13,7 @@ import pytest
 from mlrepro.cli import main
 from mlrepro.reproduce import environment_drift
 from tests.conftest import (
-    REPO, LineFitRuns, assert_one_line_error_here, mlrepro_cli, only_run_id, run_command, run_here,
+    REPO, LineFitRuns, assert_one_line_error_here, only_run_id, run_command, run_here,
 )
 
 
@@ -26,8 +26,8 @@ def test_a_built_in_job_reproduces_and_both_runs_say_so(tmp_path: Path, store: s
     )
     assert job.returncode == 0, job.stderr[-2000:]
     original = only_run_id(store)
-    result = mlrepro_cli(store, tmp_path, "reproduce", original)  # the run knows its project folder
-    assert result.returncode == 0, result.stdout + result.stderr[-2000:]
+    result = run_here(main, "reproduce", original)  # the run knows its project folder; the repeat is a process
+    assert result.exit_code == 0, result.stdout + result.stderr[-2000:]
     repeat = only_run_id(store)
     assert f"repeated run {original} as run {repeat}" in result.stdout and "identical: runs" in result.stdout
 
@@ -53,8 +53,8 @@ def test_it_warns_when_the_job_s_code_changed_since_the_run(tmp_path: Path, stor
     original = only_run_id(store)
     train = project / "train.py"
     train.write_text(train.read_text() + "# a comment: the sources differ, the numbers do not\n")
-    result = mlrepro_cli(store, tmp_path, "reproduce", original)
-    assert result.returncode == 0, result.stdout + result.stderr[-2000:]
+    result = run_here(main, "reproduce", original)
+    assert result.exit_code == 0, result.stdout + result.stderr[-2000:]
     assert "mlrepro: warning: this is not the code or environment the run was logged with" in result.stderr
     warned = [line.split()[1] for line in result.stderr.splitlines() if line.startswith("  env ")]
     assert warned[:2] == ["code.source_digest", "git.diff_digest"] and "git.dirty" in warned

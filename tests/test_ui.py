@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -41,21 +40,16 @@ def _browser_or_skip() -> object:
     return sync_playwright
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.team)])
-def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A real `mlflow server` on loopback, its runs in a SQLite file, or (the team tier) the session's
-    team server on PostgreSQL, in an experiment of this test's own."""
-    if request.param == "postgres":
-        request.getfixturevalue("team_experiment")
-        yield request.getfixturevalue("team_server").uri
-        return
-    server = MlflowServer(tmp_path / "server")
-    server.start()
-    yield server.uri
-    server.stop()
+@pytest.fixture
+def server(team_server: MlflowServer, team_experiment: str) -> str:
+    """The session's team server (`mlflow server` on PostgreSQL, served artifacts), in an experiment of
+    this test's own: the UI is the same whatever store is behind the server, so it is checked once,
+    against a team's stack."""
+    return team_server.uri
 
 
 @pytest.mark.e2e
+@pytest.mark.team
 def test_the_run_comparison_view_shows_loss_seed_and_mlrepro_tags(tmp_path: Path, server: str) -> None:
     sync_playwright = _browser_or_skip()
     work = tmp_path / "work"
