@@ -170,6 +170,15 @@ def store(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.Mo
     mlflow.set_tracking_uri(None)
 
 
+def trained(spec: object, train: Callable[[object, object], None]) -> str:
+    """A run of ``train`` opened by ``start_run(spec)`` in this process; its id."""
+    from mlrepro.tracking import start_run
+
+    with start_run(spec) as run:
+        train(spec, run)
+    return run.run_id
+
+
 def make_shared_runs(folder: Path, store_template: Path, make: Callable[[pytest.MonkeyPatch], list[str]]) -> list[str]:
     """Runs made once a session, in this process, into a store of their own in ``folder`` that
     tests copy (``copy_store``); ``make`` logs them and returns their ids."""
@@ -199,17 +208,10 @@ def linefit_runs(tmp_path_factory: pytest.TempPathFactory, store_template: Path)
     """Made in this process: that two processes repeat bit for bit is proven end to end, once
     (test_mlflow_run); tests of what is done with runs read these."""
     from mlrepro.spec import LineFitSpec
-    from mlrepro.tracking import start_run
     from projects.linefit.train import train
 
     def make(_: pytest.MonkeyPatch) -> list[str]:
-        made = []
-        for seed in (3, 3, 4):
-            spec = LineFitSpec(seed=seed, steps=30)
-            with start_run(spec) as run:
-                train(spec, run)
-            made.append(run.run_id)
-        return made
+        return [trained(LineFitSpec(seed=seed, steps=30), train) for seed in (3, 3, 4)]
 
     folder = tmp_path_factory.mktemp("linefit-runs")
     return LineFitRuns(folder, *make_shared_runs(folder, store_template, make))
@@ -234,17 +236,13 @@ PLANTED_ULPS = ["", "", "5:head.bias", "25:head.bias", "39:conv.weight"]
 
 @pytest.fixture(scope="session")
 def planted_runs(tmp_path_factory: pytest.TempPathFactory, store_template: Path) -> PlantedRuns:
-    from mlrepro.tracking import start_run
     from tests.jobs.planted import PlantedSpec, train
 
     def make(patch: pytest.MonkeyPatch) -> list[str]:
         made = []
-        spec = PlantedSpec(fingerprint_every=1, checkpoint_every=0)
         for ulp in PLANTED_ULPS:
             patch.setenv("PLANT_ULP", ulp)
-            with start_run(spec) as run:
-                train(spec, run)
-            made.append(run.run_id)
+            made.append(trained(PlantedSpec(fingerprint_every=1, checkpoint_every=0), train))
         return made
 
     folder = tmp_path_factory.mktemp("planted-runs")
@@ -279,6 +277,21 @@ def run_here(command: click.Command, *args: str) -> Result:
         # A job's command line marks the process as one; this process runs more than one.
         patch.setattr(mlrepro.code, "_takes_spec_file", False)
         return CliRunner().invoke(command, list(args), catch_exceptions=False)
+
+
+def stopped_here(command: click.Command, *args: str, after: int, folder: Path) -> str:
+    """A job's command line run here under orders (mlrepro.orders) to stop once ``after`` steps are
+    logged: the run ends there with the checkpoints it logged, as a kill after them leaves them, and
+    a resume can start from them. The run's id."""
+    from mlrepro.orders import ORDERS_ENV, Orders
+
+    orders = folder / "orders.json"
+    orders.write_text(Orders(stop_after=after).model_dump_json())
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(ORDERS_ENV, str(orders))
+        result = run_here(command, *args)
+    assert result.exit_code == 0, result.stderr[-3000:]
+    return only_run_id(mlflow.get_tracking_uri())
 
 
 def assert_one_line_error_here(result: Result, *fragments: str) -> None:

@@ -15,8 +15,9 @@ import mlflow
 import pytest
 
 from mlrepro.cli import job_command, main
-from mlrepro.orders import ORDERS_ENV, Orders
-from tests.conftest import REPO, assert_one_line_error_here, mlrepro_cli, only_run_id, run_command, run_here
+from tests.conftest import (
+    REPO, assert_one_line_error_here, mlrepro_cli, only_run_id, run_command, run_here, stopped_here,
+)
 
 # Read where `train` (the module that defines NoisySpec) cannot be imported.
 READ_WITHOUT_THE_CLASS = """
@@ -92,18 +93,13 @@ def test_mlflow_run_compare_show_find_and_reproduce_a_users_own_job(tmp_path: Pa
 
 
 def test_a_stopped_run_of_a_users_job_resumes_bit_for_bit_and_its_digest_is_the_whole_runs(
-    tmp_path: Path, store: str, project: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, store: str, project: Path
 ) -> None:
     """In this process: a SIGKILL and its resume are proven end to end in test_resume (CIFAR-10, two
-    loader workers, both stores) and test_distributed (two ranks); this is the user's own loop and spec."""
+    loader workers) and test_distributed (two ranks); this is the user's own loop and spec."""
     job = job_command(*users_job(project))
     spec = ["steps=2000", "checkpoint_every=200"]
-    orders = tmp_path / "orders.json"
-    orders.write_text(Orders(stop_after=700).model_dump_json())  # ends it after step 699, as a kill would
-    with monkeypatch.context() as stopped:
-        stopped.setenv(ORDERS_ENV, str(orders))
-        assert run_here(job, *spec).exit_code == 0
-    stopped_id = only_run_id(store)
+    stopped_id = stopped_here(job, *spec, after=700, folder=tmp_path)  # ends after step 699, as a kill would
 
     resumed = run_here(job, *spec, f"resume_from={stopped_id[:8]}")
     assert resumed.exit_code == 0, resumed.stderr[-3000:]

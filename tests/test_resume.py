@@ -12,13 +12,12 @@ import pytest
 
 from mlrepro import load_run, start_run
 from mlrepro.cli import job_command, main
-from mlrepro.orders import ORDERS_ENV, Orders
 from mlrepro.errors import MlreproError
 from mlrepro.spec import Cifar10Spec, LineFitSpec
 from projects.cifar10.train import train as cifar10_train
 from projects.linefit.train import train
 from tests.conftest import (
-    assert_one_line_error_here, kill_after_checkpoints, only_run_id, run_command, run_here, start_job,
+    assert_one_line_error_here, kill_after_checkpoints, only_run_id, run_command, run_here, start_job, stopped_here,
 )
 
 
@@ -53,7 +52,7 @@ def test_a_killed_cifar10_run_with_two_workers_resumes_bit_for_bit(tmp_path: Pat
 @pytest.mark.e2e
 @pytest.mark.parametrize("store", [pytest.param("team", marks=pytest.mark.team)], indirect=True)
 def test_on_a_team_server_a_cifar10_run_resumes_from_its_served_checkpoint_bit_for_bit(
-    tmp_path: Path, store: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, store: str
 ) -> None:
     """The team's path: checkpoints uploaded to the server's artifacts, downloaded to resume, and the
     stitched losses compared through it. The jobs run here; a SIGKILL at a moment the test does not
@@ -61,12 +60,7 @@ def test_on_a_team_server_a_cifar10_run_resumes_from_its_served_checkpoint_bit_f
     checkpoint later than a SQLite file does, so the kill needs a long run to land mid-run."""
     cifar10 = job_command(Cifar10Spec, cifar10_train)
     spec = ["dataset=fake", "train_limit=400", "test_limit=40", "epochs=2", "num_workers=2", "checkpoint_every=30"]
-    orders = tmp_path / "orders.json"
-    orders.write_text(Orders(stop_after=130).model_dump_json())  # 100 steps an epoch: stopped in the second
-    with monkeypatch.context() as stopped:
-        stopped.setenv(ORDERS_ENV, str(orders))
-        assert run_here(cifar10, *spec).exit_code == 0
-    stopped_id = only_run_id(store)
+    stopped_id = stopped_here(cifar10, *spec, after=130, folder=tmp_path)  # 100 steps an epoch: in the second
     resumed = run_here(cifar10, *spec, f"resume_from={stopped_id}")
     assert resumed.exit_code == 0, resumed.stderr[-3000:]
     resumed_id = only_run_id(store)
