@@ -6,6 +6,7 @@ command in a process of its own, as a shell does."""
 from __future__ import annotations
 
 import json
+import runpy
 import sys
 from pathlib import Path
 
@@ -126,3 +127,11 @@ def test_a_spec_file_runs_and_words_override_it(tmp_path: Path, store: str) -> N
     by_job_field = run_here(spec_file_command(TRAINERS), "--spec", "spec.yaml")
     assert by_job_field.exit_code == 0, by_job_field.stderr
     assert mlflow.MlflowClient().get_run(only_run_id(store)).data.params["steps"] == "7"
+
+
+def test_python_dash_m_mlrepro_is_the_command_line(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setattr(sys, "argv", ["mlrepro", "--help"])
+    with pytest.raises(SystemExit) as exited:
+        runpy.run_module("mlrepro", run_name="__main__")
+    assert exited.value.code == 0
+    assert "compare" in capsys.readouterr().out
