@@ -1,6 +1,7 @@
 """Killed with SIGKILL at a step the test does not choose, resumed, and the stitched losses equal
 the uninterrupted run's bit for bit: CIFAR-10 with two workers and a mid-epoch kill (a user's own job
-is killed and resumed in test_own_job.py)."""
+is stopped and resumed in test_own_job.py; on a team server, a run resumes from its served
+checkpoint here)."""
 
 from __future__ import annotations
 
