@@ -295,12 +295,8 @@ def stopped_here(command: click.Command, *args: str, after: int, folder: Path) -
 
 
 def assert_one_line_error_here(result: Result, *fragments: str) -> None:
-    """A user error from a command run in this process: exit 2, one line 'mlrepro: error: ...'."""
-    assert result.exit_code == 2, (result.stdout, result.stderr)
-    lines = [line for line in result.stderr.splitlines() if line.startswith("mlrepro: error:")]
-    assert len(lines) == 1, result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
+    """``assert_one_line_error`` for a command run in this process (``run_here``)."""
+    assert_user_error(result.exit_code, result.stderr, fragments)
 
 
 def job_env(store_uri: str, **extra_env: str) -> dict[str, str]:
@@ -345,11 +341,17 @@ def only_run_id(store_uri: str) -> str:
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
-    """A user error: exit 2, one line on stderr starting 'mlrepro: error:', no traceback."""
-    assert result.returncode == 2, result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.startswith("mlrepro: error:")]
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.stderr
+    """A user error from a command in a process of its own."""
+    assert_user_error(result.returncode, result.stderr, fragments)
+
+
+def assert_user_error(exit_code: int, stderr: str, fragments: tuple[str, ...]) -> None:
+    """A user error: exit 2, one line on stderr starting 'mlrepro: error:' holding every fragment,
+    no traceback."""
+    assert exit_code == 2, stderr
+    lines = [line for line in stderr.splitlines() if line.startswith("mlrepro: error:")]
+    assert len(lines) == 1, stderr
+    assert "Traceback" not in stderr
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
 
