@@ -25,7 +25,7 @@ import time
 import tracemalloc
 from pathlib import Path
 
-from mlrepro.writer import prestart
+from mlrepro.store.writer import prestart
 
 prestart()  # as the jobs do: the writer's imports overlap torch's
 
@@ -36,8 +36,8 @@ from mlflow.entities import Metric  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 import mlrepro  # noqa: E402
-from mlrepro import record  # noqa: E402
-from mlrepro.spec import LineFitSpec  # noqa: E402
+from mlrepro.store import record  # noqa: E402
+from mlrepro.capture.spec import LineFitSpec  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the tests' servers: tests/helpers
 from tests.helpers.postgres import Postgres, postgres_bin  # noqa: E402
@@ -257,8 +257,8 @@ def fingerprint_cost(rounds: int = 3, steps: int = 3000, block_steps: int = 25) 
 
     import torchvision.datasets.cifar
 
-    from mlrepro.spec import Cifar10Spec
-    from mlrepro.watch import Watch
+    from mlrepro.capture.spec import Cifar10Spec
+    from mlrepro.training.watch import Watch
     from projects.cifar10.model import Net
     from projects.cifar10.train import train
     from tests.helpers.cifar_files import write_cifar10

@@ -6,7 +6,7 @@
         ...; run.log_loss(loss)                # every step, as metric `loss`
     mlrepro.compare_runs(run_a_id, run_b_id)   # bitwise verdict and likely causes
 
-Names are imported on first use: MLflow loads ``mlrepro.plugin`` while it is
+Names are imported on first use: MLflow loads ``mlrepro.integrations.mlflow_plugin`` while it is
 itself being imported, so this package must not import MLflow (or torch) then.
 """
 
@@ -16,25 +16,25 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
-    "mlrepro.cli": ["job_main"],
-    "mlrepro.checkpoint": ["Checkpoint", "capture_rng_state", "restore_rng_state"],
-    "mlrepro.code": ["CodeRecord"],
-    "mlrepro.compare": ["LoggedRun", "LossComparison", "RunComparison", "compare_logged_runs", "compare_losses"],
-    "mlrepro.losses": ["LossSeries"],
-    "mlrepro.environment": ["EnvironmentRecord", "capture_environment"],
+    "mlrepro.cli.main": ["job_main"],
+    "mlrepro.training.checkpoint": ["Checkpoint", "capture_rng_state", "restore_rng_state"],
+    "mlrepro.capture.code": ["CodeRecord"],
+    "mlrepro.analysis.compare": ["LoggedRun", "LossComparison", "RunComparison", "compare_logged_runs", "compare_losses"],
+    "mlrepro.capture.losses": ["LossSeries"],
+    "mlrepro.capture.environment": ["EnvironmentRecord", "capture_environment"],
     "mlrepro.errors": [
         "CheckpointError", "DatasetError", "DeviceError", "ExperimentNotFoundError", "MlreproError", "NoLossesError",
         "ReproductionError", "RunNotFoundError", "SpecError", "TrackingError",
     ],
-    "mlrepro.runs": ["RunSummary", "compare_runs", "find_runs", "load_run"],
-    "mlrepro.verdicts": ["record_comparison"],
-    "mlrepro.reproduce": ["Reproduction", "reproduce_run"],
-    "mlrepro.seeding": ["DeterminismState", "SeedRecord", "make_generator", "seed_everything", "seed_worker"],
-    "mlrepro.spec": [
+    "mlrepro.review.runs": ["RunSummary", "compare_runs", "find_runs", "load_run"],
+    "mlrepro.review.verdicts": ["record_comparison"],
+    "mlrepro.replay.reproduce": ["Reproduction", "reproduce_run"],
+    "mlrepro.capture.seeding": ["DeterminismState", "SeedRecord", "make_generator", "seed_everything", "seed_worker"],
+    "mlrepro.capture.spec": [
         "BaseSpec", "Cifar10Spec", "LineFitSpec", "LoggedSpec", "build_spec", "parse_spec", "read_spec_file",
         "register_job", "registered_jobs",
     ],
-    "mlrepro.tracking": ["TrackedRun", "start_run"],
+    "mlrepro.training.tracking": ["TrackedRun", "start_run"],
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
@@ -54,23 +54,23 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from mlrepro.checkpoint import Checkpoint, capture_rng_state, restore_rng_state
-    from mlrepro.cli import job_main
-    from mlrepro.code import CodeRecord
-    from mlrepro.compare import LoggedRun, LossComparison, RunComparison, compare_logged_runs, compare_losses
-    from mlrepro.losses import LossSeries
-    from mlrepro.environment import EnvironmentRecord, capture_environment
+    from mlrepro.training.checkpoint import Checkpoint, capture_rng_state, restore_rng_state
+    from mlrepro.cli.main import job_main
+    from mlrepro.capture.code import CodeRecord
+    from mlrepro.analysis.compare import LoggedRun, LossComparison, RunComparison, compare_logged_runs, compare_losses
+    from mlrepro.capture.losses import LossSeries
+    from mlrepro.capture.environment import EnvironmentRecord, capture_environment
     from mlrepro.errors import (
         CheckpointError, DatasetError, DeviceError, ExperimentNotFoundError, MlreproError, NoLossesError, ReproductionError,
         RunNotFoundError, SpecError,
         TrackingError,
     )
-    from mlrepro.runs import RunSummary, compare_runs, find_runs, load_run
-    from mlrepro.verdicts import record_comparison
-    from mlrepro.reproduce import Reproduction, reproduce_run
-    from mlrepro.seeding import DeterminismState, SeedRecord, make_generator, seed_everything, seed_worker
-    from mlrepro.spec import (
+    from mlrepro.review.runs import RunSummary, compare_runs, find_runs, load_run
+    from mlrepro.review.verdicts import record_comparison
+    from mlrepro.replay.reproduce import Reproduction, reproduce_run
+    from mlrepro.capture.seeding import DeterminismState, SeedRecord, make_generator, seed_everything, seed_worker
+    from mlrepro.capture.spec import (
         BaseSpec, Cifar10Spec, LineFitSpec, LoggedSpec, build_spec, parse_spec, read_spec_file, register_job,
         registered_jobs,
     )
-    from mlrepro.tracking import TrackedRun, start_run
+    from mlrepro.training.tracking import TrackedRun, start_run

@@ -1,5 +1,5 @@
 """``python -m mlrepro``: the same as the ``mlrepro`` command."""
 
-from mlrepro.cli import main
+from mlrepro.cli.main import main
 
 main(prog_name="mlrepro")

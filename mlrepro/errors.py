@@ -1,7 +1,7 @@
 """The failures a user can cause and fix, as one small hierarchy.
 
 Everything here is meant to be shown to a person as one line; the CLI maps the
-classes to exit codes in one place (``mlrepro.cli``). Programming errors are
+classes to exit codes in one place (``mlrepro.cli.main``). Programming errors are
 not in this hierarchy and keep their tracebacks.
 """
 

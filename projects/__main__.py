@@ -1,11 +1,11 @@
 """``python -m projects --spec FILE``: run whichever job the spec file names."""
 
 # Start MLflow's writer process first: its imports then overlap torch's.
-from mlrepro.writer import prestart
+from mlrepro.store.writer import prestart
 
 prestart()
 
-from mlrepro.cli import spec_file_command
+from mlrepro.cli.main import spec_file_command
 from projects import TRAINERS
 
 spec_file_command(TRAINERS)(prog_name="python -m projects")

@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(autouse=True)
 def spool_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Each test's runs keep their spool (mlrepro.spool) in its own folder, never the user's."""
+    """Each test's runs keep their spool (mlrepro.store.spool) in its own folder, never the user's."""
     folder = tmp_path / "spool"
     monkeypatch.setenv("MLREPRO_SPOOL_DIR", str(folder))
     return folder
@@ -57,7 +57,7 @@ def fast_tier_starts_no_interpreter(request: pytest.FixtureRequest, monkeypatch:
 
     def refuse_interpreters(popen: subprocess.Popen, args: object, *rest: object, **options: object) -> None:
         words = [str(word) for word in ([args] if isinstance(args, (str, bytes, os.PathLike)) else args)]
-        if words and words[0] == sys.executable and "mlrepro.writer" not in words:
+        if words and words[0] == sys.executable and "mlrepro.store.writer" not in words:
             raise AssertionError(f"this test starts a process ({' '.join(words)[:200]}): mark it e2e")
         real_init(popen, args, *rest, **options)
 
@@ -172,7 +172,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.Mo
 
 def trained(spec: object, train: Callable[[object, object], None]) -> str:
     """A run of ``train`` opened by ``start_run(spec)`` in this process; its id."""
-    from mlrepro.tracking import start_run
+    from mlrepro.training.tracking import start_run
 
     with start_run(spec) as run:
         train(spec, run)
@@ -207,7 +207,7 @@ class LineFitRuns:
 def linefit_runs(tmp_path_factory: pytest.TempPathFactory, store_template: Path) -> LineFitRuns:
     """Made in this process: that two processes repeat bit for bit is proven end to end, once
     (test_mlflow_run); tests of what is done with runs read these."""
-    from mlrepro.spec import LineFitSpec
+    from mlrepro.capture.spec import LineFitSpec
     from projects.linefit.train import train
 
     def make(_: pytest.MonkeyPatch) -> list[str]:
@@ -271,19 +271,19 @@ def run_here(command: click.Command, *args: str) -> Result:
     """A command line (mlrepro's, or a job's) in this process, as its own process would run it:
     exit code, stdout and stderr apart. Tests of messages and exit codes use this; a test that
     needs a process of its own (a signal, a repeat across processes) is ``e2e``."""
-    import mlrepro.code
+    import mlrepro.capture.code
 
     with pytest.MonkeyPatch.context() as patch:
         # A job's command line marks the process as one; this process runs more than one.
-        patch.setattr(mlrepro.code, "_takes_spec_file", False)
+        patch.setattr(mlrepro.capture.code, "_takes_spec_file", False)
         return CliRunner().invoke(command, list(args), catch_exceptions=False)
 
 
 def stopped_here(command: click.Command, *args: str, after: int, folder: Path) -> str:
-    """A job's command line run here under orders (mlrepro.orders) to stop once ``after`` steps are
+    """A job's command line run here under orders (mlrepro.training.orders) to stop once ``after`` steps are
     logged: the run ends there with the checkpoints it logged, as a kill after them leaves them, and
     a resume can start from them. The run's id."""
-    from mlrepro.orders import ORDERS_ENV, Orders
+    from mlrepro.training.orders import ORDERS_ENV, Orders
 
     orders = folder / "orders.json"
     orders.write_text(Orders(stop_after=after).model_dump_json())

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from mlrepro.bisect import BisectResult, describe, first_difference
-from mlrepro.cli import main
+from mlrepro.replay.bisect import BisectResult, describe, first_difference
+from mlrepro.cli.main import main
 from tests.conftest import (
     REPO, PlantedRuns, assert_one_line_error_here, run_command, run_here, run_planted,
 )

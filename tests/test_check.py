@@ -10,7 +10,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from mlrepro.cli import main
+from mlrepro.cli.main import main
 from tests.conftest import REPO, assert_one_line_error, assert_one_line_error_here, mlrepro_cli, run_command, run_here
 
 PLANTED = str(REPO / "tests" / "jobs" / "planted.py")
@@ -28,7 +28,7 @@ def legs(result: dict) -> dict[str, tuple[str, str]]:
 
 @pytest.mark.e2e
 def test_the_line_fit_passes_every_leg_and_the_verdict_is_recorded_beside_its_runs(tmp_path: Path, store: str) -> None:
-    code, result, _ = check(store, tmp_path, "linefit", "steps=500", "--steps", "12", "--resume-at", "5")
+    code, result, _ = check(store, tmp_path, "projects.linefit", "steps=500", "--steps", "12", "--resume-at", "5")
     assert code == 0, result
     found = legs(result)
     assert found["two fresh runs, 12 steps"][0] == "pass"
@@ -44,7 +44,7 @@ def test_the_line_fit_passes_every_leg_and_the_verdict_is_recorded_beside_its_ru
     # The legs logged into a scratch store: the user's holds only the verdict's run.
     assert len(mlflow.MlflowClient(store).search_runs(["0"])) == 1
     # A leg whose job refuses its words says which leg, in one line.
-    assert_one_line_error(mlrepro_cli(store, tmp_path, "check", "linefit", "lr=-1", "--steps", "4"),
+    assert_one_line_error(mlrepro_cli(store, tmp_path, "check", "projects.linefit", "lr=-1", "--steps", "4"),
                           "fresh run A", "lr: must be greater than 0")
 
 
@@ -64,7 +64,8 @@ def test_a_job_drawing_from_an_unseeded_generator_fails_at_the_step_it_starts(
     assert tag.startswith("failed: two fresh runs, 12 steps: different from step 7")
 
 
-def test_bad_input_is_one_line_before_any_leg_starts(store: str) -> None:
-    assert_one_line_error_here(run_here(main, "check", "resnet"), "neither a built-in job")
-    assert_one_line_error_here(run_here(main, "check", "linefit", "checkpoint_every=3"),
+def test_bad_input_is_one_line_before_any_leg_starts(store: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert_one_line_error_here(run_here(main, "check", "resnet"), "neither a Python file nor a module")
+    monkeypatch.setenv("PYTHONPATH", str(REPO))  # where projects.linefit is found
+    assert_one_line_error_here(run_here(main, "check", "projects.linefit", "checkpoint_every=3"),
                                "checkpoint_every: set by the check itself")

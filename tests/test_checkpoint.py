@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from mlrepro.checkpoint import Checkpoint, capture_rng_state, checksum_path, load_checkpoint, save_checkpoint
+from mlrepro.training.checkpoint import Checkpoint, capture_rng_state, checksum_path, load_checkpoint, save_checkpoint
 from mlrepro.errors import CheckpointError
 
 DRAW = """
 import json, random, sys
 import numpy as np, torch
-from mlrepro.checkpoint import Checkpoint, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from mlrepro.training.checkpoint import Checkpoint, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 
 def draws(generator):
     return [random.random(), random.gauss(0, 1), float(np.random.rand()), float(np.random.randn()),

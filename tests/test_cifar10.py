@@ -14,9 +14,9 @@ import pytest
 import torchvision.datasets.cifar
 
 from mlrepro import load_run
-from mlrepro.cli import job_command, main
+from mlrepro.cli.main import job_command, main
 from mlrepro.errors import SpecError
-from mlrepro.spec import Cifar10Spec, build_spec
+from mlrepro.capture.spec import Cifar10Spec, build_spec
 from projects.cifar10.train import train
 from tests.conftest import REPO, assert_one_line_error_here, mlflow_run, only_run_id, run_command, run_here
 from tests.helpers.cifar_files import write_cifar10

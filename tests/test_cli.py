@@ -13,8 +13,8 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from mlrepro.cli import job_command, main, spec_file_command
-from mlrepro.spec import LineFitSpec
+from mlrepro.cli.main import job_command, main, spec_file_command
+from mlrepro.capture.spec import LineFitSpec
 from projects import TRAINERS
 from projects.linefit.train import train
 from tests.conftest import (
@@ -26,7 +26,7 @@ LINEFIT = job_command(LineFitSpec, train)
 # Runs each command line in this one process, then says whether torch was imported on the way.
 IMPORTS_TORCH = """
 import json, sys
-from mlrepro.cli import main
+from mlrepro.cli.main import main
 for args in json.loads(sys.argv[1]):
     try:
         main(args, prog_name="mlrepro")

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from mlrepro.cli import main
-from mlrepro.code import NO_CHANGES, UNAVAILABLE, git_facts
+from mlrepro.cli.main import main
+from mlrepro.capture.code import NO_CHANGES, UNAVAILABLE, git_facts
 from tests.conftest import run_command, run_here
 
 
@@ -48,7 +48,7 @@ def test_untracked_files_are_counted_apart_and_only_tracked_changes_make_a_run_d
 SCRIPT = """
 import json, sys
 import helper  # a module of the project: one of the job's sources
-from mlrepro.code import capture_code
+from mlrepro.capture.code import capture_code
 print(json.dumps(capture_code().model_dump(mode="json")))
 """
 
@@ -70,7 +70,7 @@ def test_a_script_is_named_relative_to_its_project_with_every_source_it_loaded(t
 
 SAME_SPEC = """
 from mlrepro import start_run
-from mlrepro.spec import LineFitSpec
+from mlrepro.capture.spec import LineFitSpec
 
 with start_run(LineFitSpec(seed=3, steps=5)) as run:
     for step in range(5):

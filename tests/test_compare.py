@@ -8,8 +8,8 @@ import struct
 import numpy as np
 import pytest
 
-from mlrepro.compare import LoggedRun, compare_logged_runs, compare_losses
-from mlrepro.losses import LossSeries
+from mlrepro.analysis.compare import LoggedRun, compare_logged_runs, compare_losses
+from mlrepro.capture.losses import LossSeries
 
 
 def series(values, steps=None) -> LossSeries:
@@ -131,7 +131,7 @@ def test_a_deleted_run_is_named_as_such() -> None:
 
 
 def test_two_nans_with_other_payloads_show_their_bits() -> None:
-    from mlrepro.cli import format_comparison
+    from mlrepro.cli.main import format_comparison
 
     verdict = compare_logged_runs(logged("a", [nan_with_payload(1)]), logged("b", [nan_with_payload(2)]))
     text = format_comparison(verdict)

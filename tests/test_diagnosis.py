@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mlrepro.diagnosis import diagnose, differences
+from mlrepro.analysis.diagnosis import diagnose, differences
 
 
 def keys(found) -> list[str]:

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from mlrepro import compare_runs, load_run
-from mlrepro.cli import main
-from mlrepro.diagnosis import differences
+from mlrepro.cli.main import main
+from mlrepro.analysis.diagnosis import differences
 from tests.conftest import job_env, kill_after_checkpoints, only_run_id, run_command, run_here, start_job
 from tests.helpers.server import free_port
 

@@ -8,8 +8,8 @@ import sys
 import pytest
 import torch
 
-from mlrepro.environment import COLLECTORS, UNAVAILABLE, UNSET, capture_environment
-from mlrepro.seeding import read_determinism_state
+from mlrepro.capture.environment import COLLECTORS, UNAVAILABLE, UNSET, capture_environment
+from mlrepro.capture.seeding import read_determinism_state
 
 
 def test_the_record_names_code_software_hardware_switches_and_variables() -> None:
@@ -62,6 +62,6 @@ def test_extra_facts_and_a_hash_that_follows_them() -> None:
 
 @pytest.mark.e2e
 def test_the_hash_is_stable_across_processes() -> None:
-    code = "from mlrepro.environment import capture_environment; print(capture_environment().hash)"
+    code = "from mlrepro.capture.environment import capture_environment; print(capture_environment().hash)"
     run = lambda: subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout  # noqa: E731
     assert run() == run()

@@ -7,7 +7,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from mlrepro.cli import main
+from mlrepro.cli.main import main
 from tests.conftest import experiment, mlflow_run, mlrepro_cli, only_run_id, run_here
 
 

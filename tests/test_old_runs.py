@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from mlrepro.cli import main
+from mlrepro.cli.main import main
 from tests.conftest import run_here, use_store
 
 FIXTURE = Path(__file__).parent / "fixtures" / "runs-13f04df.tar.gz"

@@ -14,7 +14,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from mlrepro.cli import job_command, main
+from mlrepro.cli.main import job_command, main
 from tests.conftest import (
     REPO, assert_one_line_error_here, mlrepro_cli, only_run_id, run_command, run_here, stopped_here,
 )

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from mlrepro.plugin import EnvironmentRunContext
+from mlrepro.integrations.mlflow_plugin import EnvironmentRunContext
 from tests.conftest import run_command
 
 PLAIN_RUN = """
 import json, sys
 import mlflow
-light = "torch" not in sys.modules and "mlrepro.tracking" not in sys.modules
+light = "torch" not in sys.modules and "mlrepro.training.tracking" not in sys.modules
 if sys.argv[1] == "torch":
     import torch  # a training script: the plugin records what it runs on
 with mlflow.start_run() as run:
@@ -52,31 +52,31 @@ def test_a_script_without_torch_pays_nothing(tmp_path: Path, store: str) -> None
 
 
 def test_mlrepro_runs_record_their_environment_once(store: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    import mlrepro.environment
-    import mlrepro.tracking
+    import mlrepro.capture.environment
+    import mlrepro.training.tracking
     from mlrepro import start_run
-    from mlrepro.spec import LineFitSpec
+    from mlrepro.capture.spec import LineFitSpec
 
     calls = []
-    real = mlrepro.environment.capture_environment
+    real = mlrepro.capture.environment.capture_environment
 
     def counted(*args: object, **kwargs: object) -> object:
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(mlrepro.environment, "capture_environment", counted)
-    monkeypatch.setattr(mlrepro.tracking, "capture_environment", counted)
+    monkeypatch.setattr(mlrepro.capture.environment, "capture_environment", counted)
+    monkeypatch.setattr(mlrepro.training.tracking, "capture_environment", counted)
     with start_run(LineFitSpec(steps=1)) as run:
         run.log_loss(1.0)
     assert len(calls) == 1
 
 
 def test_a_failing_record_warns_and_the_run_goes_on(monkeypatch: pytest.MonkeyPatch) -> None:
-    import mlrepro.environment
+    import mlrepro.capture.environment
 
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("collector exploded")
 
-    monkeypatch.setattr(mlrepro.environment, "capture_environment", broken)
+    monkeypatch.setattr(mlrepro.capture.environment, "capture_environment", broken)
     with pytest.warns(UserWarning, match="could not record the environment of this run: collector exploded"):
         assert EnvironmentRunContext().tags() == {}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from mlrepro.progress import Progress
+from mlrepro.training.progress import Progress
 
 
 class Terminal(io.StringIO):

@@ -13,11 +13,11 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mlrepro.compare import compare_losses
+from mlrepro.analysis.compare import compare_losses
 from mlrepro.errors import MAX_MESSAGE, SpecError
-from mlrepro.losses import LossSeries
-from mlrepro.record import _read_loss_record
-from mlrepro.spec import Cifar10Spec, LineFitSpec, build_spec, parse_spec, read_spec_file
+from mlrepro.capture.losses import LossSeries
+from mlrepro.store.record import _read_loss_record
+from mlrepro.capture.spec import Cifar10Spec, LineFitSpec, build_spec, parse_spec, read_spec_file
 
 FIELDS = sorted(set(LineFitSpec.model_fields) | set(Cifar10Spec.model_fields) | {"sed", "", "x" * 300})
 VALUES = st.one_of(

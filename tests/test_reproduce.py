@@ -10,8 +10,8 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from mlrepro.cli import main
-from mlrepro.reproduce import environment_drift
+from mlrepro.cli.main import main
+from mlrepro.replay.reproduce import environment_drift
 from tests.conftest import (
     REPO, LineFitRuns, assert_one_line_error_here, only_run_id, run_command, run_here,
 )

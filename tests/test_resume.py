@@ -12,9 +12,9 @@ import mlflow
 import pytest
 
 from mlrepro import load_run, start_run
-from mlrepro.cli import job_command, main
+from mlrepro.cli.main import job_command, main
 from mlrepro.errors import MlreproError
-from mlrepro.spec import Cifar10Spec, LineFitSpec
+from mlrepro.capture.spec import Cifar10Spec, LineFitSpec
 from projects.cifar10.train import train as cifar10_train
 from projects.linefit.train import train
 from tests.conftest import (

@@ -11,9 +11,11 @@ import mlflow
 import numpy as np
 import pytest
 
-from mlrepro import compare_runs, keys, load_run, start_run
+from mlrepro import compare_runs, load_run, start_run
+
+from mlrepro.store import keys
 from mlrepro.errors import NoLossesError, RunNotFoundError, TrackingError
-from mlrepro.spec import LineFitSpec
+from mlrepro.capture.spec import LineFitSpec
 from tests.conftest import only_run_id, run_command
 
 
@@ -75,7 +77,7 @@ KILLED_AFTER_A_FLUSH = """
 import math, os, signal, time
 import mlflow
 from mlrepro import start_run
-from mlrepro.spec import LineFitSpec
+from mlrepro.capture.spec import LineFitSpec
 
 with start_run(LineFitSpec()) as run:
     for step in range(100):

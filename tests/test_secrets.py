@@ -11,7 +11,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from mlrepro.spool import Spool
+from mlrepro.store.spool import Spool
 from tests.conftest import job_env, only_run_id
 
 PLANTED = {

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from mlrepro.errors import SpecError
-from mlrepro.seeding import make_generator, read_determinism_state, seed_everything, seed_worker
+from mlrepro.capture.seeding import make_generator, read_determinism_state, seed_everything, seed_worker
 
 DRAWS = """
 import json, random, sys
@@ -173,7 +173,7 @@ def test_deterministic_mode_does_not_import_inductor_but_a_later_compile_is_dete
     sets the eager switch itself and leaves Inductor's in the variable it reads when imported."""
     script = (
         "import sys, torch\n"
-        "from mlrepro.seeding import seed_everything\n"
+        "from mlrepro.capture.seeding import seed_everything\n"
         "record = seed_everything(3, deterministic=True)\n"
         "inductor_loaded = 'torch._inductor' in sys.modules\n"
         "import torch._inductor.config as inductor\n"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from mlrepro.errors import SpecError
-from mlrepro.spec import (
+from mlrepro.capture.spec import (
     MAX_SEED,
     Cifar10Spec,
     LineFitSpec,
@@ -110,7 +110,7 @@ def test_bad_spec_files_give_one_line(tmp_path: Path, content: str | None, messa
 
 @pytest.mark.e2e
 def test_the_hash_is_stable_across_processes_and_follows_the_content() -> None:
-    code = "from mlrepro.spec import LineFitSpec; print(LineFitSpec(seed=3).hash)"
+    code = "from mlrepro.capture.spec import LineFitSpec; print(LineFitSpec(seed=3).hash)"
     other_process = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert other_process.stdout.strip() == LineFitSpec(seed=3).hash
     assert LineFitSpec(seed=3).hash == build_spec(LineFitSpec, {"seed": "3", "lr": "1e-4"}).hash

@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from mlrepro import keys, load_run, start_run
+from mlrepro.store import keys
+
+from mlrepro import load_run, start_run
 from mlrepro.errors import DeviceError, TrackingError
-from mlrepro.spec import LineFitSpec
+from mlrepro.capture.spec import LineFitSpec
 
 
 def test_the_run_carries_spec_params_environment_tags_and_json_artifacts(store: str) -> None:

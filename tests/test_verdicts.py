@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from mlrepro import compare_runs, find_runs, load_run, record_comparison, start_run
-from mlrepro.losses import LossSeries
+from mlrepro.capture.losses import LossSeries
 from mlrepro.errors import ExperimentNotFoundError, SpecError
-from mlrepro.spec import LineFitSpec
-from mlrepro.cli import main
+from mlrepro.capture.spec import LineFitSpec
+from mlrepro.cli.main import main
 from tests.conftest import LineFitRuns, run_here
 
 

@@ -10,12 +10,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mlrepro import watch
-from mlrepro.fingerprints import GRADIENT, PARAMETER
-from mlrepro.watch import Fingerprinter, Watch, fingerprint_of
+from mlrepro.training import watch
+from mlrepro.capture.fingerprints import GRADIENT, PARAMETER
+from mlrepro.training.watch import Fingerprinter, Watch, fingerprint_of
 
 CPU = torch.device("cpu")
-NOT_BUILT = "mlrepro._wordhash was not built (no C compiler at install)"
+NOT_BUILT = "mlrepro.training._wordhash was not built (no C compiler at install)"
 # The three ways to the same numbers, all run here on the CPU: the compiled kernel, NumPy
 # (where the kernel was not built), and torch's block sums (a GPU's way).
 WAYS = {

@@ -17,9 +17,9 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from mlrepro import load_run, start_run
-from mlrepro.spec import LineFitSpec
-from mlrepro.record import sqlite_schema_is_current
-from mlrepro.writer import wait_for_exit
+from mlrepro.capture.spec import LineFitSpec
+from mlrepro.store.record import sqlite_schema_is_current
+from mlrepro.store.writer import wait_for_exit
 
 
 def history(run_id: str) -> list[tuple[int, float]]:
@@ -126,7 +126,7 @@ def _parent_of(pid: int) -> int:
 def test_each_runs_writer_is_forked_ready_by_the_zygote_and_a_dead_zygote_is_replaced(store: str) -> None:
     """A writer that imported MLflow again would cost every run a second or more at its end: the
     zygote, which imported it once, forks one per run, ahead of the run."""
-    from mlrepro import writer
+    from mlrepro.store import writer
 
     for _ in range(2):
         with start_run(LineFitSpec()) as run:
@@ -148,7 +148,7 @@ def test_the_next_runs_writer_is_forked_as_a_run_ends_unless_mlflow_run_started_
         store: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Forked as a run starts, the next run's writer opened its store on the cores the run was starting
     on; forked as it ends, it does so between runs. A process `mlflow run` started holds one run."""
-    from mlrepro import writer
+    from mlrepro.store import writer
 
     with start_run(LineFitSpec()) as run:
         run.log_loss(1.0)

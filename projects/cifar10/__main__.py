@@ -1,12 +1,12 @@
 """``python -m projects.cifar10 [--spec FILE] [field=value ...]``"""
 
 # Start MLflow's writer process first: its imports then overlap torch's.
-from mlrepro.writer import prestart
+from mlrepro.store.writer import prestart
 
 prestart()
 
-from mlrepro.cli import job_command
-from mlrepro.spec import Cifar10Spec
+from mlrepro.cli.main import job_command
+from mlrepro.capture.spec import Cifar10Spec
 from projects.cifar10.train import train
 
 job_command(Cifar10Spec, train)(prog_name="python -m projects.cifar10")

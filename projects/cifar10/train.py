@@ -28,11 +28,11 @@ from torch import nn, optim
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from mlrepro.checkpoint import Checkpoint, capture_rng_state, restore_rng_state
-from mlrepro.progress import Progress
-from mlrepro.seeding import make_generator, seed_worker
-from mlrepro.spec import Cifar10Spec
-from mlrepro.tracking import TrackedRun
+from mlrepro.training.checkpoint import Checkpoint, capture_rng_state, restore_rng_state
+from mlrepro.training.progress import Progress
+from mlrepro.capture.seeding import make_generator, seed_worker
+from mlrepro.capture.spec import Cifar10Spec
+from mlrepro.training.tracking import TrackedRun
 from projects.cifar10.data import load_datasets
 from projects.cifar10.model import Net
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from mlrepro.checkpoint import Checkpoint, capture_rng_state, restore_rng_state
-from mlrepro.spec import LineFitSpec
-from mlrepro.tracking import TrackedRun
+from mlrepro.training.checkpoint import Checkpoint, capture_rng_state, restore_rng_state
+from mlrepro.capture.spec import LineFitSpec
+from mlrepro.training.tracking import TrackedRun
 
 PRINT_EVERY = 100
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from mlrepro import keys, record
-from mlrepro.compare import LoggedRun, RunComparison
+from mlrepro.store import keys, record
+from mlrepro.analysis.compare import LoggedRun, RunComparison
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ def verdict_text(comparison: RunComparison) -> str:
 
 def plot_file(comparison: RunComparison, a: LoggedRun, b: LoggedRun, path: Path) -> Path:
     """The comparison's plot as a PNG at ``path``; matplotlib is imported only when one is made."""
-    from mlrepro.plotting import plot_comparison
+    from mlrepro.analysis.plotting import plot_comparison
 
     return plot_comparison(a.losses, b.losses, comparison, path)
 

@@ -16,7 +16,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from mlrepro.errors import SpecError
-from mlrepro.spec import MAX_SEED
+from mlrepro.capture.spec import MAX_SEED
 
 # cuBLAS picks reduction strategies per stream unless its workspace is pinned to a
 # fixed layout; with deterministic algorithms on, torch refuses affected CUDA ops

@@ -7,7 +7,7 @@ any tracking URI MLflow supports.
 
 from __future__ import annotations
 
-from mlrepro.writer import prestart
+from mlrepro.store.writer import prestart
 
 prestart()  # the zygote that forks each run's writer starts now: its imports overlap this process's
 
@@ -25,21 +25,23 @@ import torch
 from mlflow.environment_variables import MLFLOW_RUN_ID
 from mlflow.tracking import MlflowClient
 
-from mlrepro import distributed, record
-from mlrepro.checkpoint import Checkpoint, load_checkpoint
-from mlrepro.code import capture_code
-from mlrepro.device import resolve_device
-from mlrepro.environment import EnvironmentRecord, capture_environment
+from mlrepro.training import distributed
+
+from mlrepro.store import record
+from mlrepro.training.checkpoint import Checkpoint, load_checkpoint
+from mlrepro.capture.code import capture_code
+from mlrepro.capture.device import resolve_device
+from mlrepro.capture.environment import EnvironmentRecord, capture_environment
 from mlrepro.errors import MlreproError, SpecError, redacted_uri
-from mlrepro.fingerprints import FingerprintRecord
-from mlrepro.losses import LossSeries
-from mlrepro.orders import LegReport, StopRequested, read_orders, write_report
-from mlrepro.plugin import recording_own_run
-from mlrepro.replay import tracing
-from mlrepro.seeding import SeedRecord, seed_everything, seed_generators
-from mlrepro.signals import RunInterrupted, interruptible
-from mlrepro.spec import BaseSpec
-from mlrepro.spool import (
+from mlrepro.capture.fingerprints import FingerprintRecord
+from mlrepro.capture.losses import LossSeries
+from mlrepro.training.orders import LegReport, StopRequested, read_orders, write_report
+from mlrepro.integrations.mlflow_plugin import recording_own_run
+from mlrepro.training.tracing import tracing
+from mlrepro.capture.seeding import SeedRecord, seed_everything, seed_generators
+from mlrepro.training.signals import RunInterrupted, interruptible
+from mlrepro.capture.spec import BaseSpec
+from mlrepro.store.spool import (
     STORE_WAIT_ENV,
     Delivery,
     DeliveryPendingError,
@@ -53,8 +55,8 @@ from mlrepro.spool import (
     store_wait_s,
     warn,
 )
-from mlrepro.watch import Watch
-from mlrepro.writer import LossWriter
+from mlrepro.training.watch import Watch
+from mlrepro.store.writer import LossWriter
 
 # Steps of a GPU loss gathered on the device before one copy to the host.
 DEVICE_BLOCK_STEPS = 1024
@@ -66,7 +68,7 @@ class TrackedRun:
     ``log_loss`` costs the loop well under a microsecond for a Python float: the
     value goes into an array (8 bytes a step), is appended to the run's local spool
     within ``SEND_INTERVAL_S``, and a separate process delivers it to MLflow
-    (``mlrepro.writer``). A loss tensor on a GPU is copied into a block on the device
+    (``mlrepro.store.writer``). A loss tensor on a GPU is copied into a block on the device
     and brought to the host a block at a time, so the loop is not synchronised with
     the GPU every step. Every other write of the run (``log_metric``, checkpoints, the
     exact record, the end) goes through the spool too: a store that fails never stops

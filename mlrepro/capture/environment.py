@@ -21,8 +21,8 @@ from importlib import metadata
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from mlrepro import keys
-from mlrepro.seeding import DeterminismState, read_determinism_state
+from mlrepro.store import keys
+from mlrepro.capture.seeding import DeterminismState, read_determinism_state
 
 UNAVAILABLE = "unavailable"
 UNSET = "unset"
@@ -83,7 +83,7 @@ def environment_tags(environment: EnvironmentRecord) -> dict[str, str]:
 
 def capture_environment(extra: Mapping[str, str] | None = None) -> EnvironmentRecord:
     """Run every collector; ``extra`` adds facts only the caller knows: the device a run used,
-    and the code it ran (``mlrepro.code.CodeRecord.facts``)."""
+    and the code it ran (``mlrepro.capture.code.CodeRecord.facts``)."""
     facts = {name: _collect(function) for name, function in COLLECTORS.items()}
     facts.update(extra or {})
     return EnvironmentRecord(facts=dict(sorted(facts.items())))

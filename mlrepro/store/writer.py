@@ -3,9 +3,9 @@
 Measured on a 2-core machine with a SQLite store: ``log_batch`` costs about
 60 us a metric of pure Python, about as long as a line-fit step. A writer
 *thread* would hold the GIL for that long and slow the loop by about that much, so
-the writing happens in a child process (``python -m mlrepro.writer``). The
+the writing happens in a child process (``python -m mlrepro.store.writer``). The
 training thread only appends a float to an array; a sender thread in the parent
-appends the new values to the run's spool (``mlrepro.spool``) every
+appends the new values to the run's spool (``mlrepro.store.spool``) every
 ``SEND_INTERVAL_S`` seconds, and the child delivers the spool to the store, retrying
 with backoff while the store fails.
 
@@ -18,7 +18,7 @@ then stays in the spool for ``mlrepro sync``.
 Writers are forked by a zygote (``_Zygote``), a helper process that imported
 MLflow once: a run's writer starts at once, instead of importing MLflow again on
 the run's critical path. This module imports only the standard library at the top:
-``prestart`` (called when ``mlrepro.tracking`` is imported) is meant to run before
+``prestart`` (called when ``mlrepro.training.tracking`` is imported) is meant to run before
 torch and MLflow are imported, so that the zygote's imports overlap the parent's.
 """
 
@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
-    from mlrepro.spool import Spool
+    from mlrepro.store.spool import Spool
 
 SEND_INTERVAL_S = 0.1
 
@@ -91,13 +91,13 @@ class _Zygote:
     A writer spawned per run imports MLflow again (a second or more of CPU on the run's critical
     path at its end); one forked from a process that has imported it starts at once. The zygote
     never opens a store, so no connection is shared with its children. It is spawned early (by
-    ``prestart``, when ``mlrepro.tracking`` is imported), so its own imports overlap the job's,
+    ``prestart``, when ``mlrepro.training.tracking`` is imported), so its own imports overlap the job's,
     and it exits when this process closes its socket (its end)."""
 
     def __init__(self) -> None:
         ours, theirs = socket.socketpair()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "mlrepro.writer", "--zygote", str(theirs.fileno())],
+            [sys.executable, "-m", "mlrepro.store.writer", "--zygote", str(theirs.fileno())],
             pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=_child_env())
         theirs.close()
         self.socket = ours
@@ -150,7 +150,7 @@ def _child_env() -> dict[str, str]:
 
 def _spawn() -> subprocess.Popen[bytes]:
     """A writer of its own, for where a zygote cannot fork one."""
-    process = subprocess.Popen([sys.executable, "-m", "mlrepro.writer"], stdin=subprocess.PIPE,
+    process = subprocess.Popen([sys.executable, "-m", "mlrepro.store.writer"], stdin=subprocess.PIPE,
                                stdout=subprocess.DEVNULL, env=_child_env())
     _open_pipes.add(process.stdin.fileno())  # type: ignore[union-attr]
     return process
@@ -342,7 +342,7 @@ def _warm_client() -> Any:
     """
     from mlflow.tracking import MlflowClient
 
-    from mlrepro.record import sqlite_schema_is_current
+    from mlrepro.store.record import sqlite_schema_is_current
 
     uri = os.environ.get("MLFLOW_TRACKING_URI") or mlflow_default_uri()
     if uri.startswith("sqlite:///") and not sqlite_schema_is_current(Path(uri[len("sqlite:///"):])):
@@ -366,7 +366,7 @@ def zygote(descriptor: int) -> int:
     ``descriptor``, its stdin the pipe sent along; exit when the socket closes."""
     import logging
 
-    from mlrepro.signals import ignore_in_helper_process
+    from mlrepro.training.signals import ignore_in_helper_process
 
     ignore_in_helper_process()
     logging.getLogger("mlflow").setLevel(logging.WARNING)
@@ -377,8 +377,8 @@ def zygote(descriptor: int) -> int:
         import mlflow.store.tracking.sqlalchemy_workspace_store  # noqa: F401
     from mlflow.tracking import MlflowClient  # noqa: F401
 
-    from mlrepro import spool  # noqa: F401
-    from mlrepro.record import latest_schema_revision
+    from mlrepro.store import spool  # noqa: F401
+    from mlrepro.store.record import latest_schema_revision
 
     latest_schema_revision()  # loads the schema's migration scripts (50 ms), once, for every writer
     # What the imports made lives as long as the writers: out of the collector's sight, a
@@ -418,7 +418,7 @@ def main() -> int:
     deliver its spool until the run ends and all of it is in the store."""
     import logging
 
-    from mlrepro.signals import ignore_in_helper_process
+    from mlrepro.training.signals import ignore_in_helper_process
 
     ignore_in_helper_process()  # Ctrl-C reaches the whole group; this process ends when the run closes its pipe
     # Below the training loop in the scheduler's order: on a machine with as many busy threads as
@@ -430,7 +430,7 @@ def main() -> int:
     from mlflow.tracking import MlflowClient
 
     from mlrepro.errors import describe_store_failure
-    from mlrepro.spool import Delivery, StoreRefusedError, deliver_until, holding, warn, delivering
+    from mlrepro.store.spool import Delivery, StoreRefusedError, deliver_until, holding, warn, delivering
 
     warm = _warm_client()
     stdin = sys.stdin.buffer

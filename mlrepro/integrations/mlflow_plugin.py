@@ -43,8 +43,8 @@ class EnvironmentRunContext(RunContextProvider):
 
     def tags(self) -> dict[str, str]:
         try:
-            from mlrepro.code import capture_code
-            from mlrepro.environment import capture_environment, environment_tags
+            from mlrepro.capture.code import capture_code
+            from mlrepro.capture.environment import capture_environment, environment_tags
 
             return environment_tags(capture_environment(extra=capture_code().facts()))
         except Exception as err:  # a broken record must never stop someone's run

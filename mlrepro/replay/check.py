@@ -22,11 +22,11 @@ from typing import Literal
 from mlflow.tracking import MlflowClient
 from pydantic import BaseModel, ConfigDict
 
-from mlrepro import record
-from mlrepro.compare import LoggedRun, RunComparison, compare_logged_runs
+from mlrepro.store import record
+from mlrepro.analysis.compare import LoggedRun, RunComparison, compare_logged_runs
 from mlrepro.errors import SpecError
-from mlrepro.orders import Leg, LegReport, Orders, Scratch, builtin_or_script
-from mlrepro.spec import parse_assignments
+from mlrepro.training.orders import Leg, LegReport, Orders, Scratch, job_command
+from mlrepro.capture.spec import parse_assignments
 
 # Fields the check sets on every leg; the user's words may not.
 _SET_BY_CHECK = ("checkpoint_every", "fingerprint_every", "resume_from")
@@ -78,7 +78,7 @@ def check_job(job: str, words: list[str], steps: int = 20, resume_at: int | None
     """Run the protocol for ``job`` (a built-in job's name or a Python file running one) with the spec's
     ``words``; record the verdict as a run in ``record_in`` (the user's store) unless it is None."""
     began = time.perf_counter()
-    command = builtin_or_script(job)
+    command = job_command(job)
     given = parse_assignments(words)
     for name in _SET_BY_CHECK:
         if name in given:
@@ -179,7 +179,7 @@ def _one_ulp_off(checkpoint: Path, folder: Path) -> Path:
     lost one bit, which the check must catch."""
     import torch
 
-    from mlrepro.checkpoint import load_checkpoint, save_checkpoint
+    from mlrepro.training.checkpoint import load_checkpoint, save_checkpoint
 
     loaded = load_checkpoint(checkpoint)
     model = dict(loaded.model)

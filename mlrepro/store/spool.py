@@ -114,7 +114,7 @@ class Spool:
     """The training side of one run's spool: append losses and journal writes.
 
     Its journal methods have the names and arguments of ``MlflowClient``'s, so
-    ``mlrepro.record`` writes a run through a spool exactly as through a client.
+    ``mlrepro.store.record`` writes a run through a spool exactly as through a client.
     """
 
     def __init__(self, folder: Path, tracking_uri: str) -> None:
@@ -426,7 +426,7 @@ class Delivery:
 
 
 def _record() -> Any:
-    from mlrepro import record
+    from mlrepro.store import record
 
     return record
 

@@ -27,15 +27,15 @@ from pydantic import ValidationError
 # Nothing heavy is imported here: `mlrepro --help` needs neither MLflow nor torch, and
 # compare, show and find import MLflow when they run, never torch. The training side is
 # imported by the commands that train.
-from mlrepro import keys
+from mlrepro.store import keys
 from mlrepro.errors import MlreproError, describe_validation_error, one_line, redacted
-from mlrepro.spec import BaseSpec, build_spec, parse_assignments, parse_spec, read_spec_file, registered_jobs
+from mlrepro.capture.spec import BaseSpec, build_spec, parse_assignments, parse_spec, read_spec_file, registered_jobs
 
 if TYPE_CHECKING:
-    from mlrepro.compare import LoggedRun, RunComparison, StepRange
-    from mlrepro.diagnosis import Difference
-    from mlrepro.runs import RunSummary
-    from mlrepro.tracking import TrackedRun
+    from mlrepro.analysis.compare import LoggedRun, RunComparison, StepRange
+    from mlrepro.analysis.diagnosis import Difference
+    from mlrepro.review.runs import RunSummary
+    from mlrepro.training.tracking import TrackedRun
 
 EXIT_OK = 0
 EXIT_DIFFERENT = 1
@@ -54,7 +54,7 @@ def fail(message: str) -> NoReturn:
 @contextmanager
 def user_errors(on_error: Callable[[str], None] | None = None) -> Iterator[None]:
     """Turn every user-facing failure into one line on stderr and exit code 2."""
-    from mlrepro.spool import DeliveryPendingError
+    from mlrepro.store.spool import DeliveryPendingError
 
     try:
         yield
@@ -102,9 +102,9 @@ def compare(run_a: str, run_b: str, as_json: bool, log_verdict: bool, on_launche
     RUN_A and RUN_B are run ids, or unique prefixes of 8 or more hex digits. The
     tracking store is MLflow's: MLFLOW_TRACKING_URI, else ./mlflow.db.
     """
-    from mlrepro.record import write_launcher_error
-    from mlrepro.runs import compare_runs, load_run
-    from mlrepro.verdicts import record_comparison, record_on_comparison_run
+    from mlrepro.store.record import write_launcher_error
+    from mlrepro.review.runs import compare_runs, load_run
+    from mlrepro.review.verdicts import record_comparison, record_on_comparison_run
 
     with user_errors(on_error=write_launcher_error if on_launched_run else None):
         a, b = load_run(run_a), load_run(run_b)
@@ -137,7 +137,7 @@ def reproduce(run_id: str, project: str | None) -> None:
     Warns first when the code (sources, git) or the software and hardware differ
     from when the run was logged.
     """
-    from mlrepro.reproduce import reproduce_run
+    from mlrepro.replay.reproduce import reproduce_run
 
     with user_errors():
         result = reproduce_run(run_id, project, on_drift=_warn_drift)
@@ -164,7 +164,7 @@ def bisect(run_a: str, run_b: str, project: str | None, as_json: bool) -> None:
     Exit 1 when a difference is named, 0 when the replays agree (it did not recur), 2 when there is
     nothing to replay from.
     """
-    from mlrepro.bisect import bisect_runs, describe
+    from mlrepro.replay.bisect import bisect_runs, describe
 
     with user_errors(), interrupted_in_one_line("bisect"):
         result = bisect_runs(run_a, run_b, project=project)
@@ -188,12 +188,13 @@ def check(job: str, assignments: tuple[str, ...], steps: int, resume_at: int | N
     bit; a run resumed at step J must equal them; a run resumed from a checkpoint one ulp off must
     differ (the check can fail); deterministic=true is timed against false.
 
-    JOB is linefit, cifar10, or a Python file that runs your job through mlrepro.job_main. Exits like
+    JOB is a Python file that runs your job through mlrepro.job_main, or a module run as python -m JOB
+    (projects.linefit, from a checkout). Exits like
     compare: 0 passed, 1 failed, 2 error.
     """
     from mlflow.tracking import MlflowClient
 
-    from mlrepro.check import check_job
+    from mlrepro.replay.check import check_job
 
     with user_errors(), interrupted_in_one_line("check"):
         result = check_job(job, list(_as_assignments(assignments)), steps, resume_at,
@@ -222,9 +223,9 @@ def format_check(result: Any) -> str:
 @click.argument("run_id")
 def show(run_id: str) -> None:
     """Print a run's code, spec, environment, loss summary and recorded verdicts."""
-    from mlrepro import spool
+    from mlrepro.store import spool
     from mlrepro.errors import NoLossesError
-    from mlrepro.runs import load_run
+    from mlrepro.review.runs import load_run
 
     def say_if_pending(full_id: str) -> None:
         if full_id in spool.spooled_runs():
@@ -252,7 +253,7 @@ def mark_killed(run_ids: tuple[str, ...]) -> None:
     """
     from mlflow.tracking import MlflowClient
 
-    from mlrepro import record, spool
+    from mlrepro.store import record, spool
 
     with user_errors():
         client = MlflowClient()
@@ -279,7 +280,7 @@ def sync(run_ids: tuple[str, ...], wait_s: float | None) -> None:
     """
     import mlflow
 
-    from mlrepro import spool
+    from mlrepro.store import spool
 
     with user_errors():
         wait = spool.store_wait_s() if wait_s is None else wait_s
@@ -315,7 +316,7 @@ def find(
     `mlrepro find --job linefit seed=3` finds every run of the default line fit with seed 3.
     For a job whose spec class is not importable here, FIELD=VALUE match the logged params as text.
     """
-    from mlrepro.runs import find_runs
+    from mlrepro.review.runs import find_runs
 
     with user_errors():
         spec, by_job, params = None, None, {}
@@ -455,7 +456,7 @@ def format_run(run: LoggedRun) -> str:
         + (f", min {float(finite.min())!r}, max {float(finite.max())!r}" if len(finite) else "")
         + (f", {len(values) - len(finite)} not finite" if len(finite) < len(values) else ""),
     ]
-    from mlrepro.record import verdicts_from_tags
+    from mlrepro.store.record import verdicts_from_tags
 
     verdicts = verdicts_from_tags(run.tags)
     lines.append("verdicts:" if verdicts else "verdicts: none recorded (mlrepro compare --log adds them)")
@@ -514,17 +515,17 @@ def _as_assignments(words: Sequence[str]) -> list[str]:
 
 def run_job(spec: BaseSpec, train: TrainFunction) -> None:
     """Open the tracked, seeded run for ``spec`` and hand it to the job's training function."""
-    from mlrepro import distributed
-    from mlrepro.code import mark_job_command_line
-    from mlrepro.signals import RunInterrupted
-    from mlrepro.tracking import start_run
+    from mlrepro.training import distributed
+    from mlrepro.capture.code import mark_job_command_line
+    from mlrepro.training.signals import RunInterrupted
+    from mlrepro.training.tracking import start_run
 
     nproc = getattr(spec, "nproc", 1)
     if nproc > 1 and not distributed.launched_by_torchrun():
         # What would fail on every rank is said here, once, before torchrun starts them.
         import mlflow
 
-        from mlrepro import record, spool
+        from mlrepro.store import record, spool
 
         spool.store_wait_s()
         spool.ready_root()
@@ -558,7 +559,7 @@ def job_command(spec_type: type[BaseSpec], train: TrainFunction) -> click.Comman
     @click.option("--spec", "spec_file", metavar="FILE", help="YAML or JSON spec; field=value words override it.")
     @click.argument("assignments", nargs=-1, type=click.UNPROCESSED, metavar="[FIELD=VALUE]...")
     def command(spec_file: str | None, assignments: tuple[str, ...]) -> None:
-        from mlrepro.record import write_launcher_error
+        from mlrepro.store.record import write_launcher_error
 
         with user_errors(on_error=write_launcher_error):
             spec = build_spec(spec_type, spec_values(spec_file, assignments))
@@ -585,7 +586,7 @@ def spec_file_command(trainers: dict[str, Callable[[], TrainFunction]]) -> click
     @click.option("--spec", "spec_file", metavar="FILE", required=True, help="YAML or JSON spec with a job field.")
     @click.argument("assignments", nargs=-1, type=click.UNPROCESSED, metavar="[FIELD=VALUE]...")
     def command(spec_file: str, assignments: tuple[str, ...]) -> None:
-        from mlrepro.record import write_launcher_error
+        from mlrepro.store.record import write_launcher_error
 
         with user_errors(on_error=write_launcher_error):
             spec = parse_spec(spec_values(spec_file, assignments))

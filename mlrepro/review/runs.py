@@ -1,6 +1,6 @@
 """Look runs up from Python: ``load_run``, ``compare_runs`` and ``find_runs``.
 
-The run record itself (what is stored where, and its errors) is ``mlrepro.record``'s.
+The run record itself (what is stored where, and its errors) is ``mlrepro.store.record``'s.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from pydantic import BaseModel, ConfigDict
 
-from mlrepro import keys, record
-from mlrepro.compare import LoggedRun, RunComparison, compare_logged_runs
+from mlrepro.store import keys, record
+from mlrepro.analysis.compare import LoggedRun, RunComparison, compare_logged_runs
 from mlrepro.errors import SpecError
-from mlrepro.spec import AnySpec
+from mlrepro.capture.spec import AnySpec
 
 
 def load_run(run_id: str, client: MlflowClient | None = None) -> LoggedRun:

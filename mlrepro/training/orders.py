@@ -11,6 +11,7 @@ their stderr is kept for the one line that says why a leg failed.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -21,9 +22,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from mlrepro.errors import MlreproError, one_line
+from mlrepro.errors import MlreproError, SpecError, one_line
 
 ORDERS_ENV = "MLREPRO_ORDERS"
+
+_MODULE_NAME = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
 
 class Orders(BaseModel):
@@ -33,7 +36,7 @@ class Orders(BaseModel):
 
     stop_after: int | None = None  # end the run, FINISHED, once this many steps are logged (counted from 0)
     checkpoint: str | None = None  # a checkpoint file (with its .sha256 beside it) to start from
-    trace: str | None = None  # where to write the replay's trace (mlrepro.replay), up to trace_until
+    trace: str | None = None  # where to write the replay's trace (mlrepro.training.tracing), up to trace_until
     trace_until: int | None = None  # the last step traced; the job stops when the next one starts
     report: str | None = None  # where to write what the leg did: its run, its steps, its loop's time
 
@@ -108,7 +111,7 @@ class Scratch:
     def client(self) -> Any:
         import logging
 
-        from mlrepro.record import ready_store
+        from mlrepro.store.record import ready_store
 
         # MLflow says at INFO that it makes the scratch store's tables: nothing the user needs to read.
         logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
@@ -141,17 +144,17 @@ class Scratch:
         self._folder.cleanup()
 
 
-def builtin_or_script(job: str) -> JobCommand:
-    """A built-in job by name (``linefit``, ``cifar10``), or a Python file that runs a job through
-    ``mlrepro.job_main``."""
-    from mlrepro.errors import SpecError
-
-    checkout = Path(__file__).resolve().parent.parent
-    if job in ("linefit", "cifar10"):
-        if not (checkout / "projects" / job).is_dir():
-            raise SpecError(f"the built-in job {job} lives in an mlrepro checkout; {checkout} has no projects/")
-        return JobCommand([sys.executable, "-m", f"projects.{job}"], Path.cwd(), [str(checkout)])
+def job_command(job: str) -> JobCommand:
+    """A job to start fresh: a Python file that runs it through ``mlrepro.job_main``, or a module
+    run as ``python -m MODULE`` (``projects.linefit``), found in the current folder or on PYTHONPATH.
+    Only a file check: nothing the user names is imported here."""
     path = Path(job)
     if path.suffix == ".py" and path.is_file():
         return JobCommand([sys.executable, str(path.resolve())], Path.cwd(), [str(path.resolve().parent)])
-    raise SpecError(f"JOB: {job!r} is neither a built-in job (linefit, cifar10) nor a Python file that runs one")
+    if _MODULE_NAME.match(job):
+        relative = Path(*job.split("."))
+        for folder in [Path.cwd(), *(Path(entry) for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep) if entry)]:
+            if (folder / relative / "__main__.py").is_file() or (folder / relative).with_suffix(".py").is_file():
+                return JobCommand([sys.executable, "-m", job], Path.cwd(), [str(folder.resolve())])
+    raise SpecError(f"JOB: {job!r} is neither a Python file nor a module (python -m MODULE) in this folder "
+                    "or on PYTHONPATH that runs a job")

@@ -51,7 +51,7 @@ ARTIFACT_DIR = "mlrepro"
 SPEC_ARTIFACT = "mlrepro/spec.json"
 ENVIRONMENT_ARTIFACT = "mlrepro/environment.json"
 SEED_ARTIFACT = "mlrepro/seeding.json"
-# The code that ran and how to start it again (mlrepro.code.CodeRecord).
+# The code that ran and how to start it again (mlrepro.capture.code.CodeRecord).
 CODE_ARTIFACT = "mlrepro/code.json"
 # The exact loss sequence: float64 values with their steps, bit for bit (the
 # metric store turns +-inf into +-max-float and every NaN into one NaN).

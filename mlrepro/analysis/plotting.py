@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from mlrepro.compare import LossSeries, RunComparison
+from mlrepro.analysis.compare import LossSeries, RunComparison
 
 
 def plot_comparison(a: LossSeries, b: LossSeries, comparison: RunComparison, path: str | Path) -> Path:

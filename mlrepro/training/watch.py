@@ -36,10 +36,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mlrepro.fingerprints import GRADIENT, PARAMETER, FingerprintRecord
+from mlrepro.capture.fingerprints import GRADIENT, PARAMETER, FingerprintRecord
 
 try:
-    from mlrepro import _wordhash
+    from mlrepro.training import _wordhash
 except ImportError:  # installed without a C compiler: NumPy computes the same numbers, more slowly
     _wordhash = None
 
@@ -123,7 +123,7 @@ class Fingerprinter:
         self.device = device
         self.on_host = device.type == "cpu" if on_host is None else on_host
         if compiled and _wordhash is None:
-            raise RuntimeError("mlrepro._wordhash was not built: mlrepro was installed without a C compiler")
+            raise RuntimeError("mlrepro.training._wordhash was not built: mlrepro was installed without a C compiler")
         self.compiled = self.on_host and _wordhash is not None and compiled is not False
         if self.on_host:
             self._init_host(tensors)

@@ -1,6 +1,6 @@
 """Run a logged run's spec again as a new run, and say whether it repeated bit for bit.
 
-The job starts the way the run recorded (``mlrepro.code``): through its MLproject
+The job starts the way the run recorded (``mlrepro.capture.code``): through its MLproject
 entry point with the same parameters, or as the same module or script, from the
 run's own project folder (or the one given). A job that uses mlrepro's command
 line is handed the logged spec as a file; any other is given its words again.
@@ -20,13 +20,13 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from mlrepro import keys, record
-from mlrepro.record import MLFLOW_ENTRY_POINT_TAG
-from mlrepro.code import CodeRecord, facts_now
-from mlrepro.compare import LoggedRun, RunComparison, compare_logged_runs
-from mlrepro.diagnosis import Difference, differences
+from mlrepro.store import keys, record
+from mlrepro.store.record import MLFLOW_ENTRY_POINT_TAG
+from mlrepro.capture.code import CodeRecord, facts_now
+from mlrepro.analysis.compare import LoggedRun, RunComparison, compare_logged_runs
+from mlrepro.analysis.diagnosis import Difference, differences
 from mlrepro.errors import ReproductionError
-from mlrepro.verdicts import record_comparison
+from mlrepro.review.verdicts import record_comparison
 
 # Facts a new process can be checked against before it runs; the determinism
 # switches are only set once the job seeds, so they are left to compare.
@@ -64,7 +64,7 @@ def reproduce_run(
     folder. ``on_drift`` hears, before the job starts, what differs in code, versions
     or hardware from when the run was logged.
     """
-    from mlrepro.environment import capture_environment  # torch: only when a run is repeated
+    from mlrepro.capture.environment import capture_environment  # torch: only when a run is repeated
 
     client = client or MlflowClient()
     original = record.read_run(client, run_id)
@@ -128,10 +128,9 @@ def _restart_command(
 ) -> tuple[list[str], Path]:
     """The command that starts the job again, and the folder to start it in; ``through_mlproject=False``
     starts the module or script itself, as ``mlflow run`` did, without a launcher's run."""
-    if code is None:  # logged before mlrepro recorded its code: one of the built-in jobs
-        if not (folder / "projects" / "__main__.py").exists():
-            raise ReproductionError(f"{folder} is not an mlrepro project checkout (no projects/): run from one")
-        return [sys.executable, "-m", "projects", "--spec", str(spec_file)], folder
+    if code is None:  # logged before mlrepro 0.2 recorded the code: nothing says what to start
+        raise ReproductionError("the run was logged before mlrepro recorded the code that ran (mlrepro 0.2): "
+                                "start its job yourself with the spec in mlrepro/spec.json")
     if through_mlproject and _uses_mlproject(code, folder):
         command = [sys.executable, "-m", "mlflow", "run", str(folder), "-e", code.mlproject_entry_point,
                    "--env-manager", "local", "--run-id", run_id, "--experiment-id", experiment_id]

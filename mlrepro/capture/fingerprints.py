@@ -1,8 +1,8 @@
 """Per-tensor fingerprints of a run, and where two runs' fingerprints first part.
 
 Pure: NumPy arrays in, a typed verdict out; no torch, no MLflow. Taking the
-fingerprints on the device is ``mlrepro.watch``'s job, storing them
-``mlrepro.record``'s (beside the losses, in the exact record).
+fingerprints on the device is ``mlrepro.training.watch``'s job, storing them
+``mlrepro.store.record``'s (beside the losses, in the exact record).
 
 At each fingerprinted step a run keeps one 32-bit fingerprint of every parameter and
 every gradient, taken after backward and before the optimizer step: the parameters the

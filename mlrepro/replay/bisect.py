@@ -4,7 +4,7 @@ first module, and op, where they part.
 Compare says at which step (and, with fingerprints, which tensor) two runs part. Bisect goes
 further: it takes the last checkpoint both runs logged before that step, starts each run's
 own job from its own checkpoint in a fresh process with the replay trace on
-(``mlrepro.replay``), up to the step, and walks both traces side by side. The first
+(``mlrepro.training.tracing``), up to the step, and walks both traces side by side. The first
 event that differs is where the computation parted: a parameter the update made
 otherwise, an op's output in the forward pass (with the line that called it), a
 module's output, or a gradient in the backward pass.
@@ -22,11 +22,11 @@ from typing import Any, Literal
 from mlflow.tracking import MlflowClient
 from pydantic import BaseModel, ConfigDict
 
-from mlrepro import record
-from mlrepro.compare import LoggedRun, RunComparison, compare_logged_runs
+from mlrepro.store import record
+from mlrepro.analysis.compare import LoggedRun, RunComparison, compare_logged_runs
 from mlrepro.errors import BisectError
-from mlrepro.orders import JobCommand, Leg, Orders, Scratch
-from mlrepro.reproduce import hash_seed_of, replay_command
+from mlrepro.training.orders import JobCommand, Leg, Orders, Scratch
+from mlrepro.replay.reproduce import hash_seed_of, replay_command
 
 _PHASE_WORDS = {
     "weights": "the weights the step starts from (made by the update before)",

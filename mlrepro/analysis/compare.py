@@ -1,7 +1,7 @@
 """Bitwise comparison of two runs' losses, and what differs between their specs and environments.
 
 Pure: arrays and records in, typed verdicts out. Loading runs from MLflow is
-``mlrepro.runs``'s job.
+``mlrepro.review.runs``'s job.
 
 "Identical" means the same bits at every step: ``0.1 + 0.2`` and ``0.3`` differ,
 ``+0.0`` and ``-0.0`` differ, and a NaN equals a NaN only with the same payload.
@@ -15,11 +15,11 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, computed_field
 
-from mlrepro.code import CodeRecord
-from mlrepro.diagnosis import Difference, diagnose, differences
-from mlrepro.fingerprints import FingerprintRecord, TensorComparison, compare_fingerprints
-from mlrepro.losses import LossSeries, as_the_store_keeps
-from mlrepro.spec import AnySpec
+from mlrepro.capture.code import CodeRecord
+from mlrepro.analysis.diagnosis import Difference, diagnose, differences
+from mlrepro.capture.fingerprints import FingerprintRecord, TensorComparison, compare_fingerprints
+from mlrepro.capture.losses import LossSeries, as_the_store_keeps
+from mlrepro.capture.spec import AnySpec
 
 
 class StepRange(BaseModel):

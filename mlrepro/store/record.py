@@ -12,7 +12,7 @@ A run made by mlrepro holds:
 - the metric ``loss`` (or the spec's ``metric``) at every step, written by the writer process.
 
 What a training run writes once it has started (losses, the exact record, checkpoints,
-metrics, the end) goes to its local spool first (``mlrepro.spool``), which replays
+metrics, the end) goes to its local spool first (``mlrepro.store.spool``), which replays
 these same calls on a client: the functions that take a ``RunWriter`` write either way.
 
 Every MLflow or OS error of the store becomes an mlrepro error in ``store_errors``,
@@ -40,9 +40,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.tracking import MlflowClient
 
-from mlrepro import keys
-from mlrepro.code import CodeRecord
-from mlrepro.compare import LoggedRun
+from mlrepro.store import keys
+from mlrepro.capture.code import CodeRecord
+from mlrepro.analysis.compare import LoggedRun
 from mlrepro.errors import (
     CheckpointError,
     ExperimentNotFoundError,
@@ -55,15 +55,15 @@ from mlrepro.errors import (
     redacted,
     redacted_uri,
 )
-from mlrepro.fingerprints import FingerprintRecord
-from mlrepro.losses import LossSeries
-from mlrepro.process import identity, liveness
-from mlrepro.spec import NOT_IN_HASH, AnySpec, BaseSpec, read_logged_spec
+from mlrepro.capture.fingerprints import FingerprintRecord
+from mlrepro.capture.losses import LossSeries
+from mlrepro.store.process import identity, liveness
+from mlrepro.capture.spec import NOT_IN_HASH, AnySpec, BaseSpec, read_logged_spec
 
 if TYPE_CHECKING:
-    from mlrepro.checkpoint import Checkpoint
-    from mlrepro.environment import EnvironmentRecord
-    from mlrepro.seeding import SeedRecord
+    from mlrepro.training.checkpoint import Checkpoint
+    from mlrepro.capture.environment import EnvironmentRecord
+    from mlrepro.capture.seeding import SeedRecord
 
 # MLflow accepts at most 1,000 metrics, and 100 params and tags, in one log_batch call.
 MAX_METRICS_PER_BATCH = 1000
@@ -84,7 +84,7 @@ _TAG_LIMIT = 5000
 
 class RunWriter(Protocol):
     """Where a training run's writes go: an ``MlflowClient``, or the run's spool
-    (``mlrepro.spool.Spool``), which keeps them on disk and replays them on a client."""
+    (``mlrepro.store.spool.Spool``), which keeps them on disk and replays them on a client."""
 
     tracking_uri: str
 
@@ -215,8 +215,8 @@ def write_start(
     Returns the code record completed with what ``mlflow run`` gave the job: its entry
     point and the parameters it logged, the words a repeat must give again.
     """
-    from mlrepro.environment import environment_tags
-    from mlrepro.spec import class_path
+    from mlrepro.capture.environment import environment_tags
+    from mlrepro.capture.spec import class_path
 
     with store_errors(client, run_id):
         run = client.get_run(run_id)
@@ -319,7 +319,7 @@ def write_losses(client: RunWriter, run_id: str, losses: LossSeries, complete: b
 
 def write_checkpoint(client: RunWriter, run_id: str, checkpoint: Checkpoint) -> None:
     """A checkpoint as ``mlrepro/checkpoints/step-NNNNNNNNN.pt``, with its SHA-256 beside it."""
-    from mlrepro.checkpoint import checksum_path, save_checkpoint
+    from mlrepro.training.checkpoint import checksum_path, save_checkpoint
 
     with store_errors(client, run_id), tempfile.TemporaryDirectory() as folder:
         path = save_checkpoint(Path(folder) / f"step-{checkpoint.step:09d}.pt", checkpoint)
@@ -566,8 +566,8 @@ def mark_killed(client: MlflowClient, run_id: str) -> LoggedRun:
 def read_newest_checkpoint(client: MlflowClient, spec: BaseSpec) -> tuple[str, Checkpoint]:
     """The run ``spec.resume_from`` names (its full id) and its newest checkpoint; that run must
     have run the same spec. Everything is checked before the resumed run is created."""
-    from mlrepro.checkpoint import load_checkpoint
-    from mlrepro.diagnosis import differences
+    from mlrepro.training.checkpoint import load_checkpoint
+    from mlrepro.analysis.diagnosis import differences
 
     context = "resume_from: "
     run_id = resolve_run_id(client, spec.resume_from, context)

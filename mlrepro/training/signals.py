@@ -22,7 +22,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from mlrepro.spool import Pending
+    from mlrepro.store.spool import Pending
 
 HANDLED = (signal.SIGINT, signal.SIGTERM)
 
@@ -35,7 +35,7 @@ class RunInterrupted(KeyboardInterrupt):
         self.signum = signum
         self.run_id: str | None = None  # set by start_run: which run it ended, after how many steps
         self.steps = 0
-        self.pending: Pending | None = None  # what of it still waits in the spool (mlrepro.spool.Pending), if anything
+        self.pending: Pending | None = None  # what of it still waits in the spool (mlrepro.store.spool.Pending), if anything
         super().__init__(signal.Signals(signum).name)
 
     @property

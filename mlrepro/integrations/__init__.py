@@ -1,0 +1,1 @@
+"""Integrations: MLflow's run-context plugin, and the glue for training frameworks."""
