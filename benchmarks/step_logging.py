@@ -36,8 +36,8 @@ from mlflow.entities import Metric  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 import mlrepro  # noqa: E402
-from mlrepro.store import record  # noqa: E402
 from mlrepro.capture.spec import LineFitSpec  # noqa: E402
+from mlrepro.store import record  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the tests' servers: tests/helpers
 from tests.helpers.postgres import Postgres, postgres_bin  # noqa: E402

@@ -19,7 +19,8 @@ _EXPORTS = {
     "mlrepro.cli.main": ["job_main"],
     "mlrepro.training.checkpoint": ["Checkpoint", "capture_rng_state", "restore_rng_state"],
     "mlrepro.capture.code": ["CodeRecord"],
-    "mlrepro.analysis.compare": ["LoggedRun", "LossComparison", "RunComparison", "compare_logged_runs", "compare_losses"],
+    "mlrepro.capture.logged": ["LoggedRun"],
+    "mlrepro.analysis.compare": ["LossComparison", "RunComparison", "compare_logged_runs", "compare_losses"],
     "mlrepro.capture.losses": ["LossSeries"],
     "mlrepro.capture.environment": ["EnvironmentRecord", "capture_environment"],
     "mlrepro.errors": [
@@ -54,23 +55,53 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from mlrepro.training.checkpoint import Checkpoint, capture_rng_state, restore_rng_state
-    from mlrepro.cli.main import job_main
+    from mlrepro.analysis.compare import (
+        LossComparison,
+        RunComparison,
+        compare_logged_runs,
+        compare_losses,
+    )
     from mlrepro.capture.code import CodeRecord
-    from mlrepro.analysis.compare import LoggedRun, LossComparison, RunComparison, compare_logged_runs, compare_losses
-    from mlrepro.capture.losses import LossSeries
     from mlrepro.capture.environment import EnvironmentRecord, capture_environment
+    from mlrepro.capture.logged import LoggedRun
+    from mlrepro.capture.losses import LossSeries
+    from mlrepro.capture.seeding import (
+        DeterminismState,
+        SeedRecord,
+        make_generator,
+        seed_everything,
+        seed_worker,
+    )
+    from mlrepro.capture.spec import (
+        BaseSpec,
+        Cifar10Spec,
+        LineFitSpec,
+        LoggedSpec,
+        build_spec,
+        parse_spec,
+        read_spec_file,
+        register_job,
+        registered_jobs,
+    )
+    from mlrepro.cli.main import job_main
     from mlrepro.errors import (
-        CheckpointError, DatasetError, DeviceError, ExperimentNotFoundError, MlreproError, NoLossesError, ReproductionError,
-        RunNotFoundError, SpecError,
+        CheckpointError,
+        DatasetError,
+        DeviceError,
+        ExperimentNotFoundError,
+        MlreproError,
+        NoLossesError,
+        ReproductionError,
+        RunNotFoundError,
+        SpecError,
         TrackingError,
     )
+    from mlrepro.replay.reproduce import Reproduction, reproduce_run
     from mlrepro.review.runs import RunSummary, compare_runs, find_runs, load_run
     from mlrepro.review.verdicts import record_comparison
-    from mlrepro.replay.reproduce import Reproduction, reproduce_run
-    from mlrepro.capture.seeding import DeterminismState, SeedRecord, make_generator, seed_everything, seed_worker
-    from mlrepro.capture.spec import (
-        BaseSpec, Cifar10Spec, LineFitSpec, LoggedSpec, build_spec, parse_spec, read_spec_file, register_job,
-        registered_jobs,
+    from mlrepro.training.checkpoint import (
+        Checkpoint,
+        capture_rng_state,
+        restore_rng_state,
     )
     from mlrepro.training.tracking import TrackedRun, start_run

@@ -9,10 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from mlrepro.replay.bisect import BisectResult, describe, first_difference
 from mlrepro.cli.main import main
+from mlrepro.replay.bisect import BisectResult, describe, first_difference
 from tests.conftest import (
-    REPO, PlantedRuns, assert_one_line_error_here, run_command, run_here, run_planted,
+    REPO,
+    PlantedRuns,
+    assert_one_line_error_here,
+    run_command,
+    run_here,
+    run_planted,
 )
 
 PLANTED = REPO / "tests" / "jobs" / "planted.py"

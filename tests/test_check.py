@@ -11,7 +11,14 @@ import mlflow
 import pytest
 
 from mlrepro.cli.main import main
-from tests.conftest import REPO, assert_one_line_error, assert_one_line_error_here, mlrepro_cli, run_command, run_here
+from tests.conftest import (
+    REPO,
+    assert_one_line_error,
+    assert_one_line_error_here,
+    mlrepro_cli,
+    run_command,
+    run_here,
+)
 
 PLANTED = str(REPO / "tests" / "jobs" / "planted.py")
 

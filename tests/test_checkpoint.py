@@ -13,8 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from mlrepro.training.checkpoint import Checkpoint, capture_rng_state, checksum_path, load_checkpoint, save_checkpoint
 from mlrepro.errors import CheckpointError
+from mlrepro.training.checkpoint import (
+    Checkpoint,
+    capture_rng_state,
+    checksum_path,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 DRAW = """
 import json, random, sys

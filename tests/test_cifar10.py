@@ -14,11 +14,18 @@ import pytest
 import torchvision.datasets.cifar
 
 from mlrepro import load_run
+from mlrepro.capture.spec import Cifar10Spec, build_spec
 from mlrepro.cli.main import job_command, main
 from mlrepro.errors import SpecError
-from mlrepro.capture.spec import Cifar10Spec, build_spec
 from projects.cifar10.train import train
-from tests.conftest import REPO, assert_one_line_error_here, mlflow_run, only_run_id, run_command, run_here
+from tests.conftest import (
+    REPO,
+    assert_one_line_error_here,
+    mlflow_run,
+    only_run_id,
+    run_command,
+    run_here,
+)
 from tests.helpers.cifar_files import write_cifar10
 
 ON_TEST_FILES = str(REPO / "tests" / "helpers" / "run_cifar10_on_test_files.py")

@@ -13,12 +13,18 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from mlrepro.cli.main import job_command, main, spec_file_command
 from mlrepro.capture.spec import LineFitSpec
+from mlrepro.cli.main import job_command, main, spec_file_command
 from projects import TRAINERS
 from projects.linefit.train import train
 from tests.conftest import (
-    LineFitRuns, assert_one_line_error, assert_one_line_error_here, mlrepro_cli, only_run_id, run_command, run_here,
+    LineFitRuns,
+    assert_one_line_error,
+    assert_one_line_error_here,
+    mlrepro_cli,
+    only_run_id,
+    run_command,
+    run_here,
 )
 
 LINEFIT = job_command(LineFitSpec, train)

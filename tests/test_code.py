@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from mlrepro.cli.main import main
 from mlrepro.capture.code import NO_CHANGES, UNAVAILABLE, git_facts
+from mlrepro.cli.main import main
 from tests.conftest import run_command, run_here
 
 

@@ -8,7 +8,8 @@ import struct
 import numpy as np
 import pytest
 
-from mlrepro.analysis.compare import LoggedRun, compare_logged_runs, compare_losses
+from mlrepro.analysis.compare import compare_logged_runs, compare_losses
+from mlrepro.capture.logged import LoggedRun
 from mlrepro.capture.losses import LossSeries
 
 

@@ -13,9 +13,16 @@ import numpy as np
 import pytest
 
 from mlrepro import compare_runs, load_run
-from mlrepro.cli.main import main
 from mlrepro.analysis.diagnosis import differences
-from tests.conftest import job_env, kill_after_checkpoints, only_run_id, run_command, run_here, start_job
+from mlrepro.cli.main import main
+from tests.conftest import (
+    job_env,
+    kill_after_checkpoints,
+    only_run_id,
+    run_command,
+    run_here,
+    start_job,
+)
 from tests.helpers.server import free_port
 
 # 200 images, 4 a batch: 50 steps an epoch on one process, 25 on each of two.

@@ -8,7 +8,12 @@ import sys
 import pytest
 import torch
 
-from mlrepro.capture.environment import COLLECTORS, UNAVAILABLE, UNSET, capture_environment
+from mlrepro.capture.environment import (
+    COLLECTORS,
+    UNAVAILABLE,
+    UNSET,
+    capture_environment,
+)
 from mlrepro.capture.seeding import read_determinism_state
 
 

@@ -10,8 +10,13 @@ import json
 import mlflow
 import numpy as np
 
+from mlrepro.capture.fingerprints import (
+    GRADIENT,
+    PARAMETER,
+    FingerprintRecord,
+    compare_fingerprints,
+)
 from mlrepro.cli.main import main
-from mlrepro.capture.fingerprints import GRADIENT, PARAMETER, FingerprintRecord, compare_fingerprints
 from tests.conftest import PlantedRuns, run_here
 
 NAMES = ("head.weight", "conv.weight") * 2  # registered head first; the forward runs conv first

@@ -16,7 +16,13 @@ import pytest
 
 from mlrepro.cli.main import job_command, main
 from tests.conftest import (
-    REPO, assert_one_line_error_here, mlrepro_cli, only_run_id, run_command, run_here, stopped_here,
+    REPO,
+    assert_one_line_error_here,
+    mlrepro_cli,
+    only_run_id,
+    run_command,
+    run_here,
+    stopped_here,
 )
 
 # Read where `train` (the module that defines NoisySpec) cannot be imported.

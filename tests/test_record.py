@@ -12,12 +12,11 @@ import mlflow
 import numpy as np
 import pytest
 
-from mlrepro.store import keys
-
 from mlrepro import load_run, start_run
-from mlrepro.errors import CheckpointError, RunNotFoundError, SpecError
-from mlrepro.store.record import environment_from_tags, resolve_run_id
 from mlrepro.capture.spec import LineFitSpec
+from mlrepro.errors import CheckpointError, RunNotFoundError, SpecError
+from mlrepro.store import keys
+from mlrepro.store.record import environment_from_tags, resolve_run_id
 from tests.conftest import job_env
 
 

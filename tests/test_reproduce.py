@@ -13,7 +13,12 @@ import pytest
 from mlrepro.cli.main import main
 from mlrepro.replay.reproduce import environment_drift
 from tests.conftest import (
-    REPO, LineFitRuns, assert_one_line_error_here, only_run_id, run_command, run_here,
+    REPO,
+    LineFitRuns,
+    assert_one_line_error_here,
+    only_run_id,
+    run_command,
+    run_here,
 )
 
 

@@ -12,13 +12,19 @@ import mlflow
 import pytest
 
 from mlrepro import load_run, start_run
+from mlrepro.capture.spec import Cifar10Spec, LineFitSpec
 from mlrepro.cli.main import job_command, main
 from mlrepro.errors import MlreproError
-from mlrepro.capture.spec import Cifar10Spec, LineFitSpec
 from projects.cifar10.train import train as cifar10_train
 from projects.linefit.train import train
 from tests.conftest import (
-    assert_one_line_error_here, kill_after_checkpoints, only_run_id, run_command, run_here, start_job, stopped_here,
+    assert_one_line_error_here,
+    kill_after_checkpoints,
+    only_run_id,
+    run_command,
+    run_here,
+    start_job,
+    stopped_here,
 )
 
 

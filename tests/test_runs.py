@@ -12,10 +12,9 @@ import numpy as np
 import pytest
 
 from mlrepro import compare_runs, load_run, start_run
-
-from mlrepro.store import keys
-from mlrepro.errors import NoLossesError, RunNotFoundError, TrackingError
 from mlrepro.capture.spec import LineFitSpec
+from mlrepro.errors import NoLossesError, RunNotFoundError, TrackingError
+from mlrepro.store import keys
 from tests.conftest import only_run_id, run_command
 
 

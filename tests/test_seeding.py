@@ -11,8 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from mlrepro.capture.seeding import (
+    make_generator,
+    read_determinism_state,
+    seed_everything,
+    seed_worker,
+)
 from mlrepro.errors import SpecError
-from mlrepro.capture.seeding import make_generator, read_determinism_state, seed_everything, seed_worker
 
 DRAWS = """
 import json, random, sys

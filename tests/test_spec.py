@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from mlrepro.errors import SpecError
 from mlrepro.capture.spec import (
     MAX_SEED,
     Cifar10Spec,
@@ -20,6 +19,7 @@ from mlrepro.capture.spec import (
     read_spec_file,
     spec_hash,
 )
+from mlrepro.errors import SpecError
 
 
 def test_line_fit_defaults_are_the_seeds() -> None:

@@ -17,9 +17,15 @@ import pytest
 from click.testing import CliRunner
 
 from mlrepro import load_run, start_run
-from mlrepro.cli.main import main
 from mlrepro.capture.spec import LineFitSpec
-from mlrepro.store.spool import Delivery, Spool, SpoolError, StoreRefusedError, spooled_runs
+from mlrepro.cli.main import main
+from mlrepro.store.spool import (
+    Delivery,
+    Spool,
+    SpoolError,
+    StoreRefusedError,
+    spooled_runs,
+)
 from tests.conftest import job_env
 from tests.helpers.server import MlflowServer
 

@@ -10,11 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from mlrepro.store import keys
-
 from mlrepro import load_run, start_run
-from mlrepro.errors import DeviceError, TrackingError
 from mlrepro.capture.spec import LineFitSpec
+from mlrepro.errors import DeviceError, TrackingError
+from mlrepro.store import keys
 
 
 def test_the_run_carries_spec_params_environment_tags_and_json_artifacts(store: str) -> None:

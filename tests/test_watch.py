@@ -10,8 +10,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mlrepro.training import watch
 from mlrepro.capture.fingerprints import GRADIENT, PARAMETER
+from mlrepro.training import watch
 from mlrepro.training.watch import Fingerprinter, Watch, fingerprint_of
 
 CPU = torch.device("cpu")

@@ -9,17 +9,18 @@ Pure: arrays and records in, typed verdicts out. Loading runs from MLflow is
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, computed_field
 
-from mlrepro.capture.code import CodeRecord
 from mlrepro.analysis.diagnosis import Difference, diagnose, differences
-from mlrepro.capture.fingerprints import FingerprintRecord, TensorComparison, compare_fingerprints
+from mlrepro.capture.fingerprints import (
+    TensorComparison,
+    compare_fingerprints,
+)
+from mlrepro.capture.logged import LoggedRun
 from mlrepro.capture.losses import LossSeries, as_the_store_keeps
-from mlrepro.capture.spec import AnySpec
 
 
 class StepRange(BaseModel):
@@ -98,41 +99,6 @@ def _value_at(series: LossSeries, step: int | None) -> float | None:
     if position < len(series) and series.steps[position] == step:
         return float(series.values[position])
     return None
-
-
-# MLflow's statuses of a run that did not run to its end (SCHEDULED: not started yet).
-UNFINISHED = ("RUNNING", "SCHEDULED", "KILLED", "FAILED")
-
-
-@dataclass(frozen=True)
-class LoggedRun:
-    """A run as compare sees it: what it was asked, what it ran on, what it got, and how it ended."""
-
-    run_id: str
-    status: str
-    spec: AnySpec | None  # typed where its job is registered here; None for a run not logged through mlrepro
-    spec_fields: dict[str, str]
-    environment: dict[str, str]
-    losses: LossSeries
-    metric: str
-    loss_source: str  # where the losses came from: the exact artifact or the metric history
-    tags: dict[str, str] = field(default_factory=dict)
-    code: CodeRecord | None = None  # the code that ran and how to start it again; None before mlrepro 0.2
-    fingerprints: FingerprintRecord | None = None  # per-tensor fingerprints, where the run took them
-    experiment_id: str | None = None
-    deleted: bool = False  # in the store's trash (MLflow's lifecycle stage "deleted")
-    process: str = "unknown"  # for a RUNNING run: "alive", "gone" (killed, never ended) or "unknown"
-
-    @property
-    def unfinished(self) -> bool:
-        return self.status in UNFINISHED
-
-    @property
-    def state(self) -> str:
-        """How the run ended, in words: ``FINISHED``, ``KILLED``, ``RUNNING, its process gone``."""
-        if self.status == "RUNNING" and self.process == "gone":
-            return "RUNNING, its process gone: killed without a chance to say so"
-        return self.status
 
 
 class RunComparison(BaseModel):

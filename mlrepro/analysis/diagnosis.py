@@ -18,7 +18,6 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 
-
 class Category(IntEnum):
     """Lower is more likely to break bitwise equality."""
 

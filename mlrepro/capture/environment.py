@@ -21,7 +21,6 @@ from importlib import metadata
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from mlrepro.store import keys
 from mlrepro.capture.seeding import DeterminismState, read_determinism_state
 
 UNAVAILABLE = "unavailable"
@@ -72,13 +71,6 @@ class EnvironmentRecord(BaseModel):
         """A stable hash of all facts: equal hashes mean nothing recorded differs."""
         canonical = json.dumps(self.facts, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
-
-
-def environment_tags(environment: EnvironmentRecord) -> dict[str, str]:
-    """The record as MLflow tags: one ``mlrepro.environment.<fact>`` per fact, and its hash."""
-    tags = {keys.ENV_TAG_PREFIX + fact: value for fact, value in environment.facts.items()}
-    tags[keys.TAG_ENV_HASH] = environment.hash
-    return tags
 
 
 def capture_environment(extra: Mapping[str, str] | None = None) -> EnvironmentRecord:

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from mlrepro.errors import SpecError
 from mlrepro.capture.spec import MAX_SEED
+from mlrepro.errors import SpecError
 
 # cuBLAS picks reduction strategies per stream unless its workspace is pinned to a
 # fixed layout; with deterministic algorithms on, torch refuses affected CUDA ops

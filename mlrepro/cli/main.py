@@ -24,16 +24,25 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 from pydantic import ValidationError
 
+from mlrepro.capture.spec import (
+    BaseSpec,
+    build_spec,
+    parse_assignments,
+    parse_spec,
+    read_spec_file,
+    registered_jobs,
+)
+from mlrepro.errors import MlreproError, describe_validation_error, one_line, redacted
+
 # Nothing heavy is imported here: `mlrepro --help` needs neither MLflow nor torch, and
 # compare, show and find import MLflow when they run, never torch. The training side is
 # imported by the commands that train.
 from mlrepro.store import keys
-from mlrepro.errors import MlreproError, describe_validation_error, one_line, redacted
-from mlrepro.capture.spec import BaseSpec, build_spec, parse_assignments, parse_spec, read_spec_file, registered_jobs
 
 if TYPE_CHECKING:
-    from mlrepro.analysis.compare import LoggedRun, RunComparison, StepRange
+    from mlrepro.analysis.compare import RunComparison, StepRange
     from mlrepro.analysis.diagnosis import Difference
+    from mlrepro.capture.logged import LoggedRun
     from mlrepro.review.runs import RunSummary
     from mlrepro.training.tracking import TrackedRun
 
@@ -102,9 +111,9 @@ def compare(run_a: str, run_b: str, as_json: bool, log_verdict: bool, on_launche
     RUN_A and RUN_B are run ids, or unique prefixes of 8 or more hex digits. The
     tracking store is MLflow's: MLFLOW_TRACKING_URI, else ./mlflow.db.
     """
-    from mlrepro.store.record import write_launcher_error
     from mlrepro.review.runs import compare_runs, load_run
     from mlrepro.review.verdicts import record_comparison, record_on_comparison_run
+    from mlrepro.store.record import write_launcher_error
 
     with user_errors(on_error=write_launcher_error if on_launched_run else None):
         a, b = load_run(run_a), load_run(run_b)
@@ -223,9 +232,9 @@ def format_check(result: Any) -> str:
 @click.argument("run_id")
 def show(run_id: str) -> None:
     """Print a run's code, spec, environment, loss summary and recorded verdicts."""
-    from mlrepro.store import spool
     from mlrepro.errors import NoLossesError
     from mlrepro.review.runs import load_run
+    from mlrepro.store import spool
 
     def say_if_pending(full_id: str) -> None:
         if full_id in spool.spooled_runs():
@@ -515,8 +524,8 @@ def _as_assignments(words: Sequence[str]) -> list[str]:
 
 def run_job(spec: BaseSpec, train: TrainFunction) -> None:
     """Open the tracked, seeded run for ``spec`` and hand it to the job's training function."""
-    from mlrepro.training import distributed
     from mlrepro.capture.code import mark_job_command_line
+    from mlrepro.training import distributed
     from mlrepro.training.signals import RunInterrupted
     from mlrepro.training.tracking import start_run
 
@@ -526,12 +535,13 @@ def run_job(spec: BaseSpec, train: TrainFunction) -> None:
         import mlflow
 
         from mlrepro.store import record, spool
+        from mlrepro.training.checkpoint import newest_checkpoint
 
         spool.store_wait_s()
         spool.ready_root()
         client = record.ready_store(mlflow.get_tracking_uri())
         if spec.resume_from:
-            record.read_newest_checkpoint(client, spec)  # the run, its spec and its checkpoint
+            newest_checkpoint(client, spec)  # the run, its spec and its checkpoint
         distributed.relaunch_under_torchrun(nproc)  # the same command, once a rank, under torchrun
     mark_job_command_line()
     try:

@@ -13,24 +13,10 @@ from __future__ import annotations
 
 import sys
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
 
 from mlflow.tracking.context.abstract_context import RunContextProvider
 
-# True while mlrepro's own start_run opens a run: it records the environment itself, once.
-_own_run: ContextVar[bool] = ContextVar("mlrepro_own_run", default=False)
-
-
-@contextmanager
-def recording_own_run() -> Iterator[None]:
-    """Around ``mlflow.start_run`` in mlrepro: the plugin stays out of a run mlrepro records."""
-    token = _own_run.set(True)
-    try:
-        yield
-    finally:
-        _own_run.reset(token)
+from mlrepro.capture.own_run import is_own_run
 
 
 class EnvironmentRunContext(RunContextProvider):
@@ -39,12 +25,13 @@ class EnvironmentRunContext(RunContextProvider):
     def in_context(self) -> bool:
         # Cheap on purpose: MLflow asks at every start_run. A process that has not imported
         # torch trains nothing mlrepro describes, and must not pay for importing it.
-        return "torch" in sys.modules and not _own_run.get()
+        return "torch" in sys.modules and not is_own_run()
 
     def tags(self) -> dict[str, str]:
         try:
             from mlrepro.capture.code import capture_code
-            from mlrepro.capture.environment import capture_environment, environment_tags
+            from mlrepro.capture.environment import capture_environment
+            from mlrepro.store.record import environment_tags
 
             return environment_tags(capture_environment(extra=capture_code().facts()))
         except Exception as err:  # a broken record must never stop someone's run

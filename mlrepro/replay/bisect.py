@@ -22,11 +22,12 @@ from typing import Any, Literal
 from mlflow.tracking import MlflowClient
 from pydantic import BaseModel, ConfigDict
 
-from mlrepro.store import record
-from mlrepro.analysis.compare import LoggedRun, RunComparison, compare_logged_runs
+from mlrepro.analysis.compare import RunComparison, compare_logged_runs
+from mlrepro.capture.logged import LoggedRun
 from mlrepro.errors import BisectError
-from mlrepro.training.orders import JobCommand, Leg, Orders, Scratch
 from mlrepro.replay.reproduce import hash_seed_of, replay_command
+from mlrepro.store import record
+from mlrepro.training.orders import JobCommand, Leg, Orders, Scratch
 
 _PHASE_WORDS = {
     "weights": "the weights the step starts from (made by the update before)",

@@ -22,11 +22,12 @@ from typing import Literal
 from mlflow.tracking import MlflowClient
 from pydantic import BaseModel, ConfigDict
 
-from mlrepro.store import record
-from mlrepro.analysis.compare import LoggedRun, RunComparison, compare_logged_runs
-from mlrepro.errors import SpecError
-from mlrepro.training.orders import Leg, LegReport, Orders, Scratch, job_command
+from mlrepro.analysis.compare import RunComparison, compare_logged_runs
+from mlrepro.capture.logged import LoggedRun
 from mlrepro.capture.spec import parse_assignments
+from mlrepro.errors import SpecError
+from mlrepro.store import record
+from mlrepro.training.orders import Leg, LegReport, Orders, Scratch, job_command
 
 # Fields the check sets on every leg; the user's words may not.
 _SET_BY_CHECK = ("checkpoint_every", "fingerprint_every", "resume_from")

@@ -20,13 +20,14 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from mlrepro.store import keys, record
-from mlrepro.store.record import MLFLOW_ENTRY_POINT_TAG
-from mlrepro.capture.code import CodeRecord, facts_now
-from mlrepro.analysis.compare import LoggedRun, RunComparison, compare_logged_runs
+from mlrepro.analysis.compare import RunComparison, compare_logged_runs
 from mlrepro.analysis.diagnosis import Difference, differences
+from mlrepro.capture.code import CodeRecord, facts_now
+from mlrepro.capture.logged import LoggedRun
 from mlrepro.errors import ReproductionError
 from mlrepro.review.verdicts import record_comparison
+from mlrepro.store import keys, record
+from mlrepro.store.record import MLFLOW_ENTRY_POINT_TAG
 
 # Facts a new process can be checked against before it runs; the determinism
 # switches are only set once the job seeds, so they are left to compare.
@@ -64,7 +65,9 @@ def reproduce_run(
     folder. ``on_drift`` hears, before the job starts, what differs in code, versions
     or hardware from when the run was logged.
     """
-    from mlrepro.capture.environment import capture_environment  # torch: only when a run is repeated
+    from mlrepro.capture.environment import (
+        capture_environment,  # torch: only when a run is repeated
+    )
 
     client = client or MlflowClient()
     original = record.read_run(client, run_id)

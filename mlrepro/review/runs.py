@@ -12,10 +12,11 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from pydantic import BaseModel, ConfigDict
 
-from mlrepro.store import keys, record
-from mlrepro.analysis.compare import LoggedRun, RunComparison, compare_logged_runs
-from mlrepro.errors import SpecError
+from mlrepro.analysis.compare import RunComparison, compare_logged_runs
+from mlrepro.capture.logged import LoggedRun
 from mlrepro.capture.spec import AnySpec
+from mlrepro.errors import SpecError
+from mlrepro.store import keys, record
 
 
 def load_run(run_id: str, client: MlflowClient | None = None) -> LoggedRun:

@@ -13,8 +13,9 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
+from mlrepro.analysis.compare import RunComparison
+from mlrepro.capture.logged import LoggedRun
 from mlrepro.store import keys, record
-from mlrepro.analysis.compare import LoggedRun, RunComparison
 
 
 @dataclass(frozen=True)

@@ -37,12 +37,18 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 from mlflow.entities import Metric, Param, Run, RunTag, ViewType
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST, ErrorCode
+from mlflow.protos.databricks_pb2 import (
+    INVALID_PARAMETER_VALUE,
+    RESOURCE_DOES_NOT_EXIST,
+    ErrorCode,
+)
 from mlflow.tracking import MlflowClient
 
-from mlrepro.store import keys
 from mlrepro.capture.code import CodeRecord
-from mlrepro.analysis.compare import LoggedRun
+from mlrepro.capture.fingerprints import FingerprintRecord
+from mlrepro.capture.logged import LoggedRun
+from mlrepro.capture.losses import LossSeries
+from mlrepro.capture.spec import NOT_IN_HASH, AnySpec, BaseSpec, read_logged_spec
 from mlrepro.errors import (
     CheckpointError,
     ExperimentNotFoundError,
@@ -55,13 +61,10 @@ from mlrepro.errors import (
     redacted,
     redacted_uri,
 )
-from mlrepro.capture.fingerprints import FingerprintRecord
-from mlrepro.capture.losses import LossSeries
+from mlrepro.store import keys
 from mlrepro.store.process import identity, liveness
-from mlrepro.capture.spec import NOT_IN_HASH, AnySpec, BaseSpec, read_logged_spec
 
 if TYPE_CHECKING:
-    from mlrepro.training.checkpoint import Checkpoint
     from mlrepro.capture.environment import EnvironmentRecord
     from mlrepro.capture.seeding import SeedRecord
 
@@ -215,7 +218,6 @@ def write_start(
     Returns the code record completed with what ``mlflow run`` gave the job: its entry
     point and the parameters it logged, the words a repeat must give again.
     """
-    from mlrepro.capture.environment import environment_tags
     from mlrepro.capture.spec import class_path
 
     with store_errors(client, run_id):
@@ -247,6 +249,13 @@ def write_start(
         # The words a job was started with may hold a token or a URL with a password.
         _log_json(client, run_id, keys.CODE_ARTIFACT, json.loads(redacted(code.model_dump_json())))
     return code
+
+
+def environment_tags(environment: EnvironmentRecord) -> dict[str, str]:
+    """The record as MLflow tags: one ``mlrepro.environment.<fact>`` per fact, and its hash."""
+    tags = {keys.ENV_TAG_PREFIX + fact: value for fact, value in environment.facts.items()}
+    tags[keys.TAG_ENV_HASH] = environment.hash
+    return tags
 
 
 def _importable_class_path(path: str, code: CodeRecord) -> str:
@@ -317,13 +326,11 @@ def write_losses(client: RunWriter, run_id: str, losses: LossSeries, complete: b
                 client.set_tag(run_id, keys.TAG_OWN_LOSS_DIGEST, losses.digest)
 
 
-def write_checkpoint(client: RunWriter, run_id: str, checkpoint: Checkpoint) -> None:
-    """A checkpoint as ``mlrepro/checkpoints/step-NNNNNNNNN.pt``, with its SHA-256 beside it."""
-    from mlrepro.training.checkpoint import checksum_path, save_checkpoint
-
-    with store_errors(client, run_id), tempfile.TemporaryDirectory() as folder:
-        path = save_checkpoint(Path(folder) / f"step-{checkpoint.step:09d}.pt", checkpoint)
-        for file in (path, checksum_path(path)):
+def write_checkpoint(client: RunWriter, run_id: str, path: Path) -> None:
+    """A checkpoint file saved as ``step-NNNNNNNNN.pt`` (by ``mlrepro.training.checkpoint``) and
+    its SHA-256 beside it, logged under ``mlrepro/checkpoints/``."""
+    with store_errors(client, run_id):
+        for file in (path, path.with_name(path.name + keys.CHECKSUM_SUFFIX)):
             client.log_artifact(run_id, str(file), artifact_path=keys.CHECKPOINT_ARTIFACT_DIR)
 
 
@@ -563,11 +570,10 @@ def mark_killed(client: MlflowClient, run_id: str) -> LoggedRun:
     return run
 
 
-def read_newest_checkpoint(client: MlflowClient, spec: BaseSpec) -> tuple[str, Checkpoint]:
-    """The run ``spec.resume_from`` names (its full id) and its newest checkpoint; that run must
-    have run the same spec. Everything is checked before the resumed run is created."""
-    from mlrepro.training.checkpoint import load_checkpoint
-    from mlrepro.analysis.diagnosis import differences
+def download_newest_checkpoint(client: MlflowClient, spec: BaseSpec, folder: Path) -> tuple[str, Path]:
+    """The run ``spec.resume_from`` names (its full id) and its newest checkpoint file with its
+    checksum, downloaded into ``folder``; that run must have run the same spec. Everything is
+    checked before the resumed run is created; the caller loads the file."""
 
     context = "resume_from: "
     run_id = resolve_run_id(client, spec.resume_from, context)
@@ -581,22 +587,22 @@ def read_newest_checkpoint(client: MlflowClient, spec: BaseSpec) -> tuple[str, C
         raise SpecError(f"resume_from: run {run_id} was not logged by an mlrepro job")
     if logged.job != spec.job or logged.hash != spec.hash:
         changed = ", ".join(
-            f"{d.key} {d.value_a} there, {d.value_b} here"
-            for d in differences(logged.to_params(), spec.to_params(), {}, {})
-            if d.key not in NOT_IN_HASH
+            f"{key} {there.get(key)} there, {here.get(key)} here"
+            for there, here in [(logged.to_params(), spec.to_params())]
+            for key in sorted(set(there) | set(here)) if there.get(key) != here.get(key) and key not in NOT_IN_HASH
         )
         raise SpecError(f"resume_from: run {run_id} ran another spec ({changed}); resume with the spec it ran")
-    with store_errors(client, run_id, context), tempfile.TemporaryDirectory() as folder:
+    with store_errors(client, run_id, context):
         listed = {entry.path for entry in client.list_artifacts(run_id, keys.CHECKPOINT_ARTIFACT_DIR)}
         names = sorted(name for name in listed if name.endswith(".pt"))
         if not names:
             raise CheckpointError(f"resume_from: run {run_id} logged no checkpoint (its checkpoint_every was 0?)")
-        if names[-1] + ".sha256" not in listed:
+        if names[-1] + keys.CHECKSUM_SUFFIX not in listed:
             raise CheckpointError(f"resume_from: checkpoint {names[-1]} of run {run_id} has no checksum beside it; "
                                   "it was not loaded")
-        path = Path(client.download_artifacts(run_id, names[-1], folder))
-        client.download_artifacts(run_id, names[-1] + ".sha256", folder)
-        return run_id, load_checkpoint(path)
+        path = Path(client.download_artifacts(run_id, names[-1], str(folder)))
+        client.download_artifacts(run_id, names[-1] + keys.CHECKSUM_SUFFIX, str(folder))
+        return run_id, path
 
 
 def checkpoint_steps(client: MlflowClient, run_id: str) -> list[int]:
@@ -604,7 +610,7 @@ def checkpoint_steps(client: MlflowClient, run_id: str) -> list[int]:
     with store_errors(client, run_id):
         listed = {entry.path for entry in client.list_artifacts(run_id, keys.CHECKPOINT_ARTIFACT_DIR)}
     return sorted(int(Path(name).stem.removeprefix("step-")) for name in listed
-                  if name.endswith(".pt") and name + ".sha256" in listed)
+                  if name.endswith(".pt") and name + keys.CHECKSUM_SUFFIX in listed)
 
 
 def download_checkpoint(client: MlflowClient, run_id: str, step: int, folder: Path) -> Path:
@@ -615,7 +621,7 @@ def download_checkpoint(client: MlflowClient, run_id: str, step: int, folder: Pa
     target.mkdir(parents=True, exist_ok=True)
     with store_errors(client, run_id):
         path = Path(client.download_artifacts(run_id, name, str(target)))
-        client.download_artifacts(run_id, name + ".sha256", str(target))
+        client.download_artifacts(run_id, name + keys.CHECKSUM_SUFFIX, str(target))
     return path
 
 

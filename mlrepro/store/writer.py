@@ -18,7 +18,7 @@ then stays in the spool for ``mlrepro sync``.
 Writers are forked by a zygote (``_Zygote``), a helper process that imported
 MLflow once: a run's writer starts at once, instead of importing MLflow again on
 the run's critical path. This module imports only the standard library at the top:
-``prestart`` (called when ``mlrepro.training.tracking`` is imported) is meant to run before
+``prestart`` (called when a run opens, or earlier by an entry point that asks) is meant to run before
 torch and MLflow are imported, so that the zygote's imports overlap the parent's.
 """
 
@@ -91,7 +91,7 @@ class _Zygote:
     A writer spawned per run imports MLflow again (a second or more of CPU on the run's critical
     path at its end); one forked from a process that has imported it starts at once. The zygote
     never opens a store, so no connection is shared with its children. It is spawned early (by
-    ``prestart``, when ``mlrepro.training.tracking`` is imported), so its own imports overlap the job's,
+    ``prestart``, when a run opens or an entry point asks), so its own imports overlap the job's,
     and it exits when this process closes its socket (its end)."""
 
     def __init__(self) -> None:
@@ -361,12 +361,17 @@ def mlflow_default_uri() -> str:
     return mlflow.get_tracking_uri()
 
 
+def ignore_in_helper_process() -> None:
+    """A signal sent to the whole process group (Ctrl-C, a SIGTERM to the job's group) must not
+    kill a helper before it has delivered what the run handed it; it ends when the run closes its pipe."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
+
+
 def zygote(descriptor: int) -> int:
     """The zygote: import what every writer needs, then fork one writer per request on the socket
     ``descriptor``, its stdin the pipe sent along; exit when the socket closes."""
     import logging
-
-    from mlrepro.training.signals import ignore_in_helper_process
 
     ignore_in_helper_process()
     logging.getLogger("mlflow").setLevel(logging.WARNING)
@@ -418,8 +423,6 @@ def main() -> int:
     deliver its spool until the run ends and all of it is in the store."""
     import logging
 
-    from mlrepro.training.signals import ignore_in_helper_process
-
     ignore_in_helper_process()  # Ctrl-C reaches the whole group; this process ends when the run closes its pipe
     # Below the training loop in the scheduler's order: on a machine with as many busy threads as
     # cores the writer waits, not the loop (the 20,000-step line fit on two cores: its loop 1.13x
@@ -430,7 +433,14 @@ def main() -> int:
     from mlflow.tracking import MlflowClient
 
     from mlrepro.errors import describe_store_failure
-    from mlrepro.store.spool import Delivery, StoreRefusedError, deliver_until, holding, warn, delivering
+    from mlrepro.store.spool import (
+        Delivery,
+        StoreRefusedError,
+        deliver_until,
+        delivering,
+        holding,
+        warn,
+    )
 
     warm = _warm_client()
     stdin = sys.stdin.buffer

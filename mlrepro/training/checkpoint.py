@@ -14,16 +14,23 @@ from __future__ import annotations
 import hashlib
 import pickle
 import random
+import tempfile
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from mlrepro.errors import CheckpointError
+from mlrepro.store import keys, record
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+    from mlrepro.capture.spec import BaseSpec
 
 FORMAT = "mlrepro-checkpoint-1"
 
@@ -78,7 +85,7 @@ class Checkpoint:
 
 
 def checksum_path(path: Path) -> Path:
-    return path.with_name(path.name + ".sha256")
+    return path.with_name(path.name + keys.CHECKSUM_SUFFIX)
 
 
 def _sha256(path: Path) -> str:
@@ -117,3 +124,11 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         return Checkpoint(**{name: content[name] for name in Checkpoint.__dataclass_fields__})
     except KeyError as err:
         raise CheckpointError(f"checkpoint {path.name} lacks {err.args[0]!r}; it was not loaded") from err
+
+
+def newest_checkpoint(client: MlflowClient, spec: BaseSpec) -> tuple[str, Checkpoint]:
+    """The run ``spec.resume_from`` names (its full id) and its newest checkpoint, loaded and
+    checked: the same spec, a checksum that matches, a file that holds only tensors and numbers."""
+    with tempfile.TemporaryDirectory() as folder:
+        run_id, path = record.download_newest_checkpoint(client, spec, Path(folder))
+        return run_id, load_checkpoint(path)

@@ -109,10 +109,3 @@ def interruptible() -> Iterator[Interruption]:
     finally:
         for signum, handler in state.previous.items():
             signal.signal(signum, handler)
-
-
-def ignore_in_helper_process() -> None:
-    """For a helper process (the writer): a signal sent to the whole process group must not
-    kill it before it has delivered what the run handed it; it ends when the run closes its pipe."""
-    for signum in HANDLED:
-        signal.signal(signum, signal.SIG_IGN)

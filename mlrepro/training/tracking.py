@@ -7,17 +7,15 @@ any tracking URI MLflow supports.
 
 from __future__ import annotations
 
-from mlrepro.store.writer import prestart
-
-prestart()  # the zygote that forks each run's writer starts now: its imports overlap this process's
-
 import signal
 import sys
+import tempfile
 import time
 from array import array
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -25,22 +23,16 @@ import torch
 from mlflow.environment_variables import MLFLOW_RUN_ID
 from mlflow.tracking import MlflowClient
 
-from mlrepro.training import distributed
-
-from mlrepro.store import record
-from mlrepro.training.checkpoint import Checkpoint, load_checkpoint
 from mlrepro.capture.code import capture_code
 from mlrepro.capture.device import resolve_device
 from mlrepro.capture.environment import EnvironmentRecord, capture_environment
-from mlrepro.errors import MlreproError, SpecError, redacted_uri
 from mlrepro.capture.fingerprints import FingerprintRecord
 from mlrepro.capture.losses import LossSeries
-from mlrepro.training.orders import LegReport, StopRequested, read_orders, write_report
-from mlrepro.integrations.mlflow_plugin import recording_own_run
-from mlrepro.training.tracing import tracing
+from mlrepro.capture.own_run import recording_own_run
 from mlrepro.capture.seeding import SeedRecord, seed_everything, seed_generators
-from mlrepro.training.signals import RunInterrupted, interruptible
 from mlrepro.capture.spec import BaseSpec
+from mlrepro.errors import MlreproError, SpecError, redacted_uri
+from mlrepro.store import record
 from mlrepro.store.spool import (
     STORE_WAIT_ENV,
     Delivery,
@@ -55,8 +47,18 @@ from mlrepro.store.spool import (
     store_wait_s,
     warn,
 )
-from mlrepro.training.watch import Watch
 from mlrepro.store.writer import LossWriter
+from mlrepro.training import distributed
+from mlrepro.training.checkpoint import (
+    Checkpoint,
+    load_checkpoint,
+    newest_checkpoint,
+    save_checkpoint,
+)
+from mlrepro.training.orders import LegReport, StopRequested, read_orders, write_report
+from mlrepro.training.signals import RunInterrupted, interruptible
+from mlrepro.training.tracing import tracing
+from mlrepro.training.watch import Watch
 
 # Steps of a GPU loss gathered on the device before one copy to the host.
 DEVICE_BLOCK_STEPS = 1024
@@ -207,7 +209,9 @@ class TrackedRun:
             # each rank of a resumed run goes on from its own.
             ranks = distributed.gather_objects_on_rank_0(distributed.rank_state(checkpoint.rng, checkpoint.extra))
             checkpoint = replace(checkpoint, extra={**checkpoint.extra, distributed.RANKS_KEY: ranks})
-        record.write_checkpoint(self.spool, self.run_id, checkpoint)
+        with tempfile.TemporaryDirectory() as folder:  # the spool keeps its own copy
+            path = save_checkpoint(Path(folder) / f"step-{checkpoint.step:09d}.pt", checkpoint)
+            record.write_checkpoint(self.spool, self.run_id, path)
         self._writer.send_now()
 
     def flush(self) -> None:
@@ -332,7 +336,7 @@ def start_run(spec: BaseSpec, *, run_name: str | None = None) -> Iterator[Tracke
     ready_root()
     orders = read_orders()  # a leg of `mlrepro check` or `mlrepro bisect`; None for the user's own start
     client = record.ready_store(mlflow.get_tracking_uri())
-    resumed_from, resume = record.read_newest_checkpoint(client, spec) if spec.resume_from else (None, None)
+    resumed_from, resume = newest_checkpoint(client, spec) if spec.resume_from else (None, None)
     if orders is not None and orders.checkpoint:
         resume = load_checkpoint(orders.checkpoint)
     resumed_losses = record.read_losses(client, resumed_from) if resumed_from is not None else None

@@ -28,10 +28,10 @@ from torch import nn, optim
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from mlrepro.training.checkpoint import Checkpoint, capture_rng_state, restore_rng_state
-from mlrepro.training.progress import Progress
 from mlrepro.capture.seeding import make_generator, seed_worker
 from mlrepro.capture.spec import Cifar10Spec
+from mlrepro.training.checkpoint import Checkpoint, capture_rng_state, restore_rng_state
+from mlrepro.training.progress import Progress
 from mlrepro.training.tracking import TrackedRun
 from projects.cifar10.data import load_datasets
 from projects.cifar10.model import Net

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from mlrepro.training.checkpoint import Checkpoint, capture_rng_state, restore_rng_state
 from mlrepro.capture.spec import LineFitSpec
+from mlrepro.training.checkpoint import Checkpoint, capture_rng_state, restore_rng_state
 from mlrepro.training.tracking import TrackedRun
 
 PRINT_EVERY = 100
