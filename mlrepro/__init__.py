@@ -16,7 +16,7 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
-    "mlrepro.cli.main": ["job_main"],
+    "mlrepro.cli.job": ["job_main"],
     "mlrepro.training.checkpoint": ["Checkpoint", "capture_rng_state", "restore_rng_state"],
     "mlrepro.capture.code": ["CodeRecord"],
     "mlrepro.capture.logged": ["LoggedRun"],
@@ -83,7 +83,7 @@ if TYPE_CHECKING:
         register_job,
         registered_jobs,
     )
-    from mlrepro.cli.main import job_main
+    from mlrepro.cli.job import job_main
     from mlrepro.errors import (
         CheckpointError,
         DatasetError,

@@ -5,7 +5,7 @@ from mlrepro.store.writer import prestart
 
 prestart()
 
-from mlrepro.cli.main import spec_file_command
+from mlrepro.cli.job import spec_file_command
 from projects import TRAINERS
 
 spec_file_command(TRAINERS)(prog_name="python -m projects")

@@ -15,7 +15,8 @@ import torchvision.datasets.cifar
 
 from mlrepro import load_run
 from mlrepro.capture.spec import Cifar10Spec, build_spec
-from mlrepro.cli.main import job_command, main
+from mlrepro.cli.job import job_command
+from mlrepro.cli.main import main
 from mlrepro.errors import SpecError
 from projects.cifar10.train import train
 from tests.conftest import (

@@ -14,7 +14,8 @@ import mlflow
 import pytest
 
 from mlrepro.capture.spec import LineFitSpec
-from mlrepro.cli.main import job_command, main, spec_file_command
+from mlrepro.cli.job import job_command, spec_file_command
+from mlrepro.cli.main import main
 from projects import TRAINERS
 from projects.linefit.train import train
 from tests.conftest import (

@@ -132,7 +132,7 @@ def test_a_deleted_run_is_named_as_such() -> None:
 
 
 def test_two_nans_with_other_payloads_show_their_bits() -> None:
-    from mlrepro.cli.main import format_comparison
+    from mlrepro.cli.formatting import format_comparison
 
     verdict = compare_logged_runs(logged("a", [nan_with_payload(1)]), logged("b", [nan_with_payload(2)]))
     text = format_comparison(verdict)

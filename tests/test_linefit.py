@@ -11,7 +11,7 @@ import pytest
 
 from mlrepro import load_run
 from mlrepro.capture.spec import LineFitSpec
-from mlrepro.cli.main import job_command
+from mlrepro.cli.job import job_command
 from projects.linefit.train import train
 from tests.conftest import REPO, only_run_id, run_command, run_here, run_linefit
 

@@ -14,7 +14,8 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from mlrepro.cli.main import job_command, main
+from mlrepro.cli.job import job_command
+from mlrepro.cli.main import main
 from tests.conftest import (
     REPO,
     assert_one_line_error_here,

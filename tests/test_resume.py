@@ -13,7 +13,8 @@ import pytest
 
 from mlrepro import load_run, start_run
 from mlrepro.capture.spec import Cifar10Spec, LineFitSpec
-from mlrepro.cli.main import job_command, main
+from mlrepro.cli.job import job_command
+from mlrepro.cli.main import main
 from mlrepro.errors import MlreproError
 from projects.cifar10.train import train as cifar10_train
 from projects.linefit.train import train

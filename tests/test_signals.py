@@ -17,7 +17,8 @@ import pytest
 
 from mlrepro import load_run
 from mlrepro.capture.spec import LineFitSpec
-from mlrepro.cli.main import job_command, main
+from mlrepro.cli.job import job_command
+from mlrepro.cli.main import main
 from mlrepro.training.signals import Interruption, interruptible
 from projects.linefit.train import train
 from tests.conftest import REPO, job_env, mlrepro_cli, only_run_id, run_here

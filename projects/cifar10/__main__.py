@@ -6,7 +6,7 @@ from mlrepro.store.writer import prestart
 prestart()
 
 from mlrepro.capture.spec import Cifar10Spec
-from mlrepro.cli.main import job_command
+from mlrepro.cli.job import job_command
 from projects.cifar10.train import train
 
 job_command(Cifar10Spec, train)(prog_name="python -m projects.cifar10")

@@ -6,7 +6,7 @@ from mlrepro.store.writer import prestart
 prestart()
 
 from mlrepro.capture.spec import LineFitSpec
-from mlrepro.cli.main import job_command
+from mlrepro.cli.job import job_command
 from projects.linefit.train import train
 
 job_command(LineFitSpec, train)(prog_name="python -m projects.linefit")

@@ -1,0 +1,65 @@
+"""The commands that finish what a run could not: ``sync`` delivers what waits in a spool, and
+``mark-killed`` ends a run whose process is gone."""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING
+
+import click
+
+from mlrepro.cli.exits import EXIT_OK, EXIT_PENDING, user_errors
+from mlrepro.errors import redacted
+
+if TYPE_CHECKING:
+    pass
+
+
+@click.command(name="mark-killed")
+@click.argument("run_ids", nargs=-1, required=True, metavar="RUN...")
+def mark_killed(run_ids: tuple[str, ...]) -> None:
+    """End RUNNING runs whose process is gone (killed with SIGKILL, or lost with its machine) as KILLED.
+
+    Only a run whose recorded process is checked gone on this host is marked; a live one is left alone.
+    """
+    from mlflow.tracking import MlflowClient
+
+    from mlrepro.store import record, spool
+
+    with user_errors():
+        client = MlflowClient()
+        for run_id in run_ids:
+            run_id = record.resolve_run_id(client, run_id)
+            if run_id in spool.spooled_runs():  # what the killed job spooled but never delivered
+                for result in spool.sync([run_id], spool.store_wait_s(), client.tracking_uri):
+                    click.echo(result.describe())
+            run = record.mark_killed(client, run_id)
+            click.echo(f"marked run {run.run_id} KILLED: its process is gone; it logged {len(run.losses)} steps "
+                       f"({run.loss_source})")
+
+
+@click.command()
+@click.argument("run_ids", nargs=-1, metavar="[RUN]...")
+@click.option("--wait", "wait_s", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
+              help="How long to keep trying a store that fails (default: MLREPRO_STORE_WAIT_S, else 60).")
+def sync(run_ids: tuple[str, ...], wait_s: float | None) -> None:
+    """Deliver what runs on this machine kept in their spool while the tracking store was away.
+
+    With no RUN, every run with a spool. Idempotent: delivered steps are not sent again, and
+    each run's record arrives in order, bit for bit. Exit 0 when nothing is left, 4 when some
+    is still pending.
+    """
+    import mlflow
+
+    from mlrepro.store import spool
+
+    with user_errors():
+        wait = spool.store_wait_s() if wait_s is None else wait_s
+        results = spool.sync(list(run_ids), wait, mlflow.get_tracking_uri())
+        if not results:
+            click.echo(f"nothing to deliver: no run has a spool in {spool.root()}")
+        for result in results:
+            click.echo(redacted(result.describe()))
+    sys.exit(EXIT_PENDING if any(result.pending is not None for result in results) else EXIT_OK)
+
+
