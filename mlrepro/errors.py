@@ -141,9 +141,6 @@ def first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-_UNREACHABLE_SIGNS = ("Max retries exceeded", "Connection refused", "Failed to establish a new connection")
-
-
 def redacted_uri(uri: str) -> str:
     """A URI without the credentials it may carry (``http://user:secret@host`` -> ``http://host``)."""
     return redacted(uri)
@@ -164,15 +161,3 @@ def redacted(text: str) -> str:
         if len(value) >= _SHORTEST_SECRET and _SECRET_NAME.search(name) and value in text:
             text = text.replace(value, "***")
     return text
-
-
-def describe_store_failure(tracking_uri: str, err: BaseException) -> str:
-    """Say "cannot reach" plainly; MLflow's own text for it is a page of urllib3 internals."""
-    tracking_uri = redacted_uri(tracking_uri)
-    text = str(err)
-    if any(sign in text for sign in _UNREACHABLE_SIGNS):
-        return (
-            f"cannot reach the tracking server at {tracking_uri}: is `mlflow server` running "
-            "and MLFLOW_TRACKING_URI right?"
-        )
-    return f"tracking store {tracking_uri} failed: {first_line(err)}"

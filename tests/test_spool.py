@@ -19,11 +19,11 @@ from click.testing import CliRunner
 from mlrepro import load_run, start_run
 from mlrepro.capture.spec import LineFitSpec
 from mlrepro.cli.main import main
+from mlrepro.store.failures import StoreRefusedError
 from mlrepro.store.spool import (
     Delivery,
     Spool,
     SpoolError,
-    StoreRefusedError,
     spooled_runs,
 )
 from tests.conftest import job_env

@@ -15,8 +15,8 @@ What a training run writes once it has started (losses, the exact record, checkp
 metrics, the end) goes to its local spool first (``mlrepro.store.spool``), which replays
 these same calls on a client: the functions that take a ``RunWriter`` write either way.
 
-Every MLflow or OS error of the store becomes an mlrepro error in ``store_errors``,
-once. This module imports neither torch nor the training side, so the commands that
+Every MLflow or OS error of the store becomes an mlrepro error through
+``mlrepro.store.failures``. This module imports neither torch nor the training side, so the commands that
 only read stay light.
 """
 
@@ -37,11 +37,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 from mlflow.entities import Metric, Param, Run, RunTag, ViewType
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import (
-    INVALID_PARAMETER_VALUE,
-    RESOURCE_DOES_NOT_EXIST,
-    ErrorCode,
-)
 from mlflow.tracking import MlflowClient
 
 from mlrepro.capture.code import CodeRecord
@@ -55,13 +50,12 @@ from mlrepro.errors import (
     NoLossesError,
     RunNotFoundError,
     SpecError,
-    TrackingError,
-    describe_store_failure,
     one_line,
     redacted,
     redacted_uri,
 )
 from mlrepro.store import keys
+from mlrepro.store.failures import store_errors
 from mlrepro.store.process import identity, liveness
 
 if TYPE_CHECKING:
@@ -75,7 +69,6 @@ MAX_PARAMS_TAGS_PER_BATCH = 100
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 _RUN_ID_PREFIX = re.compile(r"^[0-9a-f]{8,31}$")
 MIN_PREFIX = 8
-_NOT_FOUND_CODES = {ErrorCode.Name(RESOURCE_DOES_NOT_EXIST), ErrorCode.Name(INVALID_PARAMETER_VALUE)}
 # Runs logged before mlrepro 0.2 kept environment facts as mlrepro.<fact>, beside these.
 _LEGACY_BOOKKEEPING = {
     keys.TAG_JOB, keys.TAG_SPEC_HASH, keys.TAG_ENV_HASH, keys.TAG_ERROR, keys.TAG_LOSS_DIGEST, keys.TAG_REPRODUCES,
@@ -101,28 +94,6 @@ class RunWriter(Protocol):
 
 # Set by `mlflow run` on the runs it creates.
 MLFLOW_ENTRY_POINT_TAG = "mlflow.project.entryPoint"
-
-
-# --- store errors, in one place --------------------------------------------------
-
-
-def is_missing_run(err: BaseException) -> bool:
-    """Whether MLflow's error says the run does not exist (or its id is malformed)."""
-    return getattr(err, "error_code", None) in _NOT_FOUND_CODES
-
-
-@contextmanager
-def store_errors(client: RunWriter, run_id: str | None = None, context: str = "") -> Iterator[None]:
-    """Turn the store's failures into mlrepro's: a missing run, or a store that failed.
-
-    ``context`` (``"resume_from: "``, say) goes before the message of a missing run.
-    """
-    try:
-        yield
-    except (MlflowException, OSError) as err:  # OSError: DNS, a vanished artifact folder
-        if run_id is not None and is_missing_run(err):
-            raise RunNotFoundError(f"{context}no run {run_id!r} in the tracking store {redacted_uri(client.tracking_uri)}") from err
-        raise TrackingError(describe_store_failure(client.tracking_uri, err)) from err
 
 
 @cache

@@ -45,7 +45,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlrepro.errors import MlreproError, first_line, redacted_uri
+from mlrepro.errors import MlreproError, redacted_uri
+from mlrepro.store import failures
+from mlrepro.store.failures import StoreRefusedError
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -69,10 +71,6 @@ class SpoolError(MlreproError):
 
 class DeliveryPendingError(MlreproError):
     """The tracking store did not take all of a run's record; the rest waits in the spool."""
-
-
-class StoreRefusedError(MlreproError):
-    """The tracking store answered, and refused a write: retrying will not help."""
 
 
 def root() -> Path:
@@ -350,16 +348,8 @@ class Delivery:
 
     def _call(self, write: Callable[[], None]) -> None:
         """One write; a refusal the store will repeat (a 4xx answer) becomes ``StoreRefusedError``."""
-        from mlflow.exceptions import MlflowException
-
-        try:
+        with failures.refusals_named(self.run_id):
             write()
-        except MlflowException as err:
-            status = err.get_http_status_code()
-            if 400 <= status < 500 and status not in (408, 429):
-                raise StoreRefusedError(f"the tracking store refused run {self.run_id}'s record: "
-                                        f"{first_line(err)}") from err
-            raise
 
     def _read_journal(self) -> None:
         path = self.folder / "journal.jsonl"
@@ -415,9 +405,7 @@ class Delivery:
 
     def note_failure(self, err: BaseException | None) -> None:
         """Keep why the store failed (or that it answers again), for whoever reports what is pending."""
-        from mlrepro.errors import describe_store_failure
-
-        self.failure = describe_store_failure(self.client.tracking_uri, err) if err is not None else None
+        self.failure = failures.describe(self.client.tracking_uri, err) if err is not None else None
         self._save_state()
 
     def remove(self) -> None:
@@ -500,8 +488,7 @@ def deliver_until(delivery: Delivery, patience_s: float, more_to_come: Callable[
     is coming, or until the store has taken nothing for ``patience_s`` seconds: a slow store that
     takes a long run's steps is waited for, one that does not answer is not. ``wake(seconds)``
     waits for more to deliver. A refusal (``StoreRefusedError``) ends it at once."""
-    from mlflow.exceptions import MlflowException
-
+    transient = failures.store_failures()
     backoff = 0.0
     progress, since = (delivery.losses_delivered, delivery.writes_delivered), time.monotonic()
     while True:
@@ -512,7 +499,7 @@ def deliver_until(delivery: Delivery, patience_s: float, more_to_come: Callable[
                 if on_recovery is not None:
                     on_recovery()
             backoff = 0.0
-        except (MlflowException, OSError) as err:
+        except transient as err:
             if not backoff:
                 delivery.note_failure(err)
                 if on_failure is not None:

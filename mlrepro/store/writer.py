@@ -432,10 +432,10 @@ def main() -> int:
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     from mlflow.tracking import MlflowClient
 
-    from mlrepro.errors import describe_store_failure
+    from mlrepro.store import failures
+    from mlrepro.store.failures import StoreRefusedError
     from mlrepro.store.spool import (
         Delivery,
-        StoreRefusedError,
         deliver_until,
         delivering,
         holding,
@@ -466,7 +466,7 @@ def main() -> int:
             ended = True  # EOF: the run is over (or its process died); deliver what is spooled
 
     def failing(err: BaseException) -> None:
-        warn(f"the tracking store stopped answering ({describe_store_failure(config['tracking_uri'], err)}); "
+        warn(f"the tracking store stopped answering ({failures.describe(config['tracking_uri'], err)}); "
              f"training goes on, and what it logs waits in {folder} until the store answers")
 
     def answering() -> None:

@@ -32,14 +32,14 @@ from mlrepro.capture.own_run import recording_own_run
 from mlrepro.capture.seeding import SeedRecord, seed_everything, seed_generators
 from mlrepro.capture.spec import BaseSpec
 from mlrepro.errors import MlreproError, SpecError, redacted_uri
-from mlrepro.store import record
+from mlrepro.store import failures, record
+from mlrepro.store.failures import StoreRefusedError
 from mlrepro.store.spool import (
     STORE_WAIT_ENV,
     Delivery,
     DeliveryPendingError,
     Pending,
     Spool,
-    StoreRefusedError,
     deliver_until,
     delivering,
     holding,
@@ -342,7 +342,7 @@ def start_run(spec: BaseSpec, *, run_name: str | None = None) -> Iterator[Tracke
     resumed_losses = record.read_losses(client, resumed_from) if resumed_from is not None else None
     launched = bool(MLFLOW_RUN_ID.get())
     code = capture_code()  # before the run: the sources loaded by now are the job's
-    with record.store_errors(client), recording_own_run():
+    with failures.store_errors(client), recording_own_run():
         active = mlflow.start_run(run_name=run_name)
     run_id = active.info.run_id
     try:
