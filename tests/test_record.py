@@ -16,7 +16,8 @@ from mlrepro import load_run, start_run
 from mlrepro.capture.spec import LineFitSpec
 from mlrepro.errors import CheckpointError, RunNotFoundError, SpecError
 from mlrepro.store import keys
-from mlrepro.store.record import environment_from_tags, resolve_run_id
+from mlrepro.store.opening import resolve_run_id
+from mlrepro.store.record import environment_from_tags
 from tests.conftest import job_env
 
 

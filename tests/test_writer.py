@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from mlrepro import load_run, start_run
 from mlrepro.capture.spec import LineFitSpec
-from mlrepro.store.record import sqlite_schema_is_current
+from mlrepro.store.opening import sqlite_schema_is_current
 from mlrepro.store.writer import wait_for_exit
 
 

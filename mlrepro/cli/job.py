@@ -36,12 +36,12 @@ def run_job(spec: BaseSpec, train: TrainFunction) -> None:
         # What would fail on every rank is said here, once, before torchrun starts them.
         import mlflow
 
-        from mlrepro.store import record, spool
+        from mlrepro.store import opening, spool
         from mlrepro.training.checkpoint import newest_checkpoint
 
         spool.store_wait_s()
         spool.ready_root()
-        client = record.ready_store(mlflow.get_tracking_uri())
+        client = opening.ready_store(mlflow.get_tracking_uri())
         if spec.resume_from:
             newest_checkpoint(client, spec)  # the run, its spec and its checkpoint
         distributed.relaunch_under_torchrun(nproc)  # the same command, once a rank, under torchrun

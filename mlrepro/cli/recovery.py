@@ -24,12 +24,12 @@ def mark_killed(run_ids: tuple[str, ...]) -> None:
     """
     from mlflow.tracking import MlflowClient
 
-    from mlrepro.store import record, spool
+    from mlrepro.store import opening, record, spool
 
     with user_errors():
         client = MlflowClient()
         for run_id in run_ids:
-            run_id = record.resolve_run_id(client, run_id)
+            run_id = opening.resolve_run_id(client, run_id)
             if run_id in spool.spooled_runs():  # what the killed job spooled but never delivered
                 for result in spool.sync([run_id], spool.store_wait_s(), client.tracking_uri):
                     click.echo(result.describe())

@@ -26,7 +26,7 @@ from mlrepro.analysis.compare import RunComparison, compare_logged_runs
 from mlrepro.capture.logged import LoggedRun
 from mlrepro.errors import BisectError
 from mlrepro.replay.reproduce import hash_seed_of, replay_command
-from mlrepro.store import record
+from mlrepro.store import checkpoints, record
 from mlrepro.training.orders import JobCommand, Leg, Orders, Scratch
 
 _PHASE_WORDS = {
@@ -121,7 +121,7 @@ def bisect_runs(run_a: str, run_b: str, client: MlflowClient | None = None,
             raise BisectError(f"run {run.run_id} trained with nproc={run.spec_fields['nproc']}: bisect replays "
                               "one process; compare runs of one process")
     divergent, latest_start = comparison.first_divergent_step, _start_step(comparison)
-    common = sorted(set(record.checkpoint_steps(client, a.run_id)) & set(record.checkpoint_steps(client, b.run_id)))
+    common = sorted(set(checkpoints.checkpoint_steps(client, a.run_id)) & set(checkpoints.checkpoint_steps(client, b.run_id)))
     usable = [step for step in common if step <= latest_start]
     if not usable:
         raise BisectError(f"runs {a.run_id[:8]} and {b.run_id[:8]} part at step {divergent}, and have no checkpoint "
@@ -141,7 +141,7 @@ def bisect_runs(run_a: str, run_b: str, client: MlflowClient | None = None,
 def _replay(client: MlflowClient, scratch: Scratch, run: LoggedRun, name: str, start: int, until: int,
             project: str | Path | None) -> list[dict[str, Any]]:
     """Run ``run``'s job from its checkpoint at ``start`` to step ``until``, traced; the trace's events."""
-    checkpoint = record.download_checkpoint(client, run.run_id, start, scratch.folder / "checkpoints")
+    checkpoint = checkpoints.download_checkpoint(client, run.run_id, start, scratch.folder / "checkpoints")
     fields = {**run.spec.model_dump(mode="json"), "checkpoint_every": 0, "resume_from": ""}  # type: ignore[union-attr]
     spec_file = scratch.folder / f"spec-{name}.json"
     spec_file.write_text(json.dumps(fields))

@@ -26,7 +26,7 @@ from mlrepro.analysis.compare import RunComparison, compare_logged_runs
 from mlrepro.capture.logged import LoggedRun
 from mlrepro.capture.spec import parse_assignments
 from mlrepro.errors import SpecError
-from mlrepro.store import record
+from mlrepro.store import checkpoints, record
 from mlrepro.training.orders import Leg, LegReport, Orders, Scratch, job_command
 
 # Fields the check sets on every leg; the user's words may not.
@@ -116,12 +116,12 @@ def check_job(job: str, words: list[str], steps: int = 20, resume_at: int | None
                                 status="skipped"),
                      LegVerdict(leg="broken resume (weights one ulp off)", expected="different", got=reason,
                                 status="skipped")]
-        elif resume_at not in record.checkpoint_steps(client, a.run_id):
+        elif resume_at not in checkpoints.checkpoint_steps(client, a.run_id):
             legs.append(LegVerdict(leg=f"resumed at step {resume_at} vs the full run", expected="identical",
                                    got=f"run A logged no checkpoint at step {resume_at}: the job does not save "
                                        "checkpoints every checkpoint_every steps", status="fail"))
         else:
-            checkpoint = record.download_checkpoint(client, a.run_id, resume_at, scratch.folder / "checkpoints")
+            checkpoint = checkpoints.download_checkpoint(client, a.run_id, resume_at, scratch.folder / "checkpoints")
             _, resumed = leg("resumed run", leg_words, Orders(stop_after=steps, checkpoint=str(checkpoint)))
             legs.append(_verdict(f"resumed at step {resume_at} vs the full run",
                                  compare_logged_runs(a, _continued(a, resumed, resume_at)), "identical"))

@@ -16,7 +16,7 @@ from mlrepro.analysis.compare import RunComparison, compare_logged_runs
 from mlrepro.capture.logged import LoggedRun
 from mlrepro.capture.spec import AnySpec
 from mlrepro.errors import SpecError
-from mlrepro.store import keys, record
+from mlrepro.store import keys, record, search
 
 
 def load_run(run_id: str, client: MlflowClient | None = None) -> LoggedRun:
@@ -87,7 +87,7 @@ def find_runs(
     tags = {tag: value for tag, value in criteria.items() if value is not None}
     if job is not None:
         tags[keys.TAG_JOB] = job
-    runs = record.search(client or MlflowClient(), tags, params or {}, experiment, max_results)
+    runs = search.search(client or MlflowClient(), tags, params or {}, experiment, max_results)
     return [_summary(run) for run in runs]
 
 

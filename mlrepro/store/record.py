@@ -23,19 +23,16 @@ only read stay light.
 from __future__ import annotations
 
 import json
-import re
 import tempfile
 import time
 import zipfile
 from array import array
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from functools import cache
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-from mlflow.entities import Metric, Param, Run, RunTag, ViewType
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -43,19 +40,16 @@ from mlrepro.capture.code import CodeRecord
 from mlrepro.capture.fingerprints import FingerprintRecord
 from mlrepro.capture.logged import LoggedRun
 from mlrepro.capture.losses import LossSeries
-from mlrepro.capture.spec import NOT_IN_HASH, AnySpec, BaseSpec, read_logged_spec
+from mlrepro.capture.spec import AnySpec, BaseSpec, read_logged_spec
 from mlrepro.errors import (
-    CheckpointError,
-    ExperimentNotFoundError,
     NoLossesError,
-    RunNotFoundError,
     SpecError,
     one_line,
     redacted,
-    redacted_uri,
 )
 from mlrepro.store import keys
 from mlrepro.store.failures import store_errors
+from mlrepro.store.opening import resolve_run_id
 from mlrepro.store.process import identity, liveness
 
 if TYPE_CHECKING:
@@ -65,10 +59,6 @@ if TYPE_CHECKING:
 # MLflow accepts at most 1,000 metrics, and 100 params and tags, in one log_batch call.
 MAX_METRICS_PER_BATCH = 1000
 MAX_PARAMS_TAGS_PER_BATCH = 100
-# Run ids as MLflow makes them, and the shortest prefix a command accepts for one.
-_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
-_RUN_ID_PREFIX = re.compile(r"^[0-9a-f]{8,31}$")
-MIN_PREFIX = 8
 # Runs logged before mlrepro 0.2 kept environment facts as mlrepro.<fact>, beside these.
 _LEGACY_BOOKKEEPING = {
     keys.TAG_JOB, keys.TAG_SPEC_HASH, keys.TAG_ENV_HASH, keys.TAG_ERROR, keys.TAG_LOSS_DIGEST, keys.TAG_REPRODUCES,
@@ -94,83 +84,6 @@ class RunWriter(Protocol):
 
 # Set by `mlflow run` on the runs it creates.
 MLFLOW_ENTRY_POINT_TAG = "mlflow.project.entryPoint"
-
-
-@cache
-def latest_schema_revision() -> str:
-    """The installed MLflow's newest schema revision, read once a process: finding it loads every
-    migration script (about 50 ms), and a process that starts many runs asks at each."""
-    from mlflow.store.db.utils import _get_latest_schema_revision
-
-    return _get_latest_schema_revision()
-
-
-def sqlite_schema_is_current(path: Path) -> bool:
-    """Whether MLflow would open this SQLite file without migrating it; read-only, never raises."""
-    import sqlite3
-
-    try:
-        connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-        try:
-            rows = connection.execute("SELECT version_num FROM alembic_version").fetchall()
-        finally:
-            connection.close()
-        return rows == [(latest_schema_revision(),)]
-    except Exception:  # missing file, a schema half made, another MLflow: leave it to the run
-        return False
-
-
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock, as before
-        yield
-        return
-    try:
-        lock = open(path, "a")
-    except OSError:  # no folder for the store: MLflow's own error says so, once it opens it
-        yield
-        return
-    with lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def ready_store(uri: str) -> MlflowClient:
-    """A client of the store at ``uri``, whose schema is made in one process at a time.
-
-    MLflow migrates a SQLite file's schema in every process that opens it first; two at
-    once fail ("duplicate column"), so jobs started together on a new file would crash.
-    The schema is made under a file lock beside the store, once. The client is made
-    inside the lock too: making one opens its store."""
-    if not uri.startswith("sqlite:///") or sqlite_schema_is_current(Path(uri[len("sqlite:///"):])):
-        return MlflowClient(uri)
-    path = Path(uri[len("sqlite:///"):])
-    with _locked(path.with_name(path.name + ".lock")):
-        client = MlflowClient(uri)
-        with store_errors(client):
-            client.search_experiments(max_results=1)
-    return client
-
-
-def resolve_run_id(client: MlflowClient, text: str, context: str = "") -> str:
-    """A full run id for ``text``: a run id, or a unique prefix of 8 or more hex digits
-    (the form ``find`` and ``show`` print)."""
-    if _RUN_ID.match(text) or not _RUN_ID_PREFIX.match(text):
-        return text  # a full id, or not a prefix: the store says whether such a run exists
-    with store_errors(client):
-        experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
-        found = client.search_runs(experiments, filter_string=f"attributes.run_id LIKE '{text}%'",
-                                   run_view_type=ViewType.ALL, max_results=2) if experiments else []
-    if not found:
-        raise RunNotFoundError(f"{context}no run {text!r} in the tracking store {redacted_uri(client.tracking_uri)}")
-    if len(found) > 1:
-        raise RunNotFoundError(f"{context}{text!r} is the start of more than one run id; give more digits")
-    return found[0].info.run_id
 
 
 # --- writing ------------------------------------------------------------------------
@@ -295,14 +208,6 @@ def write_losses(client: RunWriter, run_id: str, losses: LossSeries, complete: b
             client.set_tag(run_id, keys.TAG_LOSS_DIGEST, (stitched or losses).digest)
             if stitched is not None:
                 client.set_tag(run_id, keys.TAG_OWN_LOSS_DIGEST, losses.digest)
-
-
-def write_checkpoint(client: RunWriter, run_id: str, path: Path) -> None:
-    """A checkpoint file saved as ``step-NNNNNNNNN.pt`` (by ``mlrepro.training.checkpoint``) and
-    its SHA-256 beside it, logged under ``mlrepro/checkpoints/``."""
-    with store_errors(client, run_id):
-        for file in (path, path.with_name(path.name + keys.CHECKSUM_SUFFIX)):
-            client.log_artifact(run_id, str(file), artifact_path=keys.CHECKPOINT_ARTIFACT_DIR)
 
 
 def write_resume_links(client: MlflowClient, run_id: str, resumed_from: str, step: int) -> None:
@@ -541,91 +446,3 @@ def mark_killed(client: MlflowClient, run_id: str) -> LoggedRun:
     return run
 
 
-def download_newest_checkpoint(client: MlflowClient, spec: BaseSpec, folder: Path) -> tuple[str, Path]:
-    """The run ``spec.resume_from`` names (its full id) and its newest checkpoint file with its
-    checksum, downloaded into ``folder``; that run must have run the same spec. Everything is
-    checked before the resumed run is created; the caller loads the file."""
-
-    context = "resume_from: "
-    run_id = resolve_run_id(client, spec.resume_from, context)
-    with store_errors(client, run_id, context), tempfile.TemporaryDirectory() as folder:
-        run = client.get_run(run_id)
-        if run.info.lifecycle_stage == "deleted":
-            raise SpecError(f"resume_from: run {run_id} is deleted; restore it first (mlflow runs restore --run-id {run_id})")
-        files = _download_records(client, run_id, Path(folder))
-        logged = _read_spec(files, run.data.tags) if keys.SPEC_ARTIFACT in files else None
-    if logged is None:
-        raise SpecError(f"resume_from: run {run_id} was not logged by an mlrepro job")
-    if logged.job != spec.job or logged.hash != spec.hash:
-        changed = ", ".join(
-            f"{key} {there.get(key)} there, {here.get(key)} here"
-            for there, here in [(logged.to_params(), spec.to_params())]
-            for key in sorted(set(there) | set(here)) if there.get(key) != here.get(key) and key not in NOT_IN_HASH
-        )
-        raise SpecError(f"resume_from: run {run_id} ran another spec ({changed}); resume with the spec it ran")
-    with store_errors(client, run_id, context):
-        listed = {entry.path for entry in client.list_artifacts(run_id, keys.CHECKPOINT_ARTIFACT_DIR)}
-        names = sorted(name for name in listed if name.endswith(".pt"))
-        if not names:
-            raise CheckpointError(f"resume_from: run {run_id} logged no checkpoint (its checkpoint_every was 0?)")
-        if names[-1] + keys.CHECKSUM_SUFFIX not in listed:
-            raise CheckpointError(f"resume_from: checkpoint {names[-1]} of run {run_id} has no checksum beside it; "
-                                  "it was not loaded")
-        path = Path(client.download_artifacts(run_id, names[-1], str(folder)))
-        client.download_artifacts(run_id, names[-1] + keys.CHECKSUM_SUFFIX, str(folder))
-        return run_id, path
-
-
-def checkpoint_steps(client: MlflowClient, run_id: str) -> list[int]:
-    """The steps at which a run logged a checkpoint with its checksum beside it, in order."""
-    with store_errors(client, run_id):
-        listed = {entry.path for entry in client.list_artifacts(run_id, keys.CHECKPOINT_ARTIFACT_DIR)}
-    return sorted(int(Path(name).stem.removeprefix("step-")) for name in listed
-                  if name.endswith(".pt") and name + keys.CHECKSUM_SUFFIX in listed)
-
-
-def download_checkpoint(client: MlflowClient, run_id: str, step: int, folder: Path) -> Path:
-    """A run's checkpoint at ``step``, with its checksum, downloaded into ``folder``: a file
-    ``load_checkpoint`` reads and a job started under orders resumes from."""
-    name = f"{keys.CHECKPOINT_ARTIFACT_DIR}/step-{step:09d}.pt"
-    target = folder / run_id
-    target.mkdir(parents=True, exist_ok=True)
-    with store_errors(client, run_id):
-        path = Path(client.download_artifacts(run_id, name, str(target)))
-        client.download_artifacts(run_id, name + keys.CHECKSUM_SUFFIX, str(target))
-    return path
-
-
-def search(
-    client: MlflowClient, criteria: Mapping[str, str], params: Mapping[str, str], experiment: str | None,
-    max_results: int,
-) -> list[Run]:
-    """mlrepro runs whose tags and params equal ``criteria`` and ``params``, newest first."""
-    clauses = [f"tags.`{tag}` = '{value}'" for tag, value in criteria.items()]
-    clauses += [f"params.`{name}` = '{_quoted(value)}'" for name, value in params.items()]
-    if not clauses:
-        clauses.append(f"tags.`{keys.TAG_SPEC_HASH}` LIKE '%'")
-    with store_errors(client):
-        experiment_ids = _experiment_ids(client, experiment)
-        if not experiment_ids:
-            return []
-        return client.search_runs(experiment_ids, filter_string=" and ".join(clauses),
-                                  order_by=["attributes.start_time DESC"], max_results=max_results)
-
-
-def _quoted(value: str) -> str:
-    return value.replace("'", "\\'")
-
-
-def _experiment_ids(client: MlflowClient, experiment: str | None) -> list[str]:
-    if experiment is None:
-        return [e.experiment_id for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY)]
-    found = client.get_experiment_by_name(experiment)
-    if found is None and experiment.isdigit():
-        try:
-            found = client.get_experiment(experiment)
-        except MlflowException:
-            found = None
-    if found is None:
-        raise ExperimentNotFoundError(f"no experiment named or numbered {experiment!r} in {redacted_uri(client.tracking_uri)}")
-    return [found.experiment_id]

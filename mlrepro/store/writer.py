@@ -342,7 +342,7 @@ def _warm_client() -> Any:
     """
     from mlflow.tracking import MlflowClient
 
-    from mlrepro.store.record import sqlite_schema_is_current
+    from mlrepro.store.opening import sqlite_schema_is_current
 
     uri = os.environ.get("MLFLOW_TRACKING_URI") or mlflow_default_uri()
     if uri.startswith("sqlite:///") and not sqlite_schema_is_current(Path(uri[len("sqlite:///"):])):
@@ -383,7 +383,7 @@ def zygote(descriptor: int) -> int:
     from mlflow.tracking import MlflowClient  # noqa: F401
 
     from mlrepro.store import spool  # noqa: F401
-    from mlrepro.store.record import latest_schema_revision
+    from mlrepro.store.opening import latest_schema_revision
 
     latest_schema_revision()  # loads the schema's migration scripts (50 ms), once, for every writer
     # What the imports made lives as long as the writers: out of the collector's sight, a

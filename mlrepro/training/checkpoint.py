@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from mlrepro.errors import CheckpointError
-from mlrepro.store import keys, record
+from mlrepro.store import checkpoints, keys
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -130,5 +130,5 @@ def newest_checkpoint(client: MlflowClient, spec: BaseSpec) -> tuple[str, Checkp
     """The run ``spec.resume_from`` names (its full id) and its newest checkpoint, loaded and
     checked: the same spec, a checksum that matches, a file that holds only tensors and numbers."""
     with tempfile.TemporaryDirectory() as folder:
-        run_id, path = record.download_newest_checkpoint(client, spec, Path(folder))
+        run_id, path = checkpoints.download_newest_checkpoint(client, spec, Path(folder))
         return run_id, load_checkpoint(path)

@@ -111,7 +111,7 @@ class Scratch:
     def client(self) -> Any:
         import logging
 
-        from mlrepro.store.record import ready_store
+        from mlrepro.store.opening import ready_store
 
         # MLflow says at INFO that it makes the scratch store's tables: nothing the user needs to read.
         logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)

@@ -32,7 +32,7 @@ from mlrepro.capture.own_run import recording_own_run
 from mlrepro.capture.seeding import SeedRecord, seed_everything, seed_generators
 from mlrepro.capture.spec import BaseSpec
 from mlrepro.errors import MlreproError, SpecError, redacted_uri
-from mlrepro.store import failures, record
+from mlrepro.store import checkpoints, failures, opening, record
 from mlrepro.store.failures import StoreRefusedError
 from mlrepro.store.spool import (
     STORE_WAIT_ENV,
@@ -211,7 +211,7 @@ class TrackedRun:
             checkpoint = replace(checkpoint, extra={**checkpoint.extra, distributed.RANKS_KEY: ranks})
         with tempfile.TemporaryDirectory() as folder:  # the spool keeps its own copy
             path = save_checkpoint(Path(folder) / f"step-{checkpoint.step:09d}.pt", checkpoint)
-            record.write_checkpoint(self.spool, self.run_id, path)
+            checkpoints.write_checkpoint(self.spool, self.run_id, path)
         self._writer.send_now()
 
     def flush(self) -> None:
@@ -335,7 +335,7 @@ def start_run(spec: BaseSpec, *, run_name: str | None = None) -> Iterator[Tracke
     store_wait_s()  # a bad MLREPRO_STORE_WAIT_S is bad input, said before the run exists
     ready_root()
     orders = read_orders()  # a leg of `mlrepro check` or `mlrepro bisect`; None for the user's own start
-    client = record.ready_store(mlflow.get_tracking_uri())
+    client = opening.ready_store(mlflow.get_tracking_uri())
     resumed_from, resume = newest_checkpoint(client, spec) if spec.resume_from else (None, None)
     if orders is not None and orders.checkpoint:
         resume = load_checkpoint(orders.checkpoint)

@@ -1,0 +1,82 @@
+"""Checkpoints in the store: each file under ``mlrepro/checkpoints/`` with its SHA-256 beside it.
+The store moves files; ``mlrepro.training.checkpoint`` writes and reads what is in them."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+from mlrepro.capture.spec import NOT_IN_HASH, BaseSpec
+from mlrepro.errors import (
+    CheckpointError,
+    SpecError,
+)
+from mlrepro.store import keys
+from mlrepro.store.failures import store_errors
+from mlrepro.store.opening import resolve_run_id
+from mlrepro.store.record import RunWriter, _download_records, _read_spec
+
+
+def write_checkpoint(client: RunWriter, run_id: str, path: Path) -> None:
+    """A checkpoint file saved as ``step-NNNNNNNNN.pt`` (by ``mlrepro.training.checkpoint``) and
+    its SHA-256 beside it, logged under ``mlrepro/checkpoints/``."""
+    with store_errors(client, run_id):
+        for file in (path, path.with_name(path.name + keys.CHECKSUM_SUFFIX)):
+            client.log_artifact(run_id, str(file), artifact_path=keys.CHECKPOINT_ARTIFACT_DIR)
+
+
+def download_newest_checkpoint(client: MlflowClient, spec: BaseSpec, folder: Path) -> tuple[str, Path]:
+    """The run ``spec.resume_from`` names (its full id) and its newest checkpoint file with its
+    checksum, downloaded into ``folder``; that run must have run the same spec. Everything is
+    checked before the resumed run is created; the caller loads the file."""
+
+    context = "resume_from: "
+    run_id = resolve_run_id(client, spec.resume_from, context)
+    with store_errors(client, run_id, context), tempfile.TemporaryDirectory() as folder:
+        run = client.get_run(run_id)
+        if run.info.lifecycle_stage == "deleted":
+            raise SpecError(f"resume_from: run {run_id} is deleted; restore it first (mlflow runs restore --run-id {run_id})")
+        files = _download_records(client, run_id, Path(folder))
+        logged = _read_spec(files, run.data.tags) if keys.SPEC_ARTIFACT in files else None
+    if logged is None:
+        raise SpecError(f"resume_from: run {run_id} was not logged by an mlrepro job")
+    if logged.job != spec.job or logged.hash != spec.hash:
+        changed = ", ".join(
+            f"{key} {there.get(key)} there, {here.get(key)} here"
+            for there, here in [(logged.to_params(), spec.to_params())]
+            for key in sorted(set(there) | set(here)) if there.get(key) != here.get(key) and key not in NOT_IN_HASH
+        )
+        raise SpecError(f"resume_from: run {run_id} ran another spec ({changed}); resume with the spec it ran")
+    with store_errors(client, run_id, context):
+        listed = {entry.path for entry in client.list_artifacts(run_id, keys.CHECKPOINT_ARTIFACT_DIR)}
+        names = sorted(name for name in listed if name.endswith(".pt"))
+        if not names:
+            raise CheckpointError(f"resume_from: run {run_id} logged no checkpoint (its checkpoint_every was 0?)")
+        if names[-1] + keys.CHECKSUM_SUFFIX not in listed:
+            raise CheckpointError(f"resume_from: checkpoint {names[-1]} of run {run_id} has no checksum beside it; "
+                                  "it was not loaded")
+        path = Path(client.download_artifacts(run_id, names[-1], str(folder)))
+        client.download_artifacts(run_id, names[-1] + keys.CHECKSUM_SUFFIX, str(folder))
+        return run_id, path
+
+
+def checkpoint_steps(client: MlflowClient, run_id: str) -> list[int]:
+    """The steps at which a run logged a checkpoint with its checksum beside it, in order."""
+    with store_errors(client, run_id):
+        listed = {entry.path for entry in client.list_artifacts(run_id, keys.CHECKPOINT_ARTIFACT_DIR)}
+    return sorted(int(Path(name).stem.removeprefix("step-")) for name in listed
+                  if name.endswith(".pt") and name + keys.CHECKSUM_SUFFIX in listed)
+
+
+def download_checkpoint(client: MlflowClient, run_id: str, step: int, folder: Path) -> Path:
+    """A run's checkpoint at ``step``, with its checksum, downloaded into ``folder``: a file
+    ``load_checkpoint`` reads and a job started under orders resumes from."""
+    name = f"{keys.CHECKPOINT_ARTIFACT_DIR}/step-{step:09d}.pt"
+    target = folder / run_id
+    target.mkdir(parents=True, exist_ok=True)
+    with store_errors(client, run_id):
+        path = Path(client.download_artifacts(run_id, name, str(target)))
+        client.download_artifacts(run_id, name + keys.CHECKSUM_SUFFIX, str(target))
+    return path
