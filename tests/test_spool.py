@@ -19,13 +19,10 @@ from click.testing import CliRunner
 from mlrepro import load_run, start_run
 from mlrepro.capture.spec import LineFitSpec
 from mlrepro.cli.main import main
+from mlrepro.store.delivery import Delivery
 from mlrepro.store.failures import StoreRefusedError
-from mlrepro.store.spool import (
-    Delivery,
-    Spool,
-    SpoolError,
-    spooled_runs,
-)
+from mlrepro.store.spool import Spool, SpoolError
+from mlrepro.store.sync import spooled_runs
 from tests.conftest import job_env
 from tests.helpers.server import MlflowServer
 

@@ -67,10 +67,10 @@ def show(run_id: str) -> None:
     """Print a run's code, spec, environment, loss summary and recorded verdicts."""
     from mlrepro.errors import NoLossesError
     from mlrepro.review.runs import load_run
-    from mlrepro.store import spool
+    from mlrepro.store import spool, sync
 
     def say_if_pending(full_id: str) -> None:
-        if full_id in spool.spooled_runs():
+        if full_id in sync.spooled_runs():
             click.echo(f"pending: this machine's spool ({spool.root() / full_id}) holds writes of this run the store "
                        f"does not have yet; `mlrepro sync {full_id}` delivers them")
 
@@ -78,7 +78,7 @@ def show(run_id: str) -> None:
         try:
             run = load_run(run_id)
         except NoLossesError:  # every step it logged may still be in the spool
-            for spooled in spool.spooled_runs():
+            for spooled in sync.spooled_runs():
                 if spooled.startswith(run_id):
                     say_if_pending(spooled)
             raise

@@ -24,14 +24,14 @@ def mark_killed(run_ids: tuple[str, ...]) -> None:
     """
     from mlflow.tracking import MlflowClient
 
-    from mlrepro.store import opening, record, spool
+    from mlrepro.store import opening, record, spool, sync
 
     with user_errors():
         client = MlflowClient()
         for run_id in run_ids:
             run_id = opening.resolve_run_id(client, run_id)
-            if run_id in spool.spooled_runs():  # what the killed job spooled but never delivered
-                for result in spool.sync([run_id], spool.store_wait_s(), client.tracking_uri):
+            if run_id in sync.spooled_runs():  # what the killed job spooled but never delivered
+                for result in sync.sync([run_id], spool.store_wait_s(), client.tracking_uri):
                     click.echo(result.describe())
             run = record.mark_killed(client, run_id)
             click.echo(f"marked run {run.run_id} KILLED: its process is gone; it logged {len(run.losses)} steps "
@@ -51,11 +51,11 @@ def sync(run_ids: tuple[str, ...], wait_s: float | None) -> None:
     """
     import mlflow
 
-    from mlrepro.store import spool
+    from mlrepro.store import spool, sync
 
     with user_errors():
         wait = spool.store_wait_s() if wait_s is None else wait_s
-        results = spool.sync(list(run_ids), wait, mlflow.get_tracking_uri())
+        results = sync.sync(list(run_ids), wait, mlflow.get_tracking_uri())
         if not results:
             click.echo(f"nothing to deliver: no run has a spool in {spool.root()}")
         for result in results:

@@ -433,14 +433,9 @@ def main() -> int:
     from mlflow.tracking import MlflowClient
 
     from mlrepro.store import failures
+    from mlrepro.store.delivery import Delivery, deliver_until, delivering, holding
     from mlrepro.store.failures import StoreRefusedError
-    from mlrepro.store.spool import (
-        Delivery,
-        deliver_until,
-        delivering,
-        holding,
-        warn,
-    )
+    from mlrepro.store.spool import warn
 
     warm = _warm_client()
     stdin = sys.stdin.buffer

@@ -22,7 +22,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from mlrepro.store.spool import Pending
+    from mlrepro.store.delivery import Pending
 
 HANDLED = (signal.SIGINT, signal.SIGTERM)
 

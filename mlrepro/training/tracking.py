@@ -33,16 +33,12 @@ from mlrepro.capture.seeding import SeedRecord, seed_everything, seed_generators
 from mlrepro.capture.spec import BaseSpec
 from mlrepro.errors import MlreproError, SpecError, redacted_uri
 from mlrepro.store import checkpoints, failures, opening, record
+from mlrepro.store.delivery import Delivery, Pending, deliver_until, delivering, holding
 from mlrepro.store.failures import StoreRefusedError
 from mlrepro.store.spool import (
     STORE_WAIT_ENV,
-    Delivery,
     DeliveryPendingError,
-    Pending,
     Spool,
-    deliver_until,
-    delivering,
-    holding,
     ready_root,
     store_wait_s,
     warn,

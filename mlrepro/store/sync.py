@@ -1,0 +1,92 @@
+"""``mlrepro sync``: deliver what runs on this machine kept in their spools, from any folder."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mlrepro.errors import redacted_uri
+from mlrepro.store.failures import StoreRefusedError
+from mlrepro.store.spool import SpoolError, absolute_uri, root
+
+if TYPE_CHECKING:
+    pass
+
+from mlrepro.store.delivery import Delivery, Pending, deliver_until, delivering, holding
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    run_id: str
+    delivered_steps: int
+    delivered_writes: int
+    pending: Pending | None  # None: nothing left, the spool is gone
+    busy: bool = False  # its own writer is delivering it now
+    error: str | None = None
+
+    def describe(self) -> str:
+        if self.busy:
+            return f"run {self.run_id}: its own job is delivering it now; nothing done"
+        done = f"delivered {self.delivered_steps:,} steps and {self.delivered_writes} other writes"
+        if self.error is not None:
+            return f"run {self.run_id}: {done}; {self.pending.describe() if self.pending else 'the rest'} " \
+                   f"still pending: {self.error}"
+        if self.pending is not None and not self.pending.nothing:
+            return f"run {self.run_id}: {done}; {self.pending.describe()} still pending"
+        return f"run {self.run_id}: {done}; nothing pending"
+
+
+def spooled_runs() -> list[str]:
+    folder = root()
+    if not folder.is_dir():
+        return []
+    return sorted(entry.name for entry in folder.iterdir() if (entry / "run.json").is_file())
+
+
+def _spooled_run(text: str) -> str:
+    """The spooled run ``text`` names: its id, or the unique start of one (8 digits or more)."""
+    found = [run_id for run_id in spooled_runs() if run_id == text or (len(text) >= 8 and run_id.startswith(text))]
+    if len(found) != 1:
+        why = "nothing of it is pending on this machine" if not found else "it is the start of more than one run id"
+        raise SpoolError(f"no spool for run {text!r} in {root()}: {why}")
+    return found[0]
+
+
+def store_of(folder: Path, environment_uri: str | None) -> str:
+    """The store a spool delivers to. Its URI is kept without credentials; where it had some,
+    the caller's ``MLFLOW_TRACKING_URI`` must name the same store with them."""
+    try:
+        recorded = json.loads((folder / "run.json").read_text())["tracking_uri"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise SpoolError(f"the spool {folder} is damaged: run.json unreadable ({err.__class__.__name__})") from err
+    if environment_uri and redacted_uri(absolute_uri(environment_uri)) == recorded:
+        return absolute_uri(environment_uri)
+    return recorded
+
+
+def sync(run_ids: list[str], wait_s: float, environment_uri: str | None) -> list[SyncResult]:
+    """Deliver the spools of ``run_ids`` (every spooled run where empty), each for at most ``wait_s``."""
+    from mlflow.tracking import MlflowClient
+
+    results = []
+    for run_id in [_spooled_run(text) for text in run_ids] or spooled_runs():
+        folder = root() / run_id
+        uri = store_of(folder, environment_uri)
+        with holding(folder, wait=False) as held, delivering():
+            if not held:
+                results.append(SyncResult(run_id, 0, 0, None, busy=True))
+                continue
+            delivery = Delivery(folder, MlflowClient(uri))
+            before = delivery.losses_delivered, delivery.writes_delivered
+            try:
+                pending = deliver_until(delivery, wait_s)
+                error = None if pending.nothing else pending.reason or "the time to wait ran out"
+            except StoreRefusedError as err:
+                pending, error = delivery.pending(), str(err)
+            steps, writes = delivery.losses_delivered - before[0], delivery.writes_delivered - before[1]
+            if pending.nothing:
+                delivery.remove()
+            results.append(SyncResult(run_id, steps, writes, None if pending.nothing else pending, error=error))
+    return results
