@@ -25,7 +25,7 @@ import time
 import tracemalloc
 from pathlib import Path
 
-from mlrepro.store.writer import prestart
+from mlrepro.store.zygote import prestart
 
 prestart()  # as the jobs do: the writer's imports overlap torch's
 

@@ -1,7 +1,7 @@
 """``python -m projects --spec FILE``: run whichever job the spec file names."""
 
 # Start MLflow's writer process first: its imports then overlap torch's.
-from mlrepro.store.writer import prestart
+from mlrepro.store.zygote import prestart
 
 prestart()
 

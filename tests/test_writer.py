@@ -126,16 +126,16 @@ def _parent_of(pid: int) -> int:
 def test_each_runs_writer_is_forked_ready_by_the_zygote_and_a_dead_zygote_is_replaced(store: str) -> None:
     """A writer that imported MLflow again would cost every run a second or more at its end: the
     zygote, which imported it once, forks one per run, ahead of the run."""
-    from mlrepro.store import writer
+    from mlrepro.store import zygote
 
     for _ in range(2):
         with start_run(LineFitSpec()) as run:
             run.log_loss(1.0)
             process = run._writer.process
-            assert _parent_of(process.pid) == writer._zygote.process.pid
+            assert _parent_of(process.pid) == zygote._zygote.process.pid
         assert history(run.run_id) == [(0, 1.0)]
-    writer._zygote.process.kill()
-    writer._zygote.process.wait()
+    zygote._zygote.process.kill()
+    zygote._zygote.process.wait()
     with start_run(LineFitSpec()) as run:  # its writer was forked before the zygote died
         run.log_loss(2.0)
     with start_run(LineFitSpec()) as run:  # a new zygote, or a writer of its own
@@ -148,20 +148,20 @@ def test_the_next_runs_writer_is_forked_as_a_run_ends_unless_mlflow_run_started_
         store: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Forked as a run starts, the next run's writer opened its store on the cores the run was starting
     on; forked as it ends, it does so between runs. A process `mlflow run` started holds one run."""
-    from mlrepro.store import writer
+    from mlrepro.store import zygote
 
     with start_run(LineFitSpec()) as run:
         run.log_loss(1.0)
-        assert writer._spare is None
-    spare = writer._spare
+        assert zygote._spare is None
+    spare = zygote._spare
     assert spare is not None and spare.poll() is None
     with start_run(LineFitSpec()) as run:
         assert run._writer.process is spare
-    writer._spare.kill()
-    writer._spare = None
+    zygote._spare.kill()
+    zygote._spare = None
     monkeypatch.setenv("MLFLOW_RUN_ID", "0" * 32)
-    writer._prepare_next(store)
-    assert writer._spare is None
+    zygote.prepare_next(store)
+    assert zygote._spare is None
 
 
 def test_the_writer_yields_to_the_training_loop(store: str) -> None:

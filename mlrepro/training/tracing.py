@@ -34,7 +34,7 @@ from mlrepro.training.watch import fingerprint_of
 
 # Frames in these folders are not the user's line of code: the location is the first frame outside them.
 _LIBRARY_DIRS = tuple(str(Path(module.__file__).resolve().parent) for module in (torch,)) + (
-    str(Path(__file__).resolve().parent),)
+    str(Path(__file__).resolve().parents[1]),)  # all of mlrepro, not only this layer
 
 
 def _location() -> str | None:

@@ -1,7 +1,7 @@
 """``python -m projects.cifar10 [--spec FILE] [field=value ...]``"""
 
 # Start MLflow's writer process first: its imports then overlap torch's.
-from mlrepro.store.writer import prestart
+from mlrepro.store.zygote import prestart
 
 prestart()
 
