@@ -35,7 +35,8 @@ _EXPORTS = {
         "BaseSpec", "Cifar10Spec", "LineFitSpec", "LoggedSpec", "build_spec", "parse_spec", "read_spec_file",
         "register_job", "registered_jobs",
     ],
-    "mlrepro.training.tracking": ["TrackedRun", "start_run"],
+    "mlrepro.training.tracking": ["start_run"],
+    "mlrepro.training.runs": ["RankRun", "RunHandle", "TrackedRun"],
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
@@ -104,4 +105,5 @@ if TYPE_CHECKING:
         capture_rng_state,
         restore_rng_state,
     )
-    from mlrepro.training.tracking import TrackedRun, start_run
+    from mlrepro.training.runs import RankRun, RunHandle, TrackedRun
+    from mlrepro.training.tracking import start_run

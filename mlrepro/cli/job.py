@@ -19,7 +19,7 @@ from mlrepro.cli.words import spec_values
 from mlrepro.errors import MlreproError, one_line, redacted
 
 if TYPE_CHECKING:
-    from mlrepro.training.tracking import TrackedRun
+    from mlrepro.training.runs import TrackedRun
 
 TrainFunction = Callable[[Any, "TrackedRun"], None]
 

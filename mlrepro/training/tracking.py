@@ -7,302 +7,51 @@ any tracking URI MLflow supports.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
-import tempfile
 import time
-from array import array
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
-from pathlib import Path
+from dataclasses import dataclass, replace
 
 import mlflow
-import numpy as np
 import torch
 from mlflow.environment_variables import MLFLOW_RUN_ID
 from mlflow.tracking import MlflowClient
 
-from mlrepro.capture.code import capture_code
+from mlrepro.capture.code import CodeRecord, capture_code
 from mlrepro.capture.device import resolve_device
-from mlrepro.capture.environment import EnvironmentRecord, capture_environment
-from mlrepro.capture.fingerprints import FingerprintRecord
+from mlrepro.capture.environment import capture_environment
 from mlrepro.capture.losses import LossSeries
 from mlrepro.capture.own_run import recording_own_run
-from mlrepro.capture.seeding import SeedRecord, seed_everything, seed_generators
+from mlrepro.capture.seeding import seed_everything, seed_generators
 from mlrepro.capture.spec import BaseSpec
 from mlrepro.errors import MlreproError, SpecError, redacted_uri
-from mlrepro.store import checkpoints, failures, opening, record
-from mlrepro.store.delivery import Delivery, Pending, deliver_until, delivering, holding
-from mlrepro.store.failures import StoreRefusedError
+from mlrepro.store import failures, opening, record
+from mlrepro.store.delivery import Pending
 from mlrepro.store.spool import (
-    STORE_WAIT_ENV,
     DeliveryPendingError,
-    Spool,
     ready_root,
     store_wait_s,
     warn,
 )
-from mlrepro.store.writer import LossWriter
 from mlrepro.training import distributed
 from mlrepro.training.checkpoint import (
     Checkpoint,
     load_checkpoint,
     newest_checkpoint,
-    save_checkpoint,
 )
-from mlrepro.training.orders import LegReport, StopRequested, read_orders, write_report
-from mlrepro.training.signals import RunInterrupted, interruptible
+from mlrepro.training.orders import (
+    LegReport,
+    Orders,
+    StopRequested,
+    read_orders,
+    write_report,
+)
+from mlrepro.training.runs import RankRun, TrackedRun
+from mlrepro.training.signals import Interruption, RunInterrupted, interruptible
 from mlrepro.training.tracing import tracing
-from mlrepro.training.watch import Watch
-
-# Steps of a GPU loss gathered on the device before one copy to the host.
-DEVICE_BLOCK_STEPS = 1024
-
-
-class TrackedRun:
-    """The training loop's handle on its MLflow run: ``log_loss`` once per step.
-
-    ``log_loss`` costs the loop well under a microsecond for a Python float: the
-    value goes into an array (8 bytes a step), is appended to the run's local spool
-    within ``SEND_INTERVAL_S``, and a separate process delivers it to MLflow
-    (``mlrepro.store.writer``). A loss tensor on a GPU is copied into a block on the device
-    and brought to the host a block at a time, so the loop is not synchronised with
-    the GPU every step. Every other write of the run (``log_metric``, checkpoints, the
-    exact record, the end) goes through the spool too: a store that fails never stops
-    the training, and nothing is lost (``mlrepro sync`` delivers what waited).
-    """
-
-    def __init__(
-        self,
-        run_id: str,
-        spec: BaseSpec,
-        device: torch.device,
-        seed_record: SeedRecord,
-        environment: EnvironmentRecord,
-        client: MlflowClient,
-        resume: Checkpoint | None = None,
-        world: distributed.World | None = None,
-    ) -> None:
-        self.run_id = run_id
-        self.spec = spec
-        self.device = device
-        self.seed_record = seed_record
-        self.environment = environment
-        self._client = client
-        # Where a resumed run starts; the job restores its state from it.
-        self.resume = resume
-        self.resumed_from: str | None = None  # the run it continues, set by start_run
-        self.resumed_losses: LossSeries | None = None  # that run's losses, read while the store answers
-        self.first_step = resume.step if resume is not None else 0
-        # The step is first_step + the position, so only the value is stored.
-        self._losses = array("d")
-        self._device_block: torch.Tensor | None = None
-        self._device_filled = 0
-        # Under torchrun: this rank's losses not yet gathered, and every rank's gathered ones.
-        self.world = world
-        self._rank_pending: list[float] = []
-        self._rank_losses = [array("d") for _ in range(world.size)] if world is not None else []
-        self._watch: Watch | None = None
-        self.spool = Spool.create(run_id, client.tracking_uri, spec.metric, self.first_step)
-        self._writer = LossWriter(self._losses, self.spool, client.tracking_uri)
-
-    def watch(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
-        """Fingerprint ``model``'s parameters and gradients every ``spec.fingerprint_every`` steps,
-        so that compare can say which tensor parted first, and when. One call, before the loop.
-
-        With ``optimizer``, a fingerprint is taken inside every ``optimizer.step()``, before it
-        updates anything; a loop that updates the weights itself calls ``run.fingerprint()`` once
-        a step, after backward and before the update. Both count the steps from the run's first."""
-        if self._watch is not None:  # watched again: the new model (and optimizer) replace the old
-            self._watch.close()
-        self._watch = Watch(model, self.spec.fingerprint_every, self.first_step)
-        if optimizer is not None:
-            watch = self._watch
-            watch.hooks.append(optimizer.register_step_pre_hook(lambda _optimizer, _args, _kwargs: watch.step()))
-
-    def stop_after(self, steps: int) -> None:
-        """End the loop (``StopRequested``) once steps 0 .. ``steps - 1`` are logged: a leg of ``mlrepro
-        check``. Only such a run pays for the test, in a ``log_loss`` of its own."""
-        log_loss = self.log_loss
-
-        def log_then_maybe_stop(loss: float | torch.Tensor) -> None:
-            log_loss(loss)
-            if self.first_step + self.steps_logged >= steps:
-                raise StopRequested
-
-        self.log_loss = log_then_maybe_stop  # type: ignore[method-assign]
-
-    def fingerprint(self) -> None:
-        """This step's fingerprints (at the steps ``spec.fingerprint_every`` picks), for a loop without
-        an optimizer that ``watch`` was given: call it after backward, before the update."""
-        if self._watch is None:
-            raise SpecError("run.fingerprint(): call run.watch(model) once before the loop first")
-        self._watch.step()
-
-    def _fingerprints(self) -> FingerprintRecord | None:
-        return self._watch.record() if self._watch is not None and self.spec.fingerprint_every else None
-
-    @property
-    def steps_logged(self) -> int:
-        return len(self._losses) + self._device_filled + len(self._rank_pending)
-
-    def log_loss(self, loss: float | torch.Tensor) -> None:
-        """Record the loss of the next step (first_step, first_step + 1, ...), as metric ``spec.metric``.
-
-        Under torchrun every rank calls it every step; the metric is the mean over ranks, and the
-        exact record keeps each rank's loss."""
-        if self.world is not None:
-            self._rank_pending.append(loss.item() if isinstance(loss, torch.Tensor) else float(loss))
-            if len(self._rank_pending) == distributed.GATHER_EVERY:
-                self._gather_ranks()
-        elif not isinstance(loss, torch.Tensor):
-            self._losses.append(float(loss))
-        elif loss.device.type == "cpu":
-            self._losses.append(loss.item())
-        else:
-            self._gather_on_device(loss)
-
-    def _gather_on_device(self, loss: torch.Tensor) -> None:
-        block = self._device_block
-        if block is None or block.device != loss.device:
-            self._bring_device_block_home()
-            block = self._device_block = torch.empty(DEVICE_BLOCK_STEPS, dtype=torch.float64, device=loss.device)
-        # float32 -> float64 is exact, and the copy is queued on the device: no sync.
-        block[self._device_filled].copy_(loss.detach().reshape(()))
-        self._device_filled += 1
-        if self._device_filled == DEVICE_BLOCK_STEPS:
-            self._bring_device_block_home()
-
-    def _bring_device_block_home(self) -> None:
-        if self._device_block is not None and self._device_filled:
-            self._losses.frombytes(self._device_block[: self._device_filled].cpu().numpy().tobytes())
-            self._device_filled = 0
-
-    def _gather_ranks(self) -> None:
-        """Every rank's pending losses, on this rank (0): each rank's kept, their mean logged. A
-        collective: every rank gathers at the same steps (every GATHER_EVERY, and at each flush)."""
-        if not self._rank_pending:
-            return  # the same on every rank: they log in step
-        per_rank = distributed.gather_on_rank_0(self._rank_pending)
-        self._rank_pending = []
-        for kept, values in zip(self._rank_losses, per_rank or []):
-            kept.extend(values)
-        for values in zip(*(per_rank or [])):
-            self._losses.append(sum(values) / len(values))  # in rank order, in float64: the same bits each time
-
-    def log_metric(self, key: str, value: float, step: int) -> None:
-        """Any other metric (test accuracy per epoch, say), spooled now and delivered in order."""
-        record.write_metric(self.spool, self.run_id, key, value, step)
-        self._writer.send_now()
-
-    def save_checkpoint(self, checkpoint: Checkpoint) -> None:
-        """Keep a checkpoint in the spool at once, after every loss before it; the writer
-        uploads it as an artifact. A run killed right after keeps it and those steps."""
-        self.flush()
-        if self.world is not None:
-            # Each rank draws from its own generators: the checkpoint keeps every rank's, so that
-            # each rank of a resumed run goes on from its own.
-            ranks = distributed.gather_objects_on_rank_0(distributed.rank_state(checkpoint.rng, checkpoint.extra))
-            checkpoint = replace(checkpoint, extra={**checkpoint.extra, distributed.RANKS_KEY: ranks})
-        with tempfile.TemporaryDirectory() as folder:  # the spool keeps its own copy
-            path = save_checkpoint(Path(folder) / f"step-{checkpoint.step:09d}.pt", checkpoint)
-            checkpoints.write_checkpoint(self.spool, self.run_id, path)
-        self._writer.send_now()
-
-    def flush(self) -> None:
-        """Spool every loss recorded so far now, and with them the exact record, bit for bit:
-        a run that dies after a flush keeps those steps exactly, NaN and inf included."""
-        self._bring_device_block_home()
-        if self.world is not None:
-            self._gather_ranks()
-        self._writer.send_now()
-        record.write_losses(self.spool, self.run_id, self._losses_so_far(), complete=False, per_rank=self._per_rank(),
-                            fingerprints=self._fingerprints())
-
-    def finish(self, status: str) -> Pending:
-        """End the run ``status``: spool every step, the exact record and its digest, and the end,
-        then wait until the store holds all of it, for as long as it takes them, and at most
-        ``MLREPRO_STORE_WAIT_S`` for a store that takes nothing. What a writer process that died
-        did not deliver, this process delivers itself. What is still pending then stays in the
-        spool, and is returned."""
-        patience_s = store_wait_s()
-        self._bring_device_block_home()
-        if self.world is not None:
-            self._gather_ranks()  # the last gather; every other rank makes it as its block ends
-        self._writer.stop_sending()
-        own = self._losses_so_far()
-        stitched = self.resumed_losses.spliced(own, self.first_step) if self.resumed_losses is not None else None
-        record.write_losses(self.spool, self.run_id, own, complete=True, stitched=stitched, per_rank=self._per_rank(),
-                            fingerprints=self._fingerprints())
-        record.end_run(self.spool, self.run_id, status)
-        self.spool.close()
-        outcome = self._writer.close(patience_s)
-        if outcome == "delivered" or not self.spool.folder.exists():
-            return Pending(self.run_id, 0, 0, False, self.spool.folder)
-        with holding(self.spool.folder), delivering():
-            delivery = Delivery(self.spool.folder, self._client)
-            if outcome == "stalled":  # the store took nothing for that long: asking again would double the wait
-                pending = delivery.pending()
-            else:
-                try:
-                    pending = deliver_until(delivery, patience_s)
-                except StoreRefusedError as err:
-                    return replace(delivery.pending(), reason=str(err))
-                if pending.nothing:
-                    delivery.remove()
-                    return pending
-        # Why, as the writer last heard it from the store; else only that time ran out.
-        return pending if pending.reason else \
-            replace(pending, reason=f"it took nothing for {STORE_WAIT_ENV}={patience_s:g} s")
-
-    def _per_rank(self) -> np.ndarray | None:
-        """Every rank's losses, one row a rank, under torchrun."""
-        return np.array([np.frombuffer(kept, dtype=np.float64) for kept in self._rank_losses]) \
-            if self.world is not None else None
-
-    def _losses_so_far(self) -> LossSeries:
-        # A copy: while a view of the array exists, the loop's next append would fail to resize it.
-        values = np.frombuffer(self._losses, dtype=np.float64).copy() if self._losses else np.empty(0)
-        steps = np.arange(self.first_step, self.first_step + len(values), dtype=np.int64)
-        return LossSeries(steps=steps, values=values)
-
-
-class RankRun:
-    """What a training loop on a rank other than 0 holds under torchrun: the run's id, the spec, and
-    its own losses, which it hands to rank 0 as rank 0 gathers them. It creates no run and writes
-    nothing to the store: rank 0 owns the run."""
-
-    def __init__(self, run_id: str, spec: BaseSpec, device: torch.device, seed_record: SeedRecord,
-                 world: distributed.World, resume: Checkpoint | None = None) -> None:
-        self.run_id, self.spec, self.device, self.seed_record, self.world = run_id, spec, device, seed_record, world
-        self.resume = resume
-        self.first_step = resume.step if resume is not None else 0
-        self._pending: list[float] = []
-
-    def log_loss(self, loss: float | torch.Tensor) -> None:
-        self._pending.append(loss.item() if isinstance(loss, torch.Tensor) else float(loss))
-        if len(self._pending) == distributed.GATHER_EVERY:
-            self.flush()
-
-    def log_metric(self, key: str, value: float, step: int) -> None:
-        """Rank 0 logs the run's metrics."""
-
-    def watch(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
-        """Rank 0 fingerprints: after DDP's all-reduce every rank holds the same gradients and weights."""
-
-    def fingerprint(self) -> None:
-        """Rank 0 fingerprints."""
-
-    def save_checkpoint(self, checkpoint: Checkpoint) -> None:
-        """Rank 0 saves the checkpoint; this rank hands over its losses and its generators' states."""
-        self.flush()
-        distributed.gather_objects_on_rank_0(distributed.rank_state(checkpoint.rng, checkpoint.extra))
-
-    def flush(self) -> None:
-        if self._pending:
-            distributed.gather_on_rank_0(self._pending)
-            self._pending = []
 
 
 @contextmanager
@@ -315,62 +64,94 @@ def start_run(spec: BaseSpec, *, run_name: str | None = None) -> Iterator[Tracke
     loss too, and raises ``RunInterrupted``. If the store stops answering, training goes
     on; a run that ends while it still does not answer raises ``DeliveryPendingError``,
     which says what waits in the spool for ``mlrepro sync``. Started outside ``mlflow run``,
-    it says which run it is.
+    it says which run it is. Under torchrun every rank calls it; ranks other than 0 get a
+    ``RankRun`` and open nothing.
     """
     device = resolve_device(spec.device)
     world = distributed.join(device)  # under torchrun: this process's rank
     if world is not None:
-        device = distributed.rank_device(device, world)
-        nproc = getattr(spec, "nproc", world.size)
-        if nproc != world.size:  # the spec says what was computed: nproc is every process, on every node
-            raise SpecError(f"nproc: must be the number of processes torchrun started on all nodes "
-                            f"({world.size}), got {nproc}")
+        device = _rank_device(spec, device, world)
         if not world.owns_run:
             yield from _follow_rank_0(spec, device, world)
             return
-    store_wait_s()  # a bad MLREPRO_STORE_WAIT_S is bad input, said before the run exists
+    ready = _checked_before_opening(spec)
+    tracked = _open(spec, device, world, ready, run_name)
+    yield from _train(tracked, ready.orders)
+
+
+@dataclass(frozen=True)
+class _Ready:
+    """What ``start_run`` checked and read before the run exists."""
+
+    client: MlflowClient
+    orders: Orders | None  # a leg of `mlrepro check` or `mlrepro bisect`; None for the user's own start
+    resumed_from: str | None
+    resume: Checkpoint | None
+    resumed_losses: LossSeries | None
+    launched: bool  # `mlflow run` created the run
+    code: CodeRecord
+
+
+def _rank_device(spec: BaseSpec, device: torch.device, world: distributed.World) -> torch.device:
+    nproc = getattr(spec, "nproc", world.size)
+    if nproc != world.size:  # the spec says what was computed: nproc is every process, on every node
+        raise SpecError(f"nproc: must be the number of processes torchrun started on all nodes "
+                        f"({world.size}), got {nproc}")
+    return distributed.rank_device(device, world)
+
+
+def _checked_before_opening(spec: BaseSpec) -> _Ready:
+    """Bad input and an unusable store or checkpoint are said before a run exists."""
+    store_wait_s()  # a bad MLREPRO_STORE_WAIT_S is bad input
     ready_root()
-    orders = read_orders()  # a leg of `mlrepro check` or `mlrepro bisect`; None for the user's own start
+    orders = read_orders()
     client = opening.ready_store(mlflow.get_tracking_uri())
     resumed_from, resume = newest_checkpoint(client, spec) if spec.resume_from else (None, None)
     if orders is not None and orders.checkpoint:
         resume = load_checkpoint(orders.checkpoint)
     resumed_losses = record.read_losses(client, resumed_from) if resumed_from is not None else None
-    launched = bool(MLFLOW_RUN_ID.get())
     code = capture_code()  # before the run: the sources loaded by now are the job's
-    with failures.store_errors(client), recording_own_run():
-        active = mlflow.start_run(run_name=run_name)
-    run_id = active.info.run_id
+    return _Ready(client, orders, resumed_from, resume, resumed_losses, bool(MLFLOW_RUN_ID.get()), code)
+
+
+def _open(spec: BaseSpec, device: torch.device, world: distributed.World | None, ready: _Ready,
+          run_name: str | None) -> TrackedRun:
+    """Create the run, seed everything, record what the run is; a failure here ends it FAILED."""
+    with failures.store_errors(ready.client), recording_own_run():
+        run_id = mlflow.start_run(run_name=run_name).info.run_id
     try:
         seed_record = seed_everything(spec.seed, deterministic=spec.deterministic, threads=spec.threads)
         group = distributed.facts(world, device, getattr(spec, "bucket_cap_mb", None)) if world is not None else {}
-        environment = capture_environment(extra={"run.device": str(device), **code.facts(), **group})
-        record.write_start(client, run_id, spec, seed_record, environment, code)
-        tracked = TrackedRun(run_id, spec, device, seed_record, environment, client, resume, world)
-        if orders is not None and orders.stop_after is not None:
-            tracked.stop_after(orders.stop_after)
+        environment = capture_environment(extra={"run.device": str(device), **ready.code.facts(), **group})
+        record.write_start(ready.client, run_id, spec, seed_record, environment, ready.code)
+        tracked = TrackedRun(run_id, spec, device, seed_record, environment, ready.client, ready.resume, world)
+        if ready.orders is not None and ready.orders.stop_after is not None:
+            tracked.stop_after(ready.orders.stop_after)
         if world is not None:
-            distributed.share_from_rank_0((run_id, resume))
-        if resumed_from is not None and resume is not None:
-            record.write_resume_links(client, run_id, resumed_from, resume.step)
-            tracked.resumed_from, tracked.resumed_losses = resumed_from, resumed_losses
+            distributed.share_from_rank_0((run_id, ready.resume))
+        if ready.resumed_from is not None and ready.resume is not None:
+            record.write_resume_links(ready.client, run_id, ready.resumed_from, ready.resume.step)
+            tracked.resumed_from, tracked.resumed_losses = ready.resumed_from, ready.resumed_losses
     except BaseException:
-        try:
+        with contextlib.suppress(Exception):  # the store's failure is the error being raised already
             mlflow.end_run("FAILED")
-        except Exception:  # the store's failure is the error being raised already
-            pass
         raise
-    if not launched:  # `mlflow run` prints the run id itself
-        print(f"mlrepro: run {run_id} in {redacted_uri(client.tracking_uri)}", file=sys.stderr, flush=True)
-    if resume is not None:
-        print(f"mlrepro: continues run {resumed_from} from step {resume.step}", file=sys.stderr, flush=True)
+    if not ready.launched:  # `mlflow run` prints the run id itself
+        print(f"mlrepro: run {run_id} in {redacted_uri(ready.client.tracking_uri)}", file=sys.stderr, flush=True)
+    if ready.resume is not None:
+        print(f"mlrepro: continues run {ready.resumed_from} from step {ready.resume.step}", file=sys.stderr, flush=True)
+    return tracked
+
+
+def _train(tracked: TrackedRun, orders: Orders | None) -> Iterator[TrackedRun]:
+    """Hand the run to the loop; whatever ends it (the loop's end, an error, a signal), save it all."""
     status, failure = "FINISHED", None
     with interruptible() as interruption:
         # MLflow may draw from Python's `random` (run names are drawn from it) while
         # the run is opened and recorded, so the generators are seeded again last,
         # right before the training loop gets control: a run created by `mlflow run`
         # and one created here then start from the same state.
-        seed_generators(spec.seed)
+        seed_generators(tracked.spec.seed)
         loop_started = time.perf_counter()
         try:
             with tracing(orders, tracked.first_step):
@@ -379,7 +160,7 @@ def start_run(spec: BaseSpec, *, run_name: str | None = None) -> Iterator[Tracke
             pass  # the orders' last step is done: the run ends FINISHED
         except MlreproError as err:
             status, failure = "FAILED", err
-            record.write_error(tracked.spool, run_id, str(err))
+            record.write_error(tracked.spool, tracked.run_id, str(err))
             raise
         except BaseException as err:
             status, failure = "FAILED", err
@@ -392,29 +173,36 @@ def start_run(spec: BaseSpec, *, run_name: str | None = None) -> Iterator[Tracke
             failure = _interrupted(interruption.signum, tracked)
             raise failure from (None if isinstance(err, RunInterrupted) else err)
         finally:
-            interruption.saving()
-            # A signal that arrived while the run was being saved ends it KILLED too; one that
-            # arrives after this, while the store takes what is spooled, finds it complete.
-            ended_by = interruption.signum
-            if ended_by is not None:
-                status = "KILLED"
-                record.write_ended_by_signal(tracked.spool, run_id, signal.Signals(ended_by).name)
-            loop_seconds = time.perf_counter() - loop_started
-            pending = tracked.finish(status)
-            _leave_fluent_run(status, delivered=pending.nothing)
-            if orders is not None:
-                write_report(orders, LegReport(run_id=run_id, first_step=tracked.first_step,
-                                               steps=tracked.steps_logged, loop_seconds=loop_seconds))
-            if isinstance(failure, RunInterrupted):
-                failure.pending = pending
-            elif not pending.nothing and failure is not None:
-                warn(pending.describe_for_user())  # beside the error that ended the run
-        if ended_by is not None:  # arrived while the run was being saved
-            interrupted = _interrupted(ended_by, tracked)
-            interrupted.pending = pending
-            raise interrupted
-        if not pending.nothing:
-            raise DeliveryPendingError(pending.describe_for_user())
+            ended_by, pending = _save(tracked, orders, interruption, status, failure, loop_started)
+    if ended_by is not None:  # arrived while the run was being saved
+        interrupted = _interrupted(ended_by, tracked)
+        interrupted.pending = pending
+        raise interrupted
+    if not pending.nothing:
+        raise DeliveryPendingError(pending.describe_for_user())
+
+
+def _save(tracked: TrackedRun, orders: Orders | None, interruption: Interruption, status: str,
+          failure: BaseException | None, loop_started: float) -> tuple[int | None, Pending]:
+    """End the run with every step it logged; the signal that arrived while saving, if one did."""
+    interruption.saving()
+    # A signal that arrived while the run was being saved ends it KILLED too; one that
+    # arrives after this, while the store takes what is spooled, finds it complete.
+    ended_by = interruption.signum
+    if ended_by is not None:
+        status = "KILLED"
+        record.write_ended_by_signal(tracked.spool, tracked.run_id, signal.Signals(ended_by).name)
+    loop_seconds = time.perf_counter() - loop_started
+    pending = tracked.finish(status)
+    _leave_fluent_run(status, delivered=pending.nothing)
+    if orders is not None:
+        write_report(orders, LegReport(run_id=tracked.run_id, first_step=tracked.first_step,
+                                       steps=tracked.steps_logged, loop_seconds=loop_seconds))
+    if isinstance(failure, RunInterrupted):
+        failure.pending = pending
+    elif not pending.nothing and failure is not None:
+        warn(pending.describe_for_user())  # beside the error that ended the run
+    return ended_by, pending
 
 
 def _follow_rank_0(spec: BaseSpec, device: torch.device, world: distributed.World) -> Iterator[RankRun]:

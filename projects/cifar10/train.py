@@ -32,7 +32,7 @@ from mlrepro.capture.seeding import make_generator, seed_worker
 from mlrepro.capture.spec import Cifar10Spec
 from mlrepro.training.checkpoint import Checkpoint, capture_rng_state, restore_rng_state
 from mlrepro.training.progress import Progress
-from mlrepro.training.tracking import TrackedRun
+from mlrepro.training.runs import TrackedRun
 from projects.cifar10.data import load_datasets
 from projects.cifar10.model import Net
 

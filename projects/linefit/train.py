@@ -12,7 +12,7 @@ import torch
 
 from mlrepro.capture.spec import LineFitSpec
 from mlrepro.training.checkpoint import Checkpoint, capture_rng_state, restore_rng_state
-from mlrepro.training.tracking import TrackedRun
+from mlrepro.training.runs import TrackedRun
 
 PRINT_EVERY = 100
 
