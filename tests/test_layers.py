@@ -48,19 +48,29 @@ def test_modules_and_functions_stay_small(path: Path) -> None:
     assert not long, f"{path.name}: name the steps of {', '.join(long)}"
 
 
-@pytest.mark.parametrize("path", modules(), ids=lambda path: str(path.relative_to(PACKAGE)))
-def test_an_import_inside_a_function_says_why(path: Path) -> None:
-    """Imports belong at the top; one is deferred only to keep a heavy import (torch, MLflow, a
-    plotting library) off a path that does not need it, and a comment on its line or the line
-    above says so."""
-    lines = path.read_text().splitlines()
+def _deferred_imports_without_a_reason(source: str) -> list[str]:
+    """Imports inside functions with no comment on their line, nor above the block of imports they open."""
+    lines = source.splitlines()
     silent = []
-    for function in ast.walk(ast.parse("\n".join(lines))):
+    for function in ast.walk(ast.parse(source)):
         if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
             continue
         for node in ast.walk(function):
-            if isinstance(node, (ast.Import, ast.ImportFrom)):
-                line, above = lines[node.lineno - 1], lines[node.lineno - 2].strip()
-                if "#" not in line and not above.startswith("#"):
-                    silent.append(f"line {node.lineno}: {line.strip()}")
+            if not isinstance(node, (ast.Import, ast.ImportFrom)):
+                continue
+            above = node.lineno - 2  # index of the line above
+            while above >= 0 and (not lines[above].strip() or lines[above].strip().startswith(("from ", "import ", ")"))
+                                  or lines[above].startswith(" " * (node.col_offset + 4))):
+                above -= 1  # up through the block of imports this one belongs to
+            if "#" not in lines[node.lineno - 1] and not (above >= 0 and "#" in lines[above]):
+                silent.append(f"line {node.lineno}: {lines[node.lineno - 1].strip()}")
+    return silent
+
+
+@pytest.mark.parametrize("path", modules(), ids=lambda path: str(path.relative_to(PACKAGE)))
+def test_an_import_inside_a_function_says_why(path: Path) -> None:
+    """Imports belong at the top; one is deferred only to keep a heavy import (torch, MLflow, a
+    plotting library) off a path that does not need it, and a comment on its line or above its
+    block of imports says so."""
+    silent = _deferred_imports_without_a_reason(path.read_text())
     assert not silent, "\n".join(silent)

@@ -118,6 +118,7 @@ def format_run(run: LoggedRun) -> str:
     lines += [f"  {key}: {value}" for key, value in sorted(run.spec_fields.items())]
     lines.append(f"environment (hash {run.tags.get(keys.TAG_ENV_HASH, 'not recorded')}):")
     lines += [f"  {key}: {value}" for key, value in sorted(run.environment.items())]
+    # NumPy only when a run is printed: `mlrepro --help` stays light
     import numpy as np
 
     values = run.losses.values
@@ -129,6 +130,7 @@ def format_run(run: LoggedRun) -> str:
         + (f", min {float(finite.min())!r}, max {float(finite.max())!r}" if len(finite) else "")
         + (f", {len(values) - len(finite)} not finite" if len(finite) < len(values) else ""),
     ]
+    # the record imports MLflow: only when a run is printed
     from mlrepro.store.record import verdicts_from_tags
 
     verdicts = verdicts_from_tags(run.tags)

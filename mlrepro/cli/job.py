@@ -26,6 +26,7 @@ TrainFunction = Callable[[Any, "TrackedRun"], None]
 
 def run_job(spec: BaseSpec, train: TrainFunction) -> None:
     """Open the tracked, seeded run for ``spec`` and hand it to the job's training function."""
+    # the training layer imports torch: only once a job runs, after its spec is valid
     from mlrepro.capture.code import mark_job_command_line
     from mlrepro.training import distributed
     from mlrepro.training.signals import RunInterrupted
@@ -71,6 +72,7 @@ def job_command(spec_type: type[BaseSpec], train: TrainFunction) -> click.Comman
     @click.option("--spec", "spec_file", metavar="FILE", help="YAML or JSON spec; field=value words override it.")
     @click.argument("assignments", nargs=-1, type=click.UNPROCESSED, metavar="[FIELD=VALUE]...")
     def command(spec_file: str | None, assignments: tuple[str, ...]) -> None:
+        # MLflow only when a job fails before it runs
         from mlrepro.store.record import write_launcher_error
 
         with user_errors(on_error=write_launcher_error):
@@ -97,7 +99,9 @@ def spec_file_command(trainers: dict[str, Callable[[], TrainFunction]]) -> click
     @click.command(name="projects", context_settings=_JOB_SETTINGS, help="Run the job a spec file names in its `job` field.")
     @click.option("--spec", "spec_file", metavar="FILE", required=True, help="YAML or JSON spec with a job field.")
     @click.argument("assignments", nargs=-1, type=click.UNPROCESSED, metavar="[FIELD=VALUE]...")
+    # MLflow only when a job fails before it runs
     def command(spec_file: str, assignments: tuple[str, ...]) -> None:
+        # MLflow only when a job fails before it runs
         from mlrepro.store.record import write_launcher_error
 
         with user_errors(on_error=write_launcher_error):

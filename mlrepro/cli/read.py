@@ -42,6 +42,7 @@ def compare(run_a: str, run_b: str, as_json: bool, log_verdict: bool, on_launche
     RUN_A and RUN_B are run ids, or unique prefixes of 8 or more hex digits. The
     tracking store is MLflow's: MLFLOW_TRACKING_URI, else ./mlflow.db.
     """
+    # MLflow only when the command runs: `mlrepro --help` stays light
     from mlrepro.review.runs import compare_runs, load_run
     from mlrepro.review.verdicts import record_comparison, record_on_comparison_run
     from mlrepro.store.record import write_launcher_error
@@ -65,6 +66,7 @@ def compare(run_a: str, run_b: str, as_json: bool, log_verdict: bool, on_launche
 @click.argument("run_id")
 def show(run_id: str) -> None:
     """Print a run's code, spec, environment, loss summary and recorded verdicts."""
+    # MLflow only when the command runs: `mlrepro --help` stays light
     from mlrepro.errors import NoLossesError
     from mlrepro.review.runs import load_run
     from mlrepro.store import spool, sync
@@ -110,6 +112,7 @@ def find(
     `mlrepro find --job linefit seed=3` finds every run of the default line fit with seed 3.
     For a job whose spec class is not importable here, FIELD=VALUE match the logged params as text.
     """
+    # MLflow only when the command runs: `mlrepro --help` stays light
     from mlrepro.review.runs import find_runs
 
     with user_errors():

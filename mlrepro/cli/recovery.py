@@ -22,6 +22,7 @@ def mark_killed(run_ids: tuple[str, ...]) -> None:
 
     Only a run whose recorded process is checked gone on this host is marked; a live one is left alone.
     """
+    # MLflow only when the command runs: `mlrepro --help` stays light
     from mlflow.tracking import MlflowClient
 
     from mlrepro.store import opening, record, spool, sync
@@ -49,6 +50,7 @@ def sync(run_ids: tuple[str, ...], wait_s: float | None) -> None:
     each run's record arrives in order, bit for bit. Exit 0 when nothing is left, 4 when some
     is still pending.
     """
+    # MLflow only when the command runs: `mlrepro --help` stays light
     import mlflow
 
     from mlrepro.store import spool, sync

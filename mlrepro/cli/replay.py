@@ -36,6 +36,7 @@ def reproduce(run_id: str, project: str | None) -> None:
     Warns first when the code (sources, git) or the software and hardware differ
     from when the run was logged.
     """
+    # MLflow and the replay layer only when the command runs
     from mlrepro.replay.reproduce import reproduce_run
 
     with user_errors():
@@ -63,6 +64,7 @@ def bisect(run_a: str, run_b: str, project: str | None, as_json: bool) -> None:
     Exit 1 when a difference is named, 0 when the replays agree (it did not recur), 2 when there is
     nothing to replay from.
     """
+    # MLflow and the replay layer only when the command runs
     from mlrepro.replay.bisect import bisect_runs, describe
 
     with user_errors(), interrupted_in_one_line("bisect"):
@@ -91,6 +93,7 @@ def check(job: str, assignments: tuple[str, ...], steps: int, resume_at: int | N
     (projects.linefit, from a checkout). Exits like
     compare: 0 passed, 1 failed, 2 error.
     """
+    # MLflow and the replay layer only when the command runs
     from mlflow.tracking import MlflowClient
 
     from mlrepro.replay.check import check_job

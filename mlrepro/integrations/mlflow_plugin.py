@@ -29,6 +29,7 @@ class EnvironmentRunContext(RunContextProvider):
 
     def tags(self) -> dict[str, str]:
         try:
+            # MLflow loads this module while it is imported: the collectors (and torch) only when a run starts
             from mlrepro.capture.code import capture_code
             from mlrepro.capture.environment import capture_environment
             from mlrepro.store.record import environment_tags

@@ -81,16 +81,7 @@ def check_job(job: str, words: list[str], steps: int = 20, resume_at: int | None
     began = time.perf_counter()
     command = job_command(job)
     given = parse_assignments(words)
-    for name in _SET_BY_CHECK:
-        if name in given:
-            raise SpecError(f"{name}: set by the check itself; leave it out")
-    if given.get("nproc", "1") != "1":
-        raise SpecError("nproc: the check runs each leg as one process; check with nproc=1 first")
-    if steps < 2:
-        raise SpecError(f"--steps: at least 2, to resume between them (got {steps})")
-    resume_at = resume_at if resume_at is not None else steps // 2
-    if not 0 < resume_at < steps:
-        raise SpecError(f"--resume-at: a step between 1 and {steps - 1} (got {resume_at})")
+    resume_at = _checked_request(given, steps, resume_at)
     # Checkpoints every resume_at steps; the resumed legs start from the one at resume_at, by its name.
     leg_words = [*words, f"checkpoint_every={resume_at}", "fingerprint_every=1", "resume_from="]
     deterministic = given.get("deterministic", "true").strip().lower() not in ("false", "f", "0", "no", "n", "off")
@@ -110,30 +101,11 @@ def check_job(job: str, words: list[str], steps: int = 20, resume_at: int | None
         _, b = leg("fresh run B", leg_words, Orders(stop_after=steps))
         fresh = compare_logged_runs(a, b)
         legs = [_verdict(f"two fresh runs, {steps} steps", fresh, "identical")]
-        if fresh.verdict != "identical":
-            reason = "not run: the fresh runs already differ"
-            legs += [LegVerdict(leg=f"resumed at step {resume_at} vs the full run", expected="identical", got=reason,
-                                status="skipped"),
-                     LegVerdict(leg="broken resume (weights one ulp off)", expected="different", got=reason,
-                                status="skipped")]
-        elif resume_at not in checkpoints.checkpoint_steps(client, a.run_id):
-            legs.append(LegVerdict(leg=f"resumed at step {resume_at} vs the full run", expected="identical",
-                                   got=f"run A logged no checkpoint at step {resume_at}: the job does not save "
-                                       "checkpoints every checkpoint_every steps", status="fail"))
-        else:
-            checkpoint = checkpoints.download_checkpoint(client, a.run_id, resume_at, scratch.folder / "checkpoints")
-            _, resumed = leg("resumed run", leg_words, Orders(stop_after=steps, checkpoint=str(checkpoint)))
-            legs.append(_verdict(f"resumed at step {resume_at} vs the full run",
-                                 compare_logged_runs(a, _continued(a, resumed, resume_at)), "identical"))
-            broken_file = _one_ulp_off(checkpoint, scratch.folder / "broken")
-            _, broken = leg("broken resume", leg_words, Orders(stop_after=steps, checkpoint=str(broken_file)))
-            legs.append(_verdict("broken resume (weights one ulp off)",
-                                 compare_logged_runs(a, _continued(a, broken, resume_at)), "different"))
+        legs += _resume_legs(leg, client, scratch, a, fresh, steps, resume_at, leg_words)
         report_f, _ = leg(f"deterministic={str(not deterministic).lower()}", flipped, Orders(stop_after=steps))
         seconds = {deterministic: report_a.loop_seconds, not deterministic: report_f.loop_seconds}
         legs.append(LegVerdict(leg="deterministic=true vs false", expected="(timed)", status="timing",
-                               got=f"{_seconds(seconds[True])} vs {_seconds(seconds[False])} for {steps} steps "
-                                   f"({seconds[True] / seconds[False]:.2f}x)"))
+                               got=_timing(seconds, steps)))
         result = CheckResult(
             job=job, words=words, steps=steps, resume_at=resume_at, legs=legs,
             passed=all(leg.status in ("pass", "timing") for leg in legs),
@@ -178,6 +150,7 @@ def _continued(full: LoggedRun, resumed: LoggedRun, at_step: int) -> LoggedRun:
 def _one_ulp_off(checkpoint: Path, folder: Path) -> Path:
     """A copy of the checkpoint whose first floating-point weight is one ulp larger: a resume that
     lost one bit, which the check must catch."""
+    # torch only to break a checkpoint, after the fresh legs ran
     import torch
 
     from mlrepro.training.checkpoint import load_checkpoint, save_checkpoint
@@ -201,3 +174,43 @@ def _record(client: MlflowClient, a: LoggedRun, result: CheckResult) -> str:
         path = Path(folder) / "check.json"
         path.write_text(json.dumps(result.model_dump(mode="json"), indent=2))
         return record.write_check(client, a, result.summary(), result.passed, path)
+
+def _checked_request(given: dict[str, str], steps: int, resume_at: int | None) -> int:
+    """Refuse what the check cannot run, before any leg starts; the step the resumed legs start at."""
+    for name in _SET_BY_CHECK:
+        if name in given:
+            raise SpecError(f"{name}: set by the check itself; leave it out")
+    if given.get("nproc", "1") != "1":
+        raise SpecError("nproc: the check runs each leg as one process; check with nproc=1 first")
+    if steps < 2:
+        raise SpecError(f"--steps: at least 2, to resume between them (got {steps})")
+    resume_at = resume_at if resume_at is not None else steps // 2
+    if not 0 < resume_at < steps:
+        raise SpecError(f"--resume-at: a step between 1 and {steps - 1} (got {resume_at})")
+    return resume_at
+
+
+def _resume_legs(leg: Callable[[str, list[str], Orders], tuple[LegReport, LoggedRun]], client: MlflowClient,
+                 scratch: Scratch, a: LoggedRun, fresh: RunComparison, steps: int, resume_at: int,
+                 leg_words: list[str]) -> list[LegVerdict]:
+    """A run resumed from run A's checkpoint must equal A; one resumed from it one ulp off must not."""
+    resumed_leg, broken_leg = f"resumed at step {resume_at} vs the full run", "broken resume (weights one ulp off)"
+    if fresh.verdict != "identical":
+        reason = "not run: the fresh runs already differ"
+        return [LegVerdict(leg=resumed_leg, expected="identical", got=reason, status="skipped"),
+                LegVerdict(leg=broken_leg, expected="different", got=reason, status="skipped")]
+    if resume_at not in checkpoints.checkpoint_steps(client, a.run_id):
+        return [LegVerdict(leg=resumed_leg, expected="identical", status="fail",
+                           got=f"run A logged no checkpoint at step {resume_at}: the job does not save "
+                               "checkpoints every checkpoint_every steps")]
+    checkpoint = checkpoints.download_checkpoint(client, a.run_id, resume_at, scratch.folder / "checkpoints")
+    _, resumed = leg("resumed run", leg_words, Orders(stop_after=steps, checkpoint=str(checkpoint)))
+    broken_file = _one_ulp_off(checkpoint, scratch.folder / "broken")
+    _, broken = leg("broken resume", leg_words, Orders(stop_after=steps, checkpoint=str(broken_file)))
+    return [_verdict(resumed_leg, compare_logged_runs(a, _continued(a, resumed, resume_at)), "identical"),
+            _verdict(broken_leg, compare_logged_runs(a, _continued(a, broken, resume_at)), "different")]
+
+
+def _timing(seconds: dict[bool, float], steps: int) -> str:
+    return (f"{_seconds(seconds[True])} vs {_seconds(seconds[False])} for {steps} steps "
+            f"({seconds[True] / seconds[False]:.2f}x)")

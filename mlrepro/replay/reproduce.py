@@ -65,6 +65,7 @@ def reproduce_run(
     folder. ``on_drift`` hears, before the job starts, what differs in code, versions
     or hardware from when the run was logged.
     """
+    # torch (through the collectors) only when a run is repeated
     from mlrepro.capture.environment import (
         capture_environment,  # torch: only when a run is repeated
     )

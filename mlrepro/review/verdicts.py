@@ -11,6 +11,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlflow.environment_variables import MLFLOW_RUN_ID
 from mlflow.tracking import MlflowClient
 
 from mlrepro.analysis.compare import RunComparison
@@ -46,6 +47,7 @@ def verdict_text(comparison: RunComparison) -> str:
 
 def plot_file(comparison: RunComparison, a: LoggedRun, b: LoggedRun, path: Path) -> Path:
     """The comparison's plot as a PNG at ``path``; matplotlib is imported only when one is made."""
+    # matplotlib only when a plot is made
     from mlrepro.analysis.plotting import plot_comparison
 
     return plot_comparison(a.losses, b.losses, comparison, path)
@@ -72,8 +74,6 @@ def record_comparison(
 def record_on_comparison_run(comparison: RunComparison, a: LoggedRun, b: LoggedRun) -> str | None:
     """Record the verdict on the run ``mlflow run -e compare`` opened: which runs, the verdict,
     and the plot. Returns that run's id; None outside ``mlflow run``."""
-    from mlflow.environment_variables import MLFLOW_RUN_ID
-
     run_id = MLFLOW_RUN_ID.get()
     if not run_id:
         return None

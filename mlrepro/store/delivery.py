@@ -7,6 +7,7 @@ MLflow is imported by the writer process that delivers, never at the top of this
 from __future__ import annotations
 
 import bisect
+import fcntl
 import json
 import os
 import shutil
@@ -149,6 +150,7 @@ class Delivery:
         if method not in REPLAYED:
             raise SpoolError(f"the spool {self.folder} is damaged: unknown write {method!r}")
         if method == "log_metric":
+            # MLflow only where a spool is delivered (the writer process)
             from mlflow.entities import Metric
 
             # Values are kept as text: JSON has no NaN or inf.
@@ -229,6 +231,7 @@ class Delivery:
 
 
 def _record() -> Any:
+    # the record imports MLflow: only where a spool is delivered
     from mlrepro.store import record
 
     return record
@@ -255,8 +258,6 @@ def _size(path: Path) -> int:
 def holding(folder: Path, wait: bool = True) -> Iterator[bool]:
     """Hold the spool's delivery lock; yields False (and holds nothing) if another holds it and
     ``wait`` is False."""
-    import fcntl
-
     with open(folder / "lock", "a") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))

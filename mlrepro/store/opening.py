@@ -4,6 +4,7 @@ a lock, so parallel jobs do not race), and a run id found from the prefix a user
 from __future__ import annotations
 
 import re
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
@@ -32,6 +33,7 @@ MIN_PREFIX = 8
 def latest_schema_revision() -> str:
     """The installed MLflow's newest schema revision, read once a process: finding it loads every
     migration script (about 50 ms), and a process that starts many runs asks at each."""
+    # alembic and the migration scripts: only when asked
     from mlflow.store.db.utils import _get_latest_schema_revision
 
     return _get_latest_schema_revision()
@@ -39,8 +41,6 @@ def latest_schema_revision() -> str:
 
 def sqlite_schema_is_current(path: Path) -> bool:
     """Whether MLflow would open this SQLite file without migrating it; read-only, never raises."""
-    import sqlite3
-
     try:
         connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
         try:
@@ -54,7 +54,7 @@ def sqlite_schema_is_current(path: Path) -> bool:
 
 @contextmanager
 def _locked(path: Path) -> Iterator[None]:
-    try:
+    try:  # POSIX only
         import fcntl
     except ImportError:  # not POSIX: no lock, as before
         yield

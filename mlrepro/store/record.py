@@ -23,6 +23,7 @@ only read stay light.
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import time
 import zipfile
@@ -33,14 +34,16 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.environment_variables import MLFLOW_RUN_ID
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
 from mlrepro.capture.code import CodeRecord
 from mlrepro.capture.fingerprints import FingerprintRecord
 from mlrepro.capture.logged import LoggedRun
 from mlrepro.capture.losses import LossSeries
-from mlrepro.capture.spec import AnySpec, BaseSpec, read_logged_spec
+from mlrepro.capture.spec import AnySpec, BaseSpec, class_path, read_logged_spec
 from mlrepro.errors import (
     NoLossesError,
     SpecError,
@@ -102,8 +105,6 @@ def write_start(
     Returns the code record completed with what ``mlflow run`` gave the job: its entry
     point and the parameters it logged, the words a repeat must give again.
     """
-    from mlrepro.capture.spec import class_path
-
     with store_errors(client, run_id):
         run = client.get_run(run_id)
         # `mlflow run` has already logged the entry point's parameters as the user typed
@@ -231,8 +232,6 @@ def write_launcher_error(message: str) -> None:
 
     The launcher creates the run before the job can validate its spec; it marks
     it FAILED when the job exits, and this tag tells why."""
-    from mlflow.environment_variables import MLFLOW_RUN_ID
-
     run_id = MLFLOW_RUN_ID.get()
     if run_id:
         write_error(MlflowClient(), run_id, message)
@@ -260,10 +259,6 @@ def write_check(client: MlflowClient, checked: LoggedRun, summary: str, passed: 
     """Record what ``mlrepro check`` found as a run of its own in the user's experiment
     (``MLFLOW_EXPERIMENT_NAME`` or ``MLFLOW_EXPERIMENT_ID``, else the default one): the spec and
     environment of the checked leg, the verdict as a tag the UI shows, the table as JSON."""
-    import os
-
-    from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
-
     job = checked.spec.job if checked.spec is not None else "job"
     tags = {MLFLOW_RUN_NAME: f"determinism check: {job}", keys.TAG_DETERMINISM_CHECKED: summary[:_TAG_LIMIT],
             keys.TAG_JOB: job, **{key: value for key, value in checked.tags.items()

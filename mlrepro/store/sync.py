@@ -68,6 +68,7 @@ def store_of(folder: Path, environment_uri: str | None) -> str:
 
 def sync(run_ids: list[str], wait_s: float, environment_uri: str | None) -> list[SyncResult]:
     """Deliver the spools of ``run_ids`` (every spooled run where empty), each for at most ``wait_s``."""
+    # MLflow only when there is a spool to deliver
     from mlflow.tracking import MlflowClient
 
     results = []

@@ -8,6 +8,7 @@ time there is something new in the spool. EOF ends the run."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import select
 import signal
@@ -29,6 +30,7 @@ def _warm_client() -> Any:
     schema is not made yet is left alone: two processes that migrate one schema
     at once race, and one of them fails.
     """
+    # MLflow is imported by the zygote once, before it forks; a spawned writer imports it here
     from mlflow.tracking import MlflowClient
 
     from mlrepro.store.opening import sqlite_schema_is_current
@@ -45,6 +47,7 @@ def _warm_client() -> Any:
 
 
 def mlflow_default_uri() -> str:
+    # MLflow is imported by the zygote once, before it forks; a spawned writer imports it here
     import mlflow
 
     return mlflow.get_tracking_uri()
@@ -60,8 +63,6 @@ def ignore_in_helper_process() -> None:
 def deliver_run() -> int:
     """A writer: open the likely store while no run has adopted it, read the run's header, then
     deliver its spool until the run ends and all of it is in the store."""
-    import logging
-
     ignore_in_helper_process()  # Ctrl-C reaches the whole group; this process ends when the run closes its pipe
     # Below the training loop in the scheduler's order: on a machine with as many busy threads as
     # cores the writer waits, not the loop (the 20,000-step line fit on two cores: its loop 1.13x
@@ -69,6 +70,7 @@ def deliver_run() -> int:
     os.nice(10)
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
+    # MLflow is imported by the zygote once, before it forks; a spawned writer imports it here
     from mlflow.tracking import MlflowClient
 
     from mlrepro.store import failures

@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import gc
+import logging
 import os
 import signal
 import socket
@@ -200,8 +201,6 @@ def _release_zygote() -> None:
 def zygote(descriptor: int) -> int:
     """The zygote: import what every writer needs, then fork one writer per request on the socket
     ``descriptor``, its stdin the pipe sent along; exit when the socket closes."""
-    import logging
-
     ignore_in_helper_process()
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     import mlflow.store.tracking.sqlalchemy_store  # noqa: F401 - what a SQLite or PostgreSQL store loads
@@ -211,6 +210,7 @@ def zygote(descriptor: int) -> int:
         import mlflow.store.tracking.sqlalchemy_workspace_store  # noqa: F401
     from mlflow.tracking import MlflowClient  # noqa: F401
 
+    # what every writer imports, imported once here, before the zygote forks them
     from mlrepro.store import spool  # noqa: F401
     from mlrepro.store.opening import latest_schema_revision
 

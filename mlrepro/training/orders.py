@@ -10,6 +10,7 @@ their stderr is kept for the one line that says why a leg failed.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
@@ -109,8 +110,8 @@ class Scratch:
         self.legs_run = 0
 
     def client(self) -> Any:
-        import logging
 
+        # the store (MLflow) only when a check or bisect opens its scratch store
         from mlrepro.store.opening import ready_store
 
         # MLflow says at INFO that it makes the scratch store's tables: nothing the user needs to read.

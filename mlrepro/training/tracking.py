@@ -228,6 +228,7 @@ def _leave_fluent_run(status: str, delivered: bool) -> None:
     if delivered:
         mlflow.end_run(status)
         return
+    # MLflow's private stack of active runs, only where a store stopped answering
     from mlflow.tracking import fluent
 
     stack = getattr(fluent, "_active_run_stack", None)
