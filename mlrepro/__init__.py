@@ -1,8 +1,12 @@
 """mlrepro: bit-for-bit repeatable PyTorch training runs, tracked and proven with MLflow.
 
     import mlrepro
-    spec = mlrepro.LineFitSpec(seed=3)
-    with mlrepro.start_run(spec) as run:      # seeded, switches set, recorded
+
+    class MySpec(mlrepro.BaseSpec):           # your job's fields, validated
+        job: Literal["mine"] = "mine"
+        width: int = 8
+
+    with mlrepro.start_run(MySpec(seed=3)) as run:   # seeded, switches set, recorded
         ...; run.log_loss(loss)                # every step, as metric `loss`
     mlrepro.compare_runs(run_a_id, run_b_id)   # bitwise verdict and likely causes
 
@@ -32,7 +36,7 @@ _EXPORTS = {
     "mlrepro.replay.reproduce": ["Reproduction", "reproduce_run"],
     "mlrepro.capture.seeding": ["DeterminismState", "SeedRecord", "make_generator", "seed_everything", "seed_worker"],
     "mlrepro.capture.spec": [
-        "BaseSpec", "Cifar10Spec", "LineFitSpec", "LoggedSpec", "build_spec", "parse_spec", "read_spec_file",
+        "BaseSpec", "DistributedSpec", "LoggedSpec", "Role", "build_spec", "parse_spec", "read_spec_file",
         "register_job", "registered_jobs",
     ],
     "mlrepro.training.tracking": ["start_run"],
@@ -75,9 +79,9 @@ if TYPE_CHECKING:
     )
     from mlrepro.capture.spec import (
         BaseSpec,
-        Cifar10Spec,
-        LineFitSpec,
+        DistributedSpec,
         LoggedSpec,
+        Role,
         build_spec,
         parse_spec,
         read_spec_file,

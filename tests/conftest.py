@@ -207,7 +207,7 @@ class LineFitRuns:
 def linefit_runs(tmp_path_factory: pytest.TempPathFactory, store_template: Path) -> LineFitRuns:
     """Made in this process: that two processes repeat bit for bit is proven end to end, once
     (test_mlflow_run); tests of what is done with runs read these."""
-    from mlrepro.capture.spec import LineFitSpec
+    from projects.linefit.spec import LineFitSpec
     from projects.linefit.train import train
 
     def make(_: pytest.MonkeyPatch) -> list[str]:

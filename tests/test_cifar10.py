@@ -14,10 +14,11 @@ import pytest
 import torchvision.datasets.cifar
 
 from mlrepro import load_run
-from mlrepro.capture.spec import Cifar10Spec, build_spec
+from mlrepro.capture.spec import build_spec
 from mlrepro.cli.job import job_command
 from mlrepro.cli.main import main
 from mlrepro.errors import SpecError
+from projects.cifar10.spec import Cifar10Spec
 from projects.cifar10.train import train
 from tests.conftest import (
     REPO,

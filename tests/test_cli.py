@@ -13,10 +13,10 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from mlrepro.capture.spec import LineFitSpec
 from mlrepro.cli.job import job_command, spec_file_command
 from mlrepro.cli.main import main
 from projects import TRAINERS
+from projects.linefit.spec import LineFitSpec
 from projects.linefit.train import train
 from tests.conftest import (
     LineFitRuns,

@@ -70,7 +70,7 @@ def test_a_script_is_named_relative_to_its_project_with_every_source_it_loaded(t
 
 SAME_SPEC = """
 from mlrepro import start_run
-from mlrepro.capture.spec import LineFitSpec
+from projects.linefit.spec import LineFitSpec
 
 with start_run(LineFitSpec(seed=3, steps=5)) as run:
     for step in range(5):

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from mlrepro import load_run
-from mlrepro.capture.spec import LineFitSpec
 from mlrepro.cli.job import job_command
+from projects.linefit.spec import LineFitSpec
 from projects.linefit.train import train
 from tests.conftest import REPO, only_run_id, run_command, run_here, run_linefit
 

@@ -55,7 +55,7 @@ def test_mlrepro_runs_record_their_environment_once(store: str, monkeypatch: pyt
     import mlrepro.capture.environment
     import mlrepro.training.tracking
     from mlrepro import start_run
-    from mlrepro.capture.spec import LineFitSpec
+    from projects.linefit.spec import LineFitSpec
 
     calls = []
     real = mlrepro.capture.environment.capture_environment

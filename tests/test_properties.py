@@ -16,14 +16,14 @@ from hypothesis import strategies as st
 from mlrepro.analysis.compare import compare_losses
 from mlrepro.capture.losses import LossSeries
 from mlrepro.capture.spec import (
-    Cifar10Spec,
-    LineFitSpec,
     build_spec,
     parse_spec,
     read_spec_file,
 )
 from mlrepro.errors import MAX_MESSAGE, SpecError
 from mlrepro.store.record import _read_loss_record
+from projects.cifar10.spec import Cifar10Spec
+from projects.linefit.spec import LineFitSpec
 
 FIELDS = sorted(set(LineFitSpec.model_fields) | set(Cifar10Spec.model_fields) | {"sed", "", "x" * 300})
 VALUES = st.one_of(

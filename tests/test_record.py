@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 from mlrepro import load_run, start_run
-from mlrepro.capture.spec import LineFitSpec
 from mlrepro.errors import CheckpointError, RunNotFoundError, SpecError
 from mlrepro.store import keys
 from mlrepro.store.opening import resolve_run_id
 from mlrepro.store.record import environment_from_tags
+from projects.linefit.spec import LineFitSpec
 from tests.conftest import job_env
 
 
@@ -117,7 +117,7 @@ def test_resuming_refuses_a_deleted_run_and_a_checkpoint_without_its_checksum_be
 STARTS_AT_ONCE = """
 import sys, time
 from mlrepro import start_run
-from mlrepro.capture.spec import LineFitSpec
+from projects.linefit.spec import LineFitSpec
 while time.time() < float(sys.argv[1]):
     time.sleep(0.001)
 with start_run(LineFitSpec(steps=3)) as run:

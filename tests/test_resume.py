@@ -12,11 +12,12 @@ import mlflow
 import pytest
 
 from mlrepro import load_run, start_run
-from mlrepro.capture.spec import Cifar10Spec, LineFitSpec
 from mlrepro.cli.job import job_command
 from mlrepro.cli.main import main
 from mlrepro.errors import MlreproError
+from projects.cifar10.spec import Cifar10Spec
 from projects.cifar10.train import train as cifar10_train
+from projects.linefit.spec import LineFitSpec
 from projects.linefit.train import train
 from tests.conftest import (
     assert_one_line_error_here,

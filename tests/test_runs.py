@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from mlrepro import compare_runs, load_run, start_run
-from mlrepro.capture.spec import LineFitSpec
 from mlrepro.errors import NoLossesError, RunNotFoundError, TrackingError
 from mlrepro.store import keys
+from projects.linefit.spec import LineFitSpec
 from tests.conftest import only_run_id, run_command
 
 
@@ -76,7 +76,7 @@ KILLED_AFTER_A_FLUSH = """
 import math, os, signal, time
 import mlflow
 from mlrepro import start_run
-from mlrepro.capture.spec import LineFitSpec
+from projects.linefit.spec import LineFitSpec
 
 with start_run(LineFitSpec()) as run:
     for step in range(100):

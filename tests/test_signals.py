@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 
 from mlrepro import load_run
-from mlrepro.capture.spec import LineFitSpec
 from mlrepro.cli.job import job_command
 from mlrepro.cli.main import main
 from mlrepro.training.signals import Interruption, interruptible
+from projects.linefit.spec import LineFitSpec
 from projects.linefit.train import train
 from tests.conftest import REPO, job_env, mlrepro_cli, only_run_id, run_here
 
@@ -135,7 +135,7 @@ def test_ctrl_c_under_mlflow_run_ends_the_run_killed_with_every_step(tmp_path: P
 COUNTING_JOB = """
 import sys, time
 from mlrepro import start_run
-from mlrepro.capture.spec import LineFitSpec
+from projects.linefit.spec import LineFitSpec
 
 with start_run(LineFitSpec(steps=10**6)) as run:
     for step in range(10**6):

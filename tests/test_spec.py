@@ -11,8 +11,6 @@ import pytest
 
 from mlrepro.capture.spec import (
     MAX_SEED,
-    Cifar10Spec,
-    LineFitSpec,
     build_spec,
     parse_assignments,
     parse_spec,
@@ -20,6 +18,8 @@ from mlrepro.capture.spec import (
     spec_hash,
 )
 from mlrepro.errors import SpecError
+from projects.cifar10.spec import Cifar10Spec
+from projects.linefit.spec import LineFitSpec
 
 
 def test_line_fit_defaults_are_the_seeds() -> None:
@@ -110,7 +110,7 @@ def test_bad_spec_files_give_one_line(tmp_path: Path, content: str | None, messa
 
 @pytest.mark.e2e
 def test_the_hash_is_stable_across_processes_and_follows_the_content() -> None:
-    code = "from mlrepro.capture.spec import LineFitSpec; print(LineFitSpec(seed=3).hash)"
+    code = "from projects.linefit.spec import LineFitSpec; print(LineFitSpec(seed=3).hash)"
     other_process = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert other_process.stdout.strip() == LineFitSpec(seed=3).hash
     assert LineFitSpec(seed=3).hash == build_spec(LineFitSpec, {"seed": "3", "lr": "1e-4"}).hash

@@ -17,12 +17,12 @@ import pytest
 from click.testing import CliRunner
 
 from mlrepro import load_run, start_run
-from mlrepro.capture.spec import LineFitSpec
 from mlrepro.cli.main import main
 from mlrepro.store.delivery import Delivery
 from mlrepro.store.failures import StoreRefusedError
 from mlrepro.store.spool import Spool, SpoolError
 from mlrepro.store.sync import spooled_runs
+from projects.linefit.spec import LineFitSpec
 from tests.conftest import job_env
 from tests.helpers.server import MlflowServer
 

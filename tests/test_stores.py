@@ -23,7 +23,7 @@ STEPS = 10_000
 LOGGING_JOB = """
 import sys
 from mlrepro import start_run
-from mlrepro.capture.spec import LineFitSpec
+from projects.linefit.spec import LineFitSpec
 
 index, steps = int(sys.argv[1]), int(sys.argv[2])
 with start_run(LineFitSpec(seed=index, steps=steps)) as run:

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from mlrepro import load_run, start_run
-from mlrepro.capture.spec import LineFitSpec
 from mlrepro.errors import DeviceError, TrackingError
 from mlrepro.store import keys
+from projects.linefit.spec import LineFitSpec
 
 
 def test_the_run_carries_spec_params_environment_tags_and_json_artifacts(store: str) -> None:

@@ -11,9 +11,9 @@ import pytest
 
 from mlrepro import compare_runs, find_runs, load_run, record_comparison, start_run
 from mlrepro.capture.losses import LossSeries
-from mlrepro.capture.spec import LineFitSpec
 from mlrepro.cli.main import main
 from mlrepro.errors import ExperimentNotFoundError, SpecError
+from projects.linefit.spec import LineFitSpec
 from tests.conftest import LineFitRuns, run_here
 
 

@@ -17,9 +17,9 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from mlrepro import load_run, start_run
-from mlrepro.capture.spec import LineFitSpec
 from mlrepro.store.opening import sqlite_schema_is_current
 from mlrepro.store.writer import wait_for_exit
+from projects.linefit.spec import LineFitSpec
 
 
 def history(run_id: str) -> list[tuple[int, float]]:

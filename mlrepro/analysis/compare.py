@@ -21,6 +21,7 @@ from mlrepro.capture.fingerprints import (
 )
 from mlrepro.capture.logged import LoggedRun
 from mlrepro.capture.losses import LossSeries, as_the_store_keeps
+from mlrepro.capture.spec import BaseSpec
 
 
 class StepRange(BaseModel):
@@ -144,7 +145,7 @@ def compare_logged_runs(a: LoggedRun, b: LoggedRun) -> RunComparison:
     tensors = compare_fingerprints(a.fingerprints, b.fingerprints) \
         if a.fingerprints is not None and b.fingerprints is not None else None
     tensors_differ = tensors is not None and not tensors.identical
-    ranked = differences(a.spec_fields, b.spec_fields, a.environment, b.environment)
+    ranked = differences(a.spec_fields, b.spec_fields, a.environment, b.environment, _spec_type(a, b))
     unfinished = [(name, run) for name, run in (("A", a), ("B", b)) if run.unfinished]
     if losses.divergent_steps == 0 and not tensors_differ and unfinished and len(a.losses) and len(b.losses):
         verdict = "identical so far"
@@ -187,3 +188,10 @@ def _where_tensors_part(tensors: TensorComparison, losses: LossComparison) -> st
     if loss_step is not None and tensors.first_divergent_step is not None and tensors.first_divergent_step < loss_step:
         return f"{where}, before the losses part at step {loss_step}; {tensors.explanation}"
     return f"{where}; {tensors.explanation}"
+
+
+def _spec_type(a: LoggedRun, b: LoggedRun) -> type[BaseSpec] | None:
+    """The class both runs' specs are, where this process has it: its fields' roles rank them."""
+    types = {type(run.spec) for run in (a, b)}
+    kind = types.pop() if len(types) == 1 else None
+    return kind if kind is not None and issubclass(kind, BaseSpec) else None

@@ -21,29 +21,11 @@ from importlib import metadata
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from mlrepro.capture.seeding import DeterminismState, read_determinism_state
+from mlrepro.capture.facts import Source, keys_from
+from mlrepro.capture.seeding import read_determinism_state
 
 UNAVAILABLE = "unavailable"
 UNSET = "unset"
-
-# Variables that change numerics or which device/threads are used. Anything not
-# named here is never read.
-ENVIRONMENT_VARIABLES = (
-    "PYTHONHASHSEED",
-    "CUBLAS_WORKSPACE_CONFIG",
-    "CUDA_VISIBLE_DEVICES",
-    "CUDA_LAUNCH_BLOCKING",
-    "NVIDIA_TF32_OVERRIDE",
-    "TORCH_ALLOW_TF32_CUBLAS_OVERRIDE",
-    "OMP_NUM_THREADS",
-    "MKL_NUM_THREADS",
-    "OPENBLAS_NUM_THREADS",
-    "OPENBLAS_CORETYPE",
-    "MKL_CBWR",
-    "KMP_DETERMINISTIC_REDUCTION",
-)
-
-PACKAGES = ("torch", "torchvision", "numpy", "mlflow", "pydantic", "mlrepro")
 
 Collector = Callable[[], str]
 COLLECTORS: dict[str, Collector] = {}
@@ -116,8 +98,8 @@ def _package_version(distribution: str) -> Collector:
     return lambda: metadata.version(distribution)
 
 
-for _package in PACKAGES:
-    collector(f"{_package}.version")(_package_version(_package))
+for _key in keys_from(Source.PACKAGE):  # torch.version, numpy.version, ...
+    collector(_key)(_package_version(_key.removesuffix(".version")))
 
 
 # --- hardware -----------------------------------------------------------------
@@ -200,10 +182,10 @@ def _switch(field: str) -> Collector:
     return read
 
 
-# The two variables in the state are recorded once, with the other variables below.
-_SWITCHES = [name for name in DeterminismState.model_fields if name not in ("cublas_workspace_config", "python_hash_seed")]
-for _field in _SWITCHES:
-    collector(f"determinism.{_field}")(_switch(_field))
+# The state's two variables (CUBLAS_WORKSPACE_CONFIG, PYTHONHASHSEED) are recorded once, with the
+# other variables below.
+for _key in keys_from(Source.SWITCH):
+    collector(_key)(_switch(_key.removeprefix("determinism.")))
 
 
 # --- environment variables (allow-list) --------------------------------------
@@ -213,5 +195,6 @@ def _variable(name: str) -> Collector:
     return lambda: os.environ.get(name, UNSET)
 
 
-for _name in ENVIRONMENT_VARIABLES:
-    collector(f"env.{_name}")(_variable(_name))
+# Only the variables declared in mlrepro.capture.facts are read: secrets never reach the store.
+for _key in keys_from(Source.VARIABLE):
+    collector(_key)(_variable(_key.removeprefix("env.")))

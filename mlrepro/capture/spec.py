@@ -39,6 +39,12 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from mlrepro.capture.facts import (
+    BUCKETS_EXPLAINED,
+    THREADS_EXPLAINED,
+    WORLD_EXPLAINED,
+    Category,
+)
 from mlrepro.errors import SpecError, describe_validation_error
 
 # NumPy's legacy global seeding and PYTHONHASHSEED both take 0 .. 2**32 - 1; torch
@@ -48,12 +54,6 @@ MAX_SEED = 2**32 - 1
 
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 _RUN_ID_PATTERN = re.compile(r"^[0-9a-f]*$")
-# Fields that say how a run is carried out, not what it computes: a resumed run
-# and the uninterrupted one are the same spec.
-NOT_IN_HASH = frozenset({"checkpoint_every", "resume_from", "fingerprint_every"})
-# Fields added after runs were logged without them: at these values (their defaults, what those
-# runs did) they stay out of the hash, so the runs logged before them keep their hashes.
-HASHED_UNLESS = {"nproc": 1, "bucket_cap_mb": 25.0}
 FINGERPRINT_EVERY = 10
 _METRIC_PATTERN = re.compile(r"^[A-Za-z0-9_./\- ]{1,250}$")
 
@@ -84,6 +84,43 @@ RunId = Annotated[str, _matching(_RUN_ID_PATTERN, "run_id", "must be an MLflow r
 MetricName = Annotated[
     str, _matching(_METRIC_PATTERN, "metric", "must be 1-250 letters, digits, spaces or _ - . / (an MLflow metric name)")
 ]
+
+
+@dataclass(frozen=True)
+class Role:
+    """What a spec field is to mlrepro, beside its type: written in the field's annotation
+    (``seed: Annotated[Count, Role(...)] = ...``) and read by the hash, diagnosis, resume, ``check``
+    and ``bisect``. A field without one is in the hash and ranked as "a different setting"."""
+
+    category: Category = Category.SPEC  # its rank among the causes of a difference
+    explanation: str = "a different setting trains something else"
+    # Says how a run is carried out, not what it computes: a resumed run and the uninterrupted one
+    # are the same spec; `check` and `bisect` set it on every leg they start.
+    carried_out: bool = False
+    # Added after runs were logged without it: at this value (its default, what those runs did)
+    # it stays out of the hash, so the runs logged before it keep their hashes.
+    hashed_unless: Any = None
+
+    def in_hash(self, value: Any) -> bool:
+        return not self.carried_out and not (self.hashed_unless is not None and value == self.hashed_unless)
+
+
+_DEFAULT_ROLE = Role()
+
+
+def role(spec_type: type[BaseModel], name: str) -> Role:
+    """The role of field ``name`` of ``spec_type``; a field it does not have plays the default role."""
+    field = spec_type.model_fields.get(name)
+    return next((item for item in (field.metadata if field else []) if isinstance(item, Role)), _DEFAULT_ROLE)
+
+
+def carried_out_fields(spec_type: type[BaseModel]) -> list[str]:
+    """The fields that say how a run is carried out (``checkpoint_every``, ``resume_from``, ...)."""
+    return [name for name in spec_type.model_fields if role(spec_type, name).carried_out]
+
+# A job that overrides checkpoint_every's default keeps its role with this type.
+CheckpointEvery = Annotated[Count, Role(Category.OTHER, "checkpoints only read the state; they do not change the numbers",
+                                        carried_out=True)]
 
 
 # job name -> its spec type; filled as spec classes are defined.
@@ -126,19 +163,29 @@ class BaseSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     job: str
-    seed: Count = Field(3, ge=0, le=MAX_SEED, description="seeds Python, NumPy, torch CPU and every CUDA device")
-    deterministic: bool = Field(True, description="cuDNN deterministic, benchmark off, deterministic algorithms on")
-    device: Device = Field("auto", description="auto (CUDA when present), cpu, cuda or cuda:N")
-    threads: Count = Field(1, ge=1, le=4096, description="torch intra-op threads on the CPU; part of the result")
-    metric: MetricName = Field("loss", description="MLflow metric name for the per-step loss")
-    checkpoint_every: Count = Field(0, ge=0, description="log a checkpoint every N steps; 0 = never")
-    resume_from: RunId = Field("", description="run id to continue from its newest checkpoint; empty = a new run")
+    seed: Annotated[Count, Role(Category.SEED, "another seed draws other initial weights, dropout masks and shuffle order")] \
+        = Field(3, ge=0, le=MAX_SEED, description="seeds Python, NumPy, torch CPU and every CUDA device")
+    deterministic: Annotated[bool, Role(Category.DETERMINISM, "deterministic=false leaves cuDNN and torch free to "
+                                                              "pick nondeterministic kernels")] \
+        = Field(True, description="cuDNN deterministic, benchmark off, deterministic algorithms on")
+    device: Annotated[Device, Role(Category.DEVICE, "CPU and GPU kernels compute in different orders")] \
+        = Field("auto", description="auto (CUDA when present), cpu, cuda or cuda:N")
+    threads: Annotated[Count, Role(Category.THREADS, THREADS_EXPLAINED)] \
+        = Field(1, ge=1, le=4096, description="torch intra-op threads on the CPU; part of the result")
+    metric: Annotated[MetricName, Role(Category.OTHER, "only the name the losses are logged under")] \
+        = Field("loss", description="MLflow metric name for the per-step loss")
+    checkpoint_every: CheckpointEvery = Field(0, ge=0, description="log a checkpoint every N steps; 0 = never")
+    resume_from: Annotated[RunId, Role(Category.OTHER, "a resumed run continues bit for bit from its checkpoint",
+                                       carried_out=True)] \
+        = Field("", description="run id to continue from its newest checkpoint; empty = a new run")
     # Measured (benchmarks/, 2 cores): fingerprinting every parameter and gradient takes about 0.2 ms
     # for the CIFAR-10 CNN, 5-10 % of its CPU step at every step, and 25-30 % of the line fit's
     # 0.25-ms step. Every 10 steps costs a tenth of that; compare then names the step within ten,
     # and bisect finds the exact one.
-    fingerprint_every: Count = Field(FINGERPRINT_EVERY, ge=0, description=(
-        "fingerprint every parameter and gradient every N steps, for compare to say where runs part; 0 = never"))
+    fingerprint_every: Annotated[Count, Role(Category.OTHER, "fingerprints only read the weights and gradients; "
+                                                             "they do not change the numbers", carried_out=True)] \
+        = Field(FINGERPRINT_EVERY, ge=0, description=(
+            "fingerprint every parameter and gradient every N steps, for compare to say where runs part; 0 = never"))
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
@@ -156,46 +203,33 @@ class BaseSpec(BaseModel):
     @property
     def hash(self) -> str:
         """A stable content hash: the same fields and values give the same hash on any machine."""
-        return spec_hash(self.model_dump(mode="json"))
+        return spec_hash(self.model_dump(mode="json"), type(self))
 
     def to_params(self) -> dict[str, str]:
         """The spec as MLflow params (strings), one per field."""
         return params_of(self.model_dump(mode="json"))
 
 
-class LineFitSpec(BaseSpec):
-    """The seed's first job: one hidden layer of ReLUs fitting y = 10x with plain gradient steps."""
+class DistributedSpec(BaseSpec):
+    """The fields of a job that trains on many processes with DDP. ``start_run`` checks ``nproc``
+    against the world torchrun started, and records ``bucket_cap_mb`` with the process group; a
+    job's command line started with ``nproc`` above 1 on one machine starts torchrun itself."""
 
-    job: Literal["linefit"] = "linefit"
-    steps: Count = Field(1000, ge=1, le=10**9, description="gradient steps, one loss logged per step")
-    lr: float = Field(1e-4, gt=0, allow_inf_nan=False, description="learning rate of the manual update")
-    hidden: Count = Field(100, ge=1, le=1_000_000, description="units in the hidden layer")
-
-
-class Cifar10Spec(BaseSpec):
-    """The seed's second job: the PyTorch tutorial CNN on CIFAR-10, shuffled, with two loader workers."""
-
-    job: Literal["cifar10"] = "cifar10"
-    epochs: Count = Field(2, ge=1, le=10_000, description="passes over the training set")
-    batch_size: Count = Field(4, ge=1, le=65_536, description="images per step")
-    num_workers: Count = Field(2, ge=0, le=256, description="DataLoader worker processes; the losses do not depend on it")
-    lr: float = Field(0.001, gt=0, allow_inf_nan=False, description="SGD learning rate")
-    momentum: float = Field(0.9, ge=0, allow_inf_nan=False, description="SGD momentum")
-    dataset: Literal["cifar10", "fake"] = Field("cifar10", description="cifar10, or fake: FakeData drawn from the seed")
-    data_dir: str = Field("./data", min_length=1, description="where cifar-10-batches-py is, or is downloaded to")
-    train_limit: Count = Field(0, ge=0, description="use only the first N training images; 0 = all")
-    test_limit: Count = Field(0, ge=0, description="use only the first N test images for accuracy; 0 = all")
-    checkpoint_every: Count = Field(2000, ge=0, description="log a checkpoint every N steps; 0 = never")
-    nproc: Count = Field(1, ge=1, le=1024, description="DDP processes in all; above 1 on one machine the job "
-                                                       "starts torchrun, on many each node's torchrun starts its share")
-    bucket_cap_mb: float = Field(25.0, gt=0, le=65_536, allow_inf_nan=False,
-                                 description="DDP's gradient bucket size: another size all-reduces in another order")
+    # Both came after runs were logged without them: at their defaults they stay out of the hash,
+    # so those runs keep theirs.
+    nproc: Annotated[Count, Role(Category.DISTRIBUTED, WORLD_EXPLAINED, hashed_unless=1)] = Field(
+        1, ge=1, le=1024, description="DDP processes in all; above 1 on one machine the job starts torchrun, "
+                                      "on many each node's torchrun starts its share")
+    bucket_cap_mb: Annotated[float, Role(Category.DISTRIBUTED, BUCKETS_EXPLAINED, hashed_unless=25.0)] = Field(
+        25.0, gt=0, le=65_536, allow_inf_nan=False,
+        description="DDP's gradient bucket size: another size all-reduces in another order")
 
 
-def spec_hash(fields: Mapping[str, Any]) -> str:
-    """The hash of a spec's JSON fields, whether read from a typed spec or from a logged record."""
-    content = {name: value for name, value in fields.items()
-               if name not in NOT_IN_HASH and not (name in HASHED_UNLESS and value == HASHED_UNLESS[name])}
+def spec_hash(fields: Mapping[str, Any], spec_type: type[BaseModel] | None = None) -> str:
+    """The hash of a spec's JSON fields: each field in it as its role says (the roles of the fields
+    every job may have, ``DistributedSpec``'s, where the class is not known)."""
+    spec_type = spec_type or DistributedSpec
+    content = {name: value for name, value in fields.items() if role(spec_type, name).in_hash(value)}
     canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
@@ -221,10 +255,12 @@ class LoggedSpec:
     job: str
     fields: dict[str, Any]
     spec_class: str | None = None  # "module:QualName" of the class that logged it
+    logged_hash: str | None = None  # the hash the run was tagged with, by its own class
 
     @property
     def hash(self) -> str:
-        return spec_hash(self.fields)
+        """The hash its own class gave it; computed with ``BaseSpec``'s roles for a record without one."""
+        return self.logged_hash or spec_hash(self.fields)
 
     @property
     def metric(self) -> str:
@@ -279,7 +315,7 @@ def parse_spec(values: Mapping[str, Any]) -> BaseSpec:
     return build_spec(_JOBS[job], values)
 
 
-def read_logged_spec(values: Any, spec_class: str | None = None) -> AnySpec:
+def read_logged_spec(values: Any, spec_class: str | None = None, logged_hash: str | None = None) -> AnySpec:
     """A spec as a run logged it: typed where its job is registered here and the fields still
     validate, else a ``LoggedSpec``. Never imports code; a record without a job name is damaged."""
     if not isinstance(values, dict) or not isinstance(values.get("job"), str) or not values["job"]:
@@ -290,7 +326,7 @@ def read_logged_spec(values: Any, spec_class: str | None = None) -> AnySpec:
             return spec_type.model_validate(values)
         except ValidationError:
             pass  # logged by another version of the class: still comparable as a record
-    return LoggedSpec(job=values["job"], fields=dict(values), spec_class=spec_class)
+    return LoggedSpec(job=values["job"], fields=dict(values), spec_class=spec_class, logged_hash=logged_hash)
 
 
 # A spec file is a handful of fields: these bounds stop a hostile file (a YAML alias bomb

@@ -11,6 +11,7 @@ import click
 
 from mlrepro.capture.spec import (
     BaseSpec,
+    DistributedSpec,
     build_spec,
     parse_spec,
 )
@@ -32,7 +33,7 @@ def run_job(spec: BaseSpec, train: TrainFunction) -> None:
     from mlrepro.training.signals import RunInterrupted
     from mlrepro.training.tracking import start_run
 
-    nproc = getattr(spec, "nproc", 1)
+    nproc = spec.nproc if isinstance(spec, DistributedSpec) else 1
     if nproc > 1 and not distributed.launched_by_torchrun():
         # What would fail on every rank is said here, once, before torchrun starts them.
         import mlflow

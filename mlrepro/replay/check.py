@@ -24,13 +24,11 @@ from pydantic import BaseModel, ConfigDict
 
 from mlrepro.analysis.compare import RunComparison, compare_logged_runs
 from mlrepro.capture.logged import LoggedRun
-from mlrepro.capture.spec import parse_assignments
+from mlrepro.capture.spec import BaseSpec, carried_out_fields, parse_assignments
 from mlrepro.errors import SpecError
 from mlrepro.store import checkpoints, record
 from mlrepro.training.orders import Leg, LegReport, Orders, Scratch, job_command
 
-# Fields the check sets on every leg; the user's words may not.
-_SET_BY_CHECK = ("checkpoint_every", "fingerprint_every", "resume_from")
 
 
 class LegVerdict(BaseModel):
@@ -177,7 +175,7 @@ def _record(client: MlflowClient, a: LoggedRun, result: CheckResult) -> str:
 
 def _checked_request(given: dict[str, str], steps: int, resume_at: int | None) -> int:
     """Refuse what the check cannot run, before any leg starts; the step the resumed legs start at."""
-    for name in _SET_BY_CHECK:
+    for name in carried_out_fields(BaseSpec):  # the check sets how each leg is carried out
         if name in given:
             raise SpecError(f"{name}: set by the check itself; leave it out")
     if given.get("nproc", "1") != "1":

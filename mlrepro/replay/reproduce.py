@@ -23,17 +23,13 @@ from mlflow.tracking import MlflowClient
 from mlrepro.analysis.compare import RunComparison, compare_logged_runs
 from mlrepro.analysis.diagnosis import Difference, differences
 from mlrepro.capture.code import CodeRecord, facts_now
+from mlrepro.capture.facts import fact_of
 from mlrepro.capture.logged import LoggedRun
 from mlrepro.errors import ReproductionError
 from mlrepro.review.verdicts import record_comparison
 from mlrepro.store import keys, record
 from mlrepro.store.record import MLFLOW_ENTRY_POINT_TAG
 
-# Facts a new process can be checked against before it runs; the determinism
-# switches are only set once the job seeds, so they are left to compare.
-_DRIFT_PREFIXES = ("code.", "git.", "python.", "os.", "torch.", "torchvision.", "numpy.", "mlflow.", "pydantic.",
-                   "mlrepro.", "cpu.", "gpu.", "cuda.", "cudnn.")
-_NOT_DRIFT = ("git.untracked",)
 _UNSET = ("unset", "unavailable")
 
 
@@ -48,7 +44,9 @@ class Reproduction:
 def environment_drift(logged: dict[str, str], current: dict[str, str]) -> list[Difference]:
     """Code, version and hardware facts that differ now from when the run was logged."""
     def comparable(facts: dict[str, str]) -> dict[str, str]:
-        return {key: value for key, value in facts.items() if key.startswith(_DRIFT_PREFIXES) and key not in _NOT_DRIFT}
+        # Facts a new process can be checked against before it runs (declared with drift=True); the
+        # determinism switches are only set once the job seeds, so they are left to compare.
+        return {key: value for key, value in facts.items() if fact_of(key).drift}
 
     return differences({}, {}, comparable(logged), comparable(current))
 

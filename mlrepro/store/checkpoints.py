@@ -8,7 +8,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from mlrepro.capture.spec import NOT_IN_HASH, BaseSpec
+from mlrepro.capture.spec import BaseSpec, role
 from mlrepro.errors import (
     CheckpointError,
     SpecError,
@@ -46,7 +46,7 @@ def download_newest_checkpoint(client: MlflowClient, spec: BaseSpec, folder: Pat
         changed = ", ".join(
             f"{key} {there.get(key)} there, {here.get(key)} here"
             for there, here in [(logged.to_params(), spec.to_params())]
-            for key in sorted(set(there) | set(here)) if there.get(key) != here.get(key) and key not in NOT_IN_HASH
+            for key in sorted(set(there) | set(here)) if there.get(key) != here.get(key) and not role(type(spec), key).carried_out
         )
         raise SpecError(f"resume_from: run {run_id} ran another spec ({changed}); resume with the spec it ran")
     with store_errors(client, run_id, context):

@@ -399,7 +399,8 @@ def _read_json(files: Mapping[str, Path], artifact: str) -> Any:
 
 
 def _read_spec(files: Mapping[str, Path], tags: Mapping[str, str]) -> AnySpec:
-    return read_logged_spec(_read_json(files, keys.SPEC_ARTIFACT), tags.get(keys.TAG_SPEC_CLASS))
+    return read_logged_spec(_read_json(files, keys.SPEC_ARTIFACT), tags.get(keys.TAG_SPEC_CLASS),
+                            tags.get(keys.TAG_SPEC_HASH))
 
 
 def _read_loss_record(path: Path) -> tuple[LossSeries, FingerprintRecord | None]:

@@ -26,7 +26,7 @@ from mlrepro.capture.environment import capture_environment
 from mlrepro.capture.losses import LossSeries
 from mlrepro.capture.own_run import recording_own_run
 from mlrepro.capture.seeding import seed_everything, seed_generators
-from mlrepro.capture.spec import BaseSpec
+from mlrepro.capture.spec import BaseSpec, DistributedSpec
 from mlrepro.errors import MlreproError, SpecError, redacted_uri
 from mlrepro.store import failures, opening, record
 from mlrepro.store.delivery import Pending
@@ -93,7 +93,7 @@ class _Ready:
 
 
 def _rank_device(spec: BaseSpec, device: torch.device, world: distributed.World) -> torch.device:
-    nproc = getattr(spec, "nproc", world.size)
+    nproc = spec.nproc if isinstance(spec, DistributedSpec) else world.size
     if nproc != world.size:  # the spec says what was computed: nproc is every process, on every node
         raise SpecError(f"nproc: must be the number of processes torchrun started on all nodes "
                         f"({world.size}), got {nproc}")
@@ -121,7 +121,7 @@ def _open(spec: BaseSpec, device: torch.device, world: distributed.World | None,
         run_id = mlflow.start_run(run_name=run_name).info.run_id
     try:
         seed_record = seed_everything(spec.seed, deterministic=spec.deterministic, threads=spec.threads)
-        group = distributed.facts(world, device, getattr(spec, "bucket_cap_mb", None)) if world is not None else {}
+        group = distributed.facts(world, device, _bucket_cap_mb(spec)) if world is not None else {}
         environment = capture_environment(extra={"run.device": str(device), **ready.code.facts(), **group})
         record.write_start(ready.client, run_id, spec, seed_record, environment, ready.code)
         tracked = TrackedRun(run_id, spec, device, seed_record, environment, ready.client, ready.resume, world)
@@ -208,7 +208,7 @@ def _save(tracked: TrackedRun, orders: Orders | None, interruption: Interruption
 def _follow_rank_0(spec: BaseSpec, device: torch.device, world: distributed.World) -> Iterator[RankRun]:
     """A rank other than 0: seeded like rank 0, its facts and losses handed to rank 0, no run of its own."""
     seed_record = seed_everything(spec.seed, deterministic=spec.deterministic, threads=spec.threads)
-    distributed.facts(world, device, getattr(spec, "bucket_cap_mb", None))
+    distributed.facts(world, device, _bucket_cap_mb(spec))
     run_id, resume = distributed.share_from_rank_0(None)  # type: ignore[misc]
     if resume is not None:  # rank 0 read the checkpoint; this rank goes on from its own generators
         ranks = resume.extra.get(distributed.RANKS_KEY)
@@ -244,3 +244,7 @@ def _interrupted(signum: int, tracked: TrackedRun) -> RunInterrupted:
     interrupted = RunInterrupted(signum)
     interrupted.run_id, interrupted.steps = tracked.run_id, tracked.first_step + tracked.steps_logged
     return interrupted
+
+
+def _bucket_cap_mb(spec: BaseSpec) -> float | None:
+    return spec.bucket_cap_mb if isinstance(spec, DistributedSpec) else None

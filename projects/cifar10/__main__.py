@@ -5,8 +5,8 @@ from mlrepro.store.zygote import prestart
 
 prestart()
 
-from mlrepro.capture.spec import Cifar10Spec
 from mlrepro.cli.job import job_command
+from projects.cifar10.spec import Cifar10Spec
 from projects.cifar10.train import train
 
 job_command(Cifar10Spec, train)(prog_name="python -m projects.cifar10")

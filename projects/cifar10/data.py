@@ -8,8 +8,8 @@ import torchvision
 import torchvision.transforms as transforms
 from torch.utils.data import Dataset, Subset
 
-from mlrepro.capture.spec import Cifar10Spec
 from mlrepro.errors import DatasetError, first_line
+from projects.cifar10.spec import Cifar10Spec
 
 TRAIN_SIZE, TEST_SIZE = 50_000, 10_000
 # FakeData seeds image i with random_offset + i; spacing the offsets by more than

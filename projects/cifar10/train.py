@@ -29,12 +29,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from mlrepro.capture.seeding import make_generator, seed_worker
-from mlrepro.capture.spec import Cifar10Spec
 from mlrepro.training.checkpoint import Checkpoint, capture_rng_state, restore_rng_state
 from mlrepro.training.progress import Progress
 from mlrepro.training.runs import TrackedRun
 from projects.cifar10.data import load_datasets
 from projects.cifar10.model import Net
+from projects.cifar10.spec import Cifar10Spec
 
 PRINT_EVERY = 2000  # mini-batches, as in the seed
 ACCURACY_METRIC = "test_accuracy"

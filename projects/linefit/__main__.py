@@ -5,8 +5,8 @@ from mlrepro.store.zygote import prestart
 
 prestart()
 
-from mlrepro.capture.spec import LineFitSpec
 from mlrepro.cli.job import job_command
+from projects.linefit.spec import LineFitSpec
 from projects.linefit.train import train
 
 job_command(LineFitSpec, train)(prog_name="python -m projects.linefit")

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from mlrepro.capture.spec import LineFitSpec
 from mlrepro.training.checkpoint import Checkpoint, capture_rng_state, restore_rng_state
 from mlrepro.training.runs import TrackedRun
+from projects.linefit.spec import LineFitSpec
 
 PRINT_EVERY = 100
 
