@@ -36,8 +36,8 @@ from mlflow.entities import Metric  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 import mlrepro  # noqa: E402
-from mlrepro.capture.spec import LineFitSpec  # noqa: E402
 from mlrepro.store import record  # noqa: E402
+from projects.linefit.spec import LineFitSpec  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the tests' servers: tests/helpers
 from tests.helpers.postgres import Postgres, postgres_bin  # noqa: E402
@@ -257,9 +257,9 @@ def fingerprint_cost(rounds: int = 3, steps: int = 3000, block_steps: int = 25) 
 
     import torchvision.datasets.cifar
 
-    from mlrepro.capture.spec import Cifar10Spec
     from mlrepro.training.watch import Watch
     from projects.cifar10.model import Net
+    from projects.cifar10.spec import Cifar10Spec
     from projects.cifar10.train import train
     from tests.helpers.cifar_files import write_cifar10
 

@@ -74,3 +74,28 @@ def test_an_import_inside_a_function_says_why(path: Path) -> None:
     block of imports says so."""
     silent = _deferred_imports_without_a_reason(path.read_text())
     assert not silent, "\n".join(silent)
+
+
+_IMPORT_EVERYTHING = """
+import glob, sys
+import mlrepro
+for name in mlrepro.__all__:
+    getattr(mlrepro, name)
+children = [child for path in glob.glob('/proc/self/task/*/children') for child in open(path).read().split()]
+loaded = sorted(name for name in sys.modules if name.startswith('mlrepro.'))
+print(len(mlrepro.__all__), len(loaded), ' '.join(children))
+"""
+
+
+@pytest.mark.e2e
+def test_importing_every_public_name_starts_no_process() -> None:
+    """A notebook that imports mlrepro gets no background process it never asked for: the writers'
+    zygote starts when a run opens (or when ``prestart()`` is called), never on import."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", _IMPORT_EVERYTHING], capture_output=True, text=True, check=True,
+                            cwd=PACKAGE.parent)
+    names, loaded, *children = result.stdout.split()
+    assert int(names) > 40 and int(loaded) > 20  # everything public was imported
+    assert children == [], f"importing mlrepro started processes {children}"

@@ -109,8 +109,9 @@ def find(
 ) -> None:
     """List runs, newest first: of a spec (file or FIELD=VALUE words, defaults filled in), hash, or experiment.
 
-    `mlrepro find --job linefit seed=3` finds every run of the default line fit with seed 3.
-    For a job whose spec class is not importable here, FIELD=VALUE match the logged params as text.
+    `mlrepro find --job linefit seed=3` finds every line-fit run with seed 3: FIELD=VALUE match the logged
+    params as text, since reading runs never imports a job's code (find_runs(spec=...) in Python fills in
+    a spec's defaults).
     """
     # MLflow only when the command runs: `mlrepro --help` stays light
     from mlrepro.review.runs import find_runs
