@@ -31,21 +31,13 @@ def run_job(spec: BaseSpec, train: TrainFunction) -> None:
     from mlrepro.capture.code import mark_job_command_line
     from mlrepro.training import distributed
     from mlrepro.training.signals import RunInterrupted
-    from mlrepro.training.tracking import start_run
+    from mlrepro.training.tracking import checked_before_opening, start_run
 
     nproc = spec.nproc if isinstance(spec, DistributedSpec) else 1
     if nproc > 1 and not distributed.launched_by_torchrun():
-        # What would fail on every rank is said here, once, before torchrun starts them.
-        import mlflow
-
-        from mlrepro.store import opening, spool
-        from mlrepro.training.checkpoint import newest_checkpoint
-
-        spool.store_wait_s()
-        spool.ready_root()
-        client = opening.ready_store(mlflow.get_tracking_uri())
-        if spec.resume_from:
-            newest_checkpoint(client, spec)  # the run, its spec and its checkpoint
+        # What would fail on every rank is said here, once, before torchrun starts them: the checks
+        # start_run makes before a run exists.
+        checked_before_opening(spec)
         distributed.relaunch_under_torchrun(nproc)  # the same command, once a rank, under torchrun
     mark_job_command_line()
     try:

@@ -74,7 +74,7 @@ def start_run(spec: BaseSpec, *, run_name: str | None = None) -> Iterator[Tracke
         if not world.owns_run:
             yield from _follow_rank_0(spec, device, world)
             return
-    ready = _checked_before_opening(spec)
+    ready = checked_before_opening(spec)
     tracked = _open(spec, device, world, ready, run_name)
     yield from _train(tracked, ready.orders)
 
@@ -100,8 +100,10 @@ def _rank_device(spec: BaseSpec, device: torch.device, world: distributed.World)
     return distributed.rank_device(device, world)
 
 
-def _checked_before_opening(spec: BaseSpec) -> _Ready:
-    """Bad input and an unusable store or checkpoint are said before a run exists."""
+def checked_before_opening(spec: BaseSpec) -> _Ready:
+    """Bad input and an unusable store or checkpoint are said before a run exists: a bad
+    ``MLREPRO_STORE_WAIT_S``, a spool that cannot be written, a store that does not open, and for
+    ``resume_from`` the run, its spec and its checkpoint. What start_run needs next, read."""
     store_wait_s()  # a bad MLREPRO_STORE_WAIT_S is bad input
     ready_root()
     orders = read_orders()
