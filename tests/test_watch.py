@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -89,18 +90,36 @@ def test_every_way_gives_numpys_numbers_for_every_dtype_and_layout(dtype: torch.
             == Fingerprinter(tensors, CPU, compiled=False).hash(with_one_missing).tolist())
 
 
+def test_an_install_without_the_kernel_says_so_once_and_computes_the_same_numbers(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tensors = [torch.randn(5), torch.randn(3, 4)]
+    expected = Fingerprinter(tensors, CPU).hash(tensors).tolist()
+    monkeypatch.setattr(watch, "_wordhash", None)
+    monkeypatch.setattr(watch, "_said_missing", False)
+    with pytest.warns(RuntimeWarning, match="compiled fingerprint hash was not built"):
+        assert Fingerprinter(tensors, CPU).hash(tensors).tolist() == expected
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once a process, not at every run
+        Fingerprinter(tensors, CPU)
+
+
 @pytest.mark.skipif(watch._wordhash is None, reason=NOT_BUILT)
-def test_the_kernel_refuses_counts_it_has_no_weights_for() -> None:
-    """It reads raw addresses: what it can check (lengths, counts against the weights) it checks."""
+def test_the_kernel_reads_nothing_beyond_what_it_is_given() -> None:
+    """It takes buffers, not addresses, and checks every length itself: a buffer longer than the
+    weights, one not a whole number of words, one not contiguous, or an out of another length is
+    refused before anything is read, whatever the caller passes."""
     words, weights, out = np.arange(8, dtype=np.int32), np.ones(4, dtype=np.int32), np.zeros(1, dtype=np.uint32)
-    with pytest.raises(ValueError):
-        watch._wordhash.hash_words([words.ctypes.data], np.array([8]), weights, out)
-    with pytest.raises(ValueError):
-        watch._wordhash.hash_words([words.ctypes.data, 0], np.array([4]), weights, out)
+    for buffers, error in [([words], ValueError), ([np.arange(5, dtype=np.int8)], ValueError),
+                           ([words[:8:2]], ValueError), ([words[:4], None], ValueError), ([4096], TypeError)]:
+        with pytest.raises(error):
+            watch._wordhash.hash_words(buffers, weights, out)
     with pytest.raises(TypeError):
-        watch._wordhash.hash_words([words.ctypes.data], np.array([4], dtype=np.int32), weights, out)
-    watch._wordhash.hash_words([words.ctypes.data], np.array([4]), weights, out)
+        watch._wordhash.hash_words([words[:4]], weights.astype(np.int64), out)
+    watch._wordhash.hash_words([words[:4]], weights, out)
     assert out.tolist() == [0 + 1 + 2 + 3]
+    watch._wordhash.hash_words([None], weights, out)  # left as it was
+    assert out.tolist() == [6]
 
 
 def test_kept_tensors_are_hashed_as_they_are_now_after_updates_in_place_and_a_new_storage() -> None:

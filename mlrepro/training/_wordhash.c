@@ -47,68 +47,56 @@ buffer_of(PyObject *object, Py_buffer *view, int writable, Py_ssize_t itemsize, 
 }
 
 PyDoc_STRVAR(hash_words_doc,
-"hash_words(addresses, counts, weights, out)\n\n"
-"For each i with addresses[i] != 0: out[i] = sum of word[j] * weights[j] for j < counts[i],\n"
-"modulo 2**32, where word[j] is the j-th 32-bit word at the address addresses[i].\n"
-"addresses: a list of ints, each the address of counts[i] readable words (a live,\n"
-"contiguous tensor's data_ptr()); counts: int64 array; weights: 32-bit array at least\n"
-"as long as the largest count; out: writable uint32 array. Entries with address 0 are\n"
-"left as they are.");
+"hash_words(buffers, weights, out)\n\n"
+"For each i with buffers[i] not None: out[i] = sum of word[j] * weights[j] over the 32-bit\n"
+"words of buffers[i], modulo 2**32. buffers: a sequence of C-contiguous objects with the\n"
+"buffer protocol (NumPy arrays of a tensor's words), each a whole number of words and no\n"
+"longer than weights; weights: 32-bit array; out: writable uint32 array as long as buffers.\n"
+"Entries that are None are left as they are. Every length is checked: nothing is read\n"
+"beyond a buffer, whatever is passed.");
 
 static PyObject *
 hash_words(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "hash_words(addresses, counts, weights, out)");
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "hash_words(buffers, weights, out)");
         return NULL;
     }
-    PyObject *addresses = PySequence_Fast(args[0], "addresses: a sequence of ints");
-    if (addresses == NULL)
+    PyObject *buffers = PySequence_Fast(args[0], "buffers: a sequence of buffers or None");
+    if (buffers == NULL)
         return NULL;
-    Py_buffer counts, weights, out;
-    if (buffer_of(args[1], &counts, 0, 8, "counts") < 0) {
-        Py_DECREF(addresses);
-        return NULL;
-    }
-    if (buffer_of(args[2], &weights, 0, 4, "weights") < 0) {
-        PyBuffer_Release(&counts);
-        Py_DECREF(addresses);
+    Py_buffer weights, out;
+    if (buffer_of(args[1], &weights, 0, 4, "weights") < 0) {
+        Py_DECREF(buffers);
         return NULL;
     }
-    if (buffer_of(args[3], &out, 1, 4, "out") < 0) {
+    if (buffer_of(args[2], &out, 1, 4, "out") < 0) {
         PyBuffer_Release(&weights);
-        PyBuffer_Release(&counts);
-        Py_DECREF(addresses);
+        Py_DECREF(buffers);
         return NULL;
     }
-    Py_ssize_t tensors = PySequence_Fast_GET_SIZE(addresses);
+    Py_ssize_t tensors = PySequence_Fast_GET_SIZE(buffers);
     Py_ssize_t weight_count = weights.len / 4;
-    const int64_t *count_of = (const int64_t *)counts.buf;
     uint32_t *result = (uint32_t *)out.buf;
-    PyObject *failed = NULL;
-    if (counts.len / 8 != tensors || out.len / 4 != tensors)
-        failed = PyExc_ValueError;
-    for (Py_ssize_t i = 0; failed == NULL && i < tensors; i++)
-        if (count_of[i] < 0 || count_of[i] > weight_count)
-            failed = PyExc_ValueError;
-    if (failed != NULL) {
-        PyErr_SetString(failed, "addresses, counts and out must be as long, each count between 0 and len(weights)");
-    } else {
-        for (Py_ssize_t i = 0; i < tensors; i++) {
-            PyObject *item = PySequence_Fast_GET_ITEM(addresses, i);
-            uintptr_t address = (uintptr_t)PyLong_AsVoidPtr(item);
-            if (address == 0) {
-                if (PyErr_Occurred())
-                    break;
-                continue;
-            }
-            result[i] = weighted_sum((const uint32_t *)address, (const uint32_t *)weights.buf, count_of[i]);
-        }
+    if (out.len / 4 != tensors)
+        PyErr_SetString(PyExc_ValueError, "out must be as long as buffers");
+    for (Py_ssize_t i = 0; !PyErr_Occurred() && i < tensors; i++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(buffers, i);
+        if (item == Py_None)
+            continue;
+        Py_buffer words;
+        if (PyObject_GetBuffer(item, &words, PyBUF_C_CONTIGUOUS) < 0)
+            break;
+        if (words.len % 4 != 0 || words.len / 4 > weight_count)
+            PyErr_Format(PyExc_ValueError, "buffers[%zd]: %zd bytes is not a whole number of words, or more "
+                         "words than the %zd weights", i, words.len, weight_count);
+        else
+            result[i] = weighted_sum((const uint32_t *)words.buf, (const uint32_t *)weights.buf, words.len / 4);
+        PyBuffer_Release(&words);
     }
     PyBuffer_Release(&out);
     PyBuffer_Release(&weights);
-    PyBuffer_Release(&counts);
-    Py_DECREF(addresses);
+    Py_DECREF(buffers);
     if (PyErr_Occurred())
         return NULL;
     Py_RETURN_NONE;

@@ -8,8 +8,9 @@ included, always changes it: ``w_i * d`` is never 0 modulo 2**32 for odd ``w_i``
 ``0 < |d| < 2**32``. Many words differing at once collide with probability about 2**-32.
 
 The cost is what matters, so it is made of few, large operations. On the CPU a compiled
-kernel (``mlrepro/_wordhash.c``, built when mlrepro is installed where a C compiler is at
-hand) reads every tensor once, where it lies, in one call for all of them. Without it
+kernel (``mlrepro/training/_wordhash.c``, built when mlrepro is installed where a C compiler is
+at hand) reads every tensor once, where it lies, in one call for all of them; it takes them as
+buffers and checks every length, so nothing passed to it makes it read past one. Without it
 NumPy computes the same numbers: each tensor is read through a NumPy view, its words
 times the weights go into one buffer (NumPy's int32 multiplication is vectorised; 64-bit
 multiplication is not), and one ``reduceat`` sums each tensor's part, wrapping in uint32.
@@ -21,16 +22,16 @@ the same numbers (the tests run each of them on the CPU). On a GPU the results s
 device and come to the host a block of steps at a time, like the losses: the loop is not
 synchronised every step.
 
-Measured (benchmarks/), for the CIFAR-10 CNN's 20 tensors (124,000 words) right after
-backward, on this project's 2-core machine: 0.04 ms inside the compiled hash against 0.15 ms
-with NumPy in the CNN's compute-alone loop; in the job, its loader's workers on the same
-cores, 0.08 ms, and 3.0 % of the step at ``fingerprint_every=1`` (NumPy: 6.7 %). There the
-tensors and the interpreter's code are out of the caches, and NumPy's many calls cost more
-than its arithmetic.
+Measured (benchmarks/, ``--only costs``), for the CIFAR-10 CNN's 20 tensors (124,000 words) right
+after backward, on this project's 2-core machine: 0.07 ms with the compiled kernel, 0.12 ms with
+NumPy, and 0.10 ms for xxhash's xxh3_64 over each tensor's bytes, which is another hash (no GPU
+kernel, and not the fingerprints earlier runs logged). In the job, its loader's workers on the same
+cores, fingerprints at every step cost 4.2 % of the step.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -109,6 +110,19 @@ class _Group:
     widen: bool
 
 
+_said_missing = False
+
+
+def _say_the_kernel_is_missing() -> None:
+    """Once a process: the install fell back to NumPy (no C compiler or Python headers at hand)."""
+    global _said_missing
+    if not _said_missing:
+        _said_missing = True
+        warnings.warn("mlrepro's compiled fingerprint hash was not built when it was installed (no C compiler or "
+                      "Python headers): NumPy computes the same fingerprints, about twice as slowly; reinstall "
+                      "mlrepro where gcc and python3-dev are at hand to build it", RuntimeWarning, stacklevel=3)
+
+
 class Fingerprinter:
     """Hashes a fixed list of tensor shapes and dtypes (a model's parameters and their gradients)."""
 
@@ -125,6 +139,8 @@ class Fingerprinter:
         if compiled and _wordhash is None:
             raise RuntimeError("mlrepro.training._wordhash was not built: mlrepro was installed without a C compiler")
         self.compiled = self.on_host and _wordhash is not None and compiled is not False
+        if self.on_host and compiled is None and _wordhash is None:
+            _say_the_kernel_is_missing()
         if self.on_host:
             self._init_host(tensors)
         else:
@@ -160,11 +176,6 @@ class Fingerprinter:
         # (tensor, its address, its words) of the kept tensors: made again only if it is another
         # object or its storage moved (``p.data = ...``).
         self._kept_views: list[tuple[torch.Tensor, int, np.ndarray | None] | None] = [None] * self.kept
-        # For the compiled kernel: each tensor's count of words, where they lie in memory as the
-        # hash reads them (elements of 4, 8 or 16 bytes; 0: NumPy's way, a narrower dtype widened
-        # to words, or nothing to read).
-        self._word_counts = np.array([count if t.numel() and t.element_size() % 4 == 0 else 0
-                                      for t, count in zip(tensors, words)], dtype=np.int64)
         self._weights_np = weights
 
     def _init_device(self, tensors: list[torch.Tensor], device: torch.device) -> None:
@@ -207,25 +218,28 @@ class Fingerprinter:
         self._running = torch.zeros(blocks + 1, dtype=torch.int64, device=device)
 
     def _hash_compiled(self, tensors: list[torch.Tensor | None]) -> np.ndarray:
-        """Every tensor whose words lie in its own contiguous CPU memory, in one call of the kernel
-        (which reads ``data_ptr()`` directly, so nothing else may reach it); the rest with NumPy."""
-        addresses, elsewhere = [], []
-        strided = torch.strided
-        for column, (tensor, (shape, dtype), count) in enumerate(zip(tensors, self.layout, self._word_counts)):
-            if (count and tensor is not None and tensor.dtype is dtype and tensor.is_cpu and tensor.layout is strided
-                    and tensor.is_contiguous() and tensor.shape == shape):
-                addresses.append(tensor.data_ptr())
+        """Every tensor's words in one call of the kernel, which takes them as buffers and checks
+        every length itself: a tensor's own memory where its words lie there (a parameter's view
+        made once), else NumPy's copy of them (not contiguous, a narrower dtype widened)."""
+        kept = self._kept_views
+        buffers: list[np.ndarray | None] = []
+        for column, (tensor, (weights, _, _)) in enumerate(zip(tensors, self._host_columns)):
+            if weights is None or tensor is None:
+                buffers.append(None)  # empty, or missing: its fingerprint is 0
+            elif column < self.kept:
+                view = kept[column]
+                if view is None or view[0] is not tensor or view[1] != tensor.data_ptr():
+                    view = kept[column] = (tensor, tensor.data_ptr(), _own_words(tensor, weights.shape))
+                buffers.append(view[2] if view[2] is not None else _host_words(tensor))
+            elif tensor.element_size() % 4 == 0 and tensor.is_contiguous() and not tensor.requires_grad:
+                try:  # the common case in one call: a gradient's own memory, read as bytes by the kernel
+                    buffers.append(tensor.numpy())
+                except (RuntimeError, TypeError):  # a dtype NumPy lacks, a tensor not on the CPU
+                    buffers.append(_host_words(tensor))
             else:
-                addresses.append(0)
-                elsewhere.append(column)
+                buffers.append(_host_words(tensor))
         fingerprints = np.zeros(len(tensors), dtype=np.uint32)
-        _wordhash.hash_words(addresses, self._word_counts, self._weights_np, fingerprints)
-        for column in elsewhere:
-            weights, slot, _ = self._host_columns[column]
-            tensor = tensors[column]
-            if weights is not None and tensor is not None:
-                np.multiply(_host_words(tensor.detach().cpu()).reshape(weights.shape), weights, out=slot)
-                fingerprints[column] = np.add.reduce(slot.reshape(-1).view(np.uint32), dtype=np.uint32)
+        _wordhash.hash_words(buffers, self._weights_np, fingerprints)
         return fingerprints
 
     def _hash_on_host(self, tensors: list[torch.Tensor | None]) -> np.ndarray:
