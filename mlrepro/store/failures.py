@@ -68,8 +68,8 @@ def kind_of(err: BaseException) -> Failure:
     return Failure.TRANSIENT
 
 
-def is_missing_run(err: BaseException) -> bool:
-    """Whether the store's error says the run does not exist (or its id is malformed)."""
+def is_missing(err: BaseException) -> bool:
+    """Whether the store answered that the run (or experiment) does not exist, or its id cannot be one."""
     return kind_of(err) is Failure.MISSING_RUN
 
 
@@ -91,7 +91,7 @@ def store_errors(client: _HasStore, run_id: str | None = None, context: str = ""
     except Exception as err:
         if not isinstance(err, store_failures()):
             raise
-        if run_id is not None and is_missing_run(err):
+        if run_id is not None and is_missing(err):
             raise RunNotFoundError(
                 f"{context}no run {run_id!r} in the tracking store {redacted_uri(client.tracking_uri)}") from err
         raise TrackingError(describe(client.tracking_uri, err)) from err

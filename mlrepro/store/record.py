@@ -22,6 +22,7 @@ only read stay light.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -35,7 +36,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.environment_variables import MLFLOW_RUN_ID
-from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
@@ -51,7 +51,7 @@ from mlrepro.errors import (
     redacted,
 )
 from mlrepro.store import keys
-from mlrepro.store.failures import store_errors
+from mlrepro.store.failures import store_errors, store_failures
 from mlrepro.store.opening import resolve_run_id
 from mlrepro.store.process import identity, liveness
 
@@ -221,10 +221,8 @@ def write_resume_links(client: MlflowClient, run_id: str, resumed_from: str, ste
 
 def write_error(client: RunWriter, run_id: str, message: str) -> None:
     """Why a run stopped, on the run. Best effort: a store that fails must not hide the error."""
-    try:
+    with contextlib.suppress(*store_failures()):
         client.set_tag(run_id, keys.TAG_ERROR, one_line(redacted(message))[:_TAG_LIMIT])
-    except (MlflowException, OSError):
-        pass
 
 
 def write_launcher_error(message: str) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from mlflow.entities import Run, ViewType
-from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from mlrepro.errors import (
@@ -13,7 +12,7 @@ from mlrepro.errors import (
     redacted_uri,
 )
 from mlrepro.store import keys
-from mlrepro.store.failures import store_errors
+from mlrepro.store.failures import is_missing, store_errors, store_failures
 
 
 def search(
@@ -44,7 +43,9 @@ def _experiment_ids(client: MlflowClient, experiment: str | None) -> list[str]:
     if found is None and experiment.isdigit():
         try:
             found = client.get_experiment(experiment)
-        except MlflowException:
+        except store_failures() as err:
+            if not is_missing(err):  # RESOURCE_DOES_NOT_EXIST: no such experiment, said below
+                raise
             found = None
     if found is None:
         raise ExperimentNotFoundError(f"no experiment named or numbered {experiment!r} in {redacted_uri(client.tracking_uri)}")
