@@ -40,6 +40,7 @@ _EXPORTS = {
         "register_job", "registered_jobs",
     ],
     "mlrepro.training.tracking": ["start_run"],
+    "mlrepro.store.zygote": ["prestart"],
     "mlrepro.training.runs": ["RankRun", "RunHandle", "TrackedRun"],
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
@@ -110,4 +111,5 @@ if TYPE_CHECKING:
         restore_rng_state,
     )
     from mlrepro.training.runs import RankRun, RunHandle, TrackedRun
+    from mlrepro.store.zygote import prestart
     from mlrepro.training.tracking import start_run

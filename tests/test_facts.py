@@ -15,7 +15,14 @@ from mlrepro.analysis.diagnosis import differences
 from mlrepro.capture.code import capture_code
 from mlrepro.capture.environment import COLLECTORS, capture_environment
 from mlrepro.capture.facts import FACTS, Category, Source, declared, keys_from
-from mlrepro.capture.spec import BaseSpec, DistributedSpec, Role, build_spec, carried_out_fields, role
+from mlrepro.capture.spec import (
+    BaseSpec,
+    DistributedSpec,
+    Role,
+    build_spec,
+    carried_out_fields,
+    role,
+)
 from mlrepro.replay.reproduce import environment_drift
 from mlrepro.training import distributed
 from projects.cifar10.spec import Cifar10Spec

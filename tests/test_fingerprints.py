@@ -10,12 +10,8 @@ import json
 import mlflow
 import numpy as np
 
-from mlrepro.capture.fingerprints import (
-    GRADIENT,
-    PARAMETER,
-    FingerprintRecord,
-    compare_fingerprints,
-)
+from mlrepro.analysis.tensors import compare_fingerprints
+from mlrepro.capture.fingerprints import GRADIENT, PARAMETER, FingerprintRecord
 from mlrepro.cli.main import main
 from tests.conftest import PlantedRuns, run_here
 

@@ -15,10 +15,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, computed_field
 
 from mlrepro.analysis.diagnosis import Difference, diagnose, differences
-from mlrepro.capture.fingerprints import (
-    TensorComparison,
-    compare_fingerprints,
-)
+from mlrepro.analysis.tensors import TensorComparison, compare_fingerprints
 from mlrepro.capture.logged import LoggedRun
 from mlrepro.capture.losses import LossSeries, as_the_store_keeps
 from mlrepro.capture.spec import BaseSpec

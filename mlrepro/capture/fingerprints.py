@@ -1,6 +1,7 @@
-"""Per-tensor fingerprints of a run, and where two runs' fingerprints first part.
+"""Per-tensor fingerprints of a run.
 
-Pure: NumPy arrays in, a typed verdict out; no torch, no MLflow. Taking the
+Pure: NumPy arrays; no torch, no MLflow. Where two runs' fingerprints part is
+``mlrepro.analysis.tensors``'s question. Taking the
 fingerprints on the device is ``mlrepro.training.watch``'s job, storing them
 ``mlrepro.store.record``'s (beside the losses, in the exact record).
 
@@ -15,17 +16,13 @@ that the weights differ while the losses are still the same.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
 
 PARAMETER = "parameter"
 GRADIENT = "gradient"
 # At most this many differing tensors are named in a comparison; the count says the rest.
 NAMED_AT_MOST = 20
-
-Phase = Literal["initial weights", "backward", "optimizer", "between fingerprints"]
 
 
 @dataclass(frozen=True)
@@ -70,78 +67,3 @@ class FingerprintRecord:
         return place, self.names.index(self.names[column]), 0 if self.kinds[column] == PARAMETER else 1
 
 
-class TensorComparison(BaseModel):
-    """Where two runs' per-tensor fingerprints first differ, and what that says."""
-
-    model_config = ConfigDict(frozen=True)
-
-    identical: bool
-    steps_compared: int  # fingerprinted steps both runs have
-    tensors_compared: int  # tensors both runs fingerprint
-    first_divergent_step: int | None
-    tensor: str | None  # the first tensor, in forward order, that differs at that step
-    kind: Literal["parameter", "gradient"] | None
-    phase: Phase | None
-    explanation: str
-    differing_tensors: list[str]  # "conv1.weight (gradient)", forward order, at most NAMED_AT_MOST
-    differing_count: int  # how many tensors differ at that step
-    previous_step_compared: int | None  # the fingerprinted step before it, where all were equal
-
-
-def compare_fingerprints(a: FingerprintRecord, b: FingerprintRecord) -> TensorComparison:
-    """Compare, bit for bit, the fingerprints both runs took of the same tensors at the same steps."""
-    columns_b = {column: i for i, column in enumerate(b.columns)}
-    shared = [(i, columns_b[column]) for i, column in enumerate(a.columns) if column in columns_b]
-    common, rows_a, rows_b = np.intersect1d(a.steps, b.steps, assume_unique=True, return_indices=True)
-    if not shared or not len(common):
-        return TensorComparison(identical=True, steps_compared=len(common), tensors_compared=len(shared),
-                                first_divergent_step=None, tensor=None, kind=None, phase=None,
-                                explanation="no fingerprints of the same tensors at the same steps in both runs",
-                                differing_tensors=[], differing_count=0, previous_step_compared=None)
-    columns_a = np.array([i for i, _ in shared])
-    differs = a.values[np.ix_(rows_a, columns_a)] != b.values[np.ix_(rows_b, [j for _, j in shared])]
-    differing_rows = np.flatnonzero(differs.any(axis=1))
-    if not len(differing_rows):
-        return TensorComparison(identical=True, steps_compared=len(common), tensors_compared=len(shared),
-                                first_divergent_step=None, tensor=None, kind=None, phase=None,
-                                explanation=f"every fingerprint of {len(shared)} tensors at {len(common)} steps is the same",
-                                differing_tensors=[], differing_count=0, previous_step_compared=None)
-    row = int(differing_rows[0])
-    step = int(common[row])
-    previous = int(common[row - 1]) if row > 0 else None
-    found = sorted((int(columns_a[k]) for k in np.flatnonzero(differs[row])), key=a.forward_rank)
-    gradients = [column for column in found if a.kinds[column] == GRADIENT]
-    parameters = [column for column in found if a.kinds[column] == PARAMETER]
-    phase, first, explanation = _phase(step, previous, int(a.steps[0]), parameters, gradients, a)
-    return TensorComparison(
-        identical=False, steps_compared=len(common), tensors_compared=len(shared), first_divergent_step=step,
-        tensor=a.names[first], kind=a.kinds[first], phase=phase, explanation=explanation,  # type: ignore[arg-type]
-        differing_tensors=[f"{a.names[c]} ({a.kinds[c]})" for c in found[:NAMED_AT_MOST]],
-        differing_count=len(found), previous_step_compared=previous,
-    )
-
-
-def _phase(step: int, previous: int | None, first_step: int, parameters: list[int], gradients: list[int],
-           record: FingerprintRecord) -> tuple[Phase, int, str]:
-    """Which part of training computed otherwise, from what differs first.
-
-    The fingerprints of a step are taken after backward, before the update: the weights
-    are those the step's forward used. Weights that differ with every earlier fingerprint
-    equal were changed by the update after the step before (or, at the first step, made
-    otherwise); equal weights with a differing gradient mean forward or backward differed."""
-    if parameters:
-        first = parameters[0]
-        name = record.names[first]
-        if previous is None and step == first_step:
-            return "initial weights", first, (f"the weights differ before the first update ({name} first): "
-                                              "the model was initialised, or loaded, otherwise")
-        if previous == step - 1:
-            return "optimizer", first, (f"the gradients of step {previous} were the same, but the update made other "
-                                        f"weights ({name} first): the optimizer computed otherwise")
-        since = f"step {previous}" if previous is not None else "the run's first step"
-        return "between fingerprints", first, (
-            f"the weights differ ({name} first), and the fingerprints before were taken at {since}: a gradient or "
-            "an update in between parted first; fingerprint_every=1, or mlrepro bisect, says which")
-    first = gradients[0]
-    return "backward", first, (f"the weights were the same, but the gradient of {record.names[first]} differs first: "
-                               "the step's forward or backward computed otherwise")

@@ -30,7 +30,6 @@ from mlrepro.store import checkpoints, record
 from mlrepro.training.orders import Leg, LegReport, Orders, Scratch, job_command
 
 
-
 class LegVerdict(BaseModel):
     """One line of the verdict table."""
 
