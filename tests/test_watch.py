@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -223,3 +224,70 @@ def test_watching_again_replaces_the_old_watch_and_a_model_converted_after_watch
         model(torch.ones(4, 2, dtype=torch.float64)).sum().backward()
         optimizer.step()
     assert len(first.record()) == 0 and len(second.record()) == 2
+
+
+def _by_hand_and_watched(make_optimizer: Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer],
+                         steps: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """The same training twice: fingerprints taken by hand after each step's backward, and by a
+    watch that follows the optimizer, which calls a closure."""
+    x, y = torch.linspace(-1, 1, 16).reshape(16, 1), torch.linspace(0, 3, 16).reshape(16, 1)
+    records = []
+    for by_hand in (True, False):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(1, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+        optimizer = make_optimizer(list(model.parameters()))
+        watch = Watch(model, every=1, first_step=0)
+
+        def closure() -> torch.Tensor:
+            optimizer.zero_grad()
+            loss = torch.nn.functional.mse_loss(model(x), y)
+            loss.backward()
+            return loss
+
+        if not by_hand:
+            watch.follow(optimizer)
+        for _ in range(steps):
+            if by_hand:
+                closure()
+                watch.step()  # after backward, before the update: what a loop without hooks does
+            optimizer.step(closure)
+        records.append(watch.record())
+        watch.close()
+    hand, watched = records
+    assert hand.steps.tolist() == watched.steps.tolist() == list(range(steps))
+    return hand.values, watched.values
+
+
+@pytest.mark.parametrize("make_optimizer", [
+    pytest.param(lambda params: torch.optim.LBFGS(params, lr=0.1, max_iter=3), id="LBFGS"),
+    pytest.param(lambda params: torch.optim.SGD(params, lr=0.1, momentum=0.9), id="SGD with a closure"),
+])
+def test_gradients_are_fingerprinted_after_a_closures_backward_as_by_hand(
+    make_optimizer: Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]
+) -> None:
+    """LBFGS and Lightning call backward inside optimizer.step(closure): a pre-hook alone would see
+    no gradient at step 0 and the last step's after that."""
+    hand, watched = _by_hand_and_watched(make_optimizer)
+    assert (hand == watched).all()
+    assert (hand[:, hand.shape[1] // 2:] != 0).all()  # the gradients were there to fingerprint
+
+
+def test_a_step_whose_closure_is_never_called_still_counts() -> None:
+    class IgnoresItsClosure(torch.optim.Optimizer):
+        def __init__(self, params: object) -> None:
+            super().__init__(params, {"lr": 0.1})
+
+        @torch.no_grad()
+        def step(self, closure: object = None) -> None:  # type: ignore[override]
+            for group in self.param_groups:
+                for parameter in group["params"]:
+                    parameter.sub_(0.1 * parameter.grad)
+
+    model = torch.nn.Linear(2, 1)
+    optimizer = IgnoresItsClosure(model.parameters())
+    watch = Watch(model, every=1, first_step=0)
+    watch.follow(optimizer)
+    model(torch.ones(1, 2)).sum().backward()
+    optimizer.step(lambda: None)  # never called: no fingerprint, but the step is counted
+    optimizer.step()  # no closure: fingerprinted at once, as step 1
+    assert watch.record().steps.tolist() == [1] and watch.next_step == 2

@@ -116,15 +116,14 @@ class TrackedRun:
         """Fingerprint ``model``'s parameters and gradients every ``spec.fingerprint_every`` steps,
         so that compare can say which tensor parted first, and when. One call, before the loop.
 
-        With ``optimizer``, a fingerprint is taken inside every ``optimizer.step()``, before it
-        updates anything; a loop that updates the weights itself calls ``run.fingerprint()`` once
+        With ``optimizer``, a fingerprint is taken inside every ``optimizer.step()``, after backward
+        and before it updates anything, a closure's backward included (LBFGS, Lightning); a loop that updates the weights itself calls ``run.fingerprint()`` once
         a step, after backward and before the update. Both count the steps from the run's first."""
         if self._watch is not None:  # watched again: the new model (and optimizer) replace the old
             self._watch.close()
         self._watch = Watch(model, self.spec.fingerprint_every, self.first_step)
         if optimizer is not None:
-            watch = self._watch
-            watch.hooks.append(optimizer.register_step_pre_hook(lambda _optimizer, _args, _kwargs: watch.step()))
+            self._watch.follow(optimizer)
 
     def stop_after(self, steps: int) -> None:
         """End the loop (``StopRequested``) once steps 0 .. ``steps - 1`` are logged: a leg of ``mlrepro

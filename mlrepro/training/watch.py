@@ -340,6 +340,45 @@ class Watch:
         if len(self._device_rows) == DEVICE_BLOCK_STEPS:
             self._bring_home()
 
+    def follow(self, optimizer: torch.optim.Optimizer) -> None:
+        """Fingerprint inside every ``optimizer.step()``, after backward and before any update.
+
+        Without a closure, backward is done when ``step`` is called: the pre-hook fingerprints. With
+        one (LBFGS; Lightning, which always passes its training step as the closure), backward runs
+        inside the closure, after the pre-hook: the closure is wrapped so that the fingerprint is
+        taken when it first returns, at the weights the step started from. A step whose closure is
+        never called still counts, without a fingerprint."""
+        awaiting = False
+
+        def before(_optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+            nonlocal awaiting
+            # torch passes step's own arguments, the optimizer first: (optimizer, closure) or closure=...
+            closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
+            if closure is None:
+                self.step()
+                return None
+            awaiting = True
+
+            def fingerprinted(*closure_args: object, **closure_kwargs: object) -> object:
+                nonlocal awaiting
+                result = closure(*closure_args, **closure_kwargs)
+                if awaiting:  # the first evaluation: this step's gradients, at its starting weights
+                    awaiting = False
+                    self.step()
+                return result
+
+            if "closure" in kwargs:
+                return args, {**kwargs, "closure": fingerprinted}
+            return (args[0], fingerprinted, *args[2:]), kwargs
+
+        def after(_optimizer: torch.optim.Optimizer, _args: tuple, _kwargs: dict) -> None:
+            nonlocal awaiting
+            if awaiting:
+                awaiting = False
+                self.next_step += 1
+
+        self.hooks += [optimizer.register_step_pre_hook(before), optimizer.register_step_post_hook(after)]
+
     def _bring_home(self) -> None:
         if self._device_rows:
             block = torch.stack(self._device_rows).cpu().numpy().astype(np.uint32)  # one sync a block
