@@ -134,8 +134,25 @@ def bisect_runs(run_a: str, run_b: str, client: MlflowClient | None = None,
         traces = [_replay(client, scratch, run, name, start, divergent, project) for name, run in (("A", a), ("B", b))]
     finally:
         scratch.close()
+    for name, events in zip("AB", traces):
+        refuse_unless_traced(events, name, divergent)
     return BisectResult(run_a=a.run_id, run_b=b.run_id, first_divergent_step=divergent, checkpoint_step=start,
                         replayed_steps=divergent - start + 1, difference=first_difference(*traces))
+
+
+def refuse_unless_traced(events: list[dict[str, Any]], name: str, step: int) -> None:
+    """Two replays that traced nothing of the step where the runs part cannot be said to agree there:
+    say what the replay traced instead."""
+    if any(event["step"] == step for event in events):
+        return
+    if not events:
+        seen = "nothing: no module with trainable parameters ran a training forward"
+    else:
+        steps = sorted({event["step"] for event in events})
+        modules = sorted({str(event["where"]).split(":")[0].split(".")[0] for event in events})
+        seen = f"steps {steps[0]}..{steps[-1]} only, of {', '.join(modules[:5])}"
+    raise BisectError(f"the replay of run {name} traced no event of step {step}, where the runs part (it traced "
+                      f"{seen}); call run.watch(model) so that the replay follows the model the job trains")
 
 
 def _replay(client: MlflowClient, scratch: Scratch, run: LoggedRun, name: str, start: int, until: int,

@@ -125,6 +125,10 @@ class TrackedRun:
         if optimizer is not None:
             self._watch.follow(optimizer)
 
+    def watched_model(self) -> torch.nn.Module | None:
+        """The model ``watch`` was given, if it was: what a replay's trace counts steps on."""
+        return self._watch.model if self._watch is not None else None
+
     def stop_after(self, steps: int) -> None:
         """End the loop (``StopRequested``) once steps 0 .. ``steps - 1`` are logged: a leg of ``mlrepro
         check``. Only such a run pays for the test, in a ``log_loss`` of its own."""

@@ -2,10 +2,14 @@
 
 ``mlrepro bisect`` replays two runs from a checkpoint, each in a fresh process, with
 this trace on; the first event at which the two traces part names the module (and, in
-the forward pass, the op and its line of code). It needs nothing from the job: global
-module hooks find the model when its forward is first called, a training forward of
-the outermost module starts a step, and the job stops when the step after the last one
-traced starts. In time order, a step's trace holds:
+the forward pass, the op and its line of code). Global module hooks find the model when its
+forward is first called. Steps are counted as the run counts them, by the losses logged: the
+forward of step k runs after k losses (from the run's first step). Only what is trained is
+traced: the model the run watches (``run.watch``), or else an outermost module with trainable
+parameters, never a transform such as torchvision's ``Normalize``, which is a module too and runs
+once an image. The job stops when the model's forward starts a step after the last one traced.
+Forked processes (DataLoader workers) inherit the hooks and trace nothing. In time order, a
+step's trace holds:
 
 - ``weights``: each parameter as the step's forward finds it (what the update before made);
 - ``op``: the output of each torch function called inside a module, with the line that called it;
@@ -18,9 +22,10 @@ Forward passes under ``torch.no_grad()`` or in eval mode (an evaluation) are not
 from __future__ import annotations
 
 import json
+import os
 import sys
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -59,14 +64,21 @@ def _op_name(func: Any) -> str:
 class Tracer(TorchFunctionMode):
     """Records events from the first traced step to ``until``, then stops the loop."""
 
-    def __init__(self, first_step: int, until: int) -> None:
+    def __init__(self, current_step: Callable[[], int], until: int,
+                 watched: Callable[[], torch.nn.Module | None] = lambda: None) -> None:
         super().__init__()
-        self.step = first_step - 1
+        self.current_step = current_step  # the step the run is at: its first step + the losses logged
+        self.watched = watched  # the model the run watches, once it does
+        self.step = -1
         self.until = until
         self.events: list[dict[str, Any]] = []
         self._names: weakref.WeakKeyDictionary[torch.nn.Module, str] = weakref.WeakKeyDictionary()
-        self._stack: list[str] = []
+        # The modules running now, outermost first; None for one that is not traced (a transform,
+        # an evaluation) and for everything it calls.
+        self._stack: list[str | None] = []
+        self._weights_of_step: int | None = None
         self._hashing = False  # the ops of a fingerprint are not the job's
+        self._pid = os.getpid()  # a forked DataLoader worker inherits the hooks: it traces nothing
 
     def _event(self, phase: str, where: str, tensor: torch.Tensor, location: str | None = None,
                step: int | None = None) -> None:
@@ -80,22 +92,40 @@ class Tracer(TorchFunctionMode):
     def _traced(self, module: torch.nn.Module) -> bool:
         return module.training and torch.is_grad_enabled()
 
+    def _trained(self, module: torch.nn.Module) -> bool:
+        """Whether an outermost module's forward is a training step's: the watched model's, or where
+        nothing is watched, a module with parameters to train."""
+        model = self.watched()
+        if model is not None:
+            return module is model
+        return any(parameter.requires_grad for parameter in module.parameters())
+
     def before_forward(self, module: torch.nn.Module, _inputs: Any) -> None:
-        if not self._stack and module not in self._names:  # the outermost module: name its tree
+        if os.getpid() != self._pid:
+            return
+        if self._stack:
+            self._stack.append(None if self._stack[0] is None else self._names.get(module, type(module).__name__))
+            return
+        if not (self._traced(module) and self._trained(module)):
+            self._stack.append(None)
+            return
+        if module not in self._names:  # the model: name its tree
             for name, inner in module.named_modules():
                 self._names.setdefault(inner, name or type(module).__name__)
-        name = self._names.get(module, type(module).__name__)
-        if not self._stack and self._traced(module):  # a training step begins
-            self.step += 1
-            if self.step > self.until:
-                raise StopRequested
+        self.step = self.current_step()
+        if self.step > self.until:
+            raise StopRequested
+        if self._weights_of_step != self.step:  # the step's first forward finds the weights the update made
+            self._weights_of_step = self.step
             for parameter_name, parameter in module.named_parameters():
                 self._event("weights", parameter_name, parameter)
-        self._stack.append(name)
+        self._stack.append(self._names[module])
 
     def after_forward(self, module: torch.nn.Module, _inputs: Any, output: Any) -> None:
-        name = self._stack.pop() if self._stack else self._names.get(module, type(module).__name__)
-        if not self._traced(module):
+        if os.getpid() != self._pid or not self._stack:
+            return
+        name = self._stack.pop()
+        if name is None or not self._traced(module):
             return
         for index, tensor in enumerate(t for t in tree_leaves(output) if isinstance(t, torch.Tensor)):
             where = name if index == 0 else f"{name}[{index}]"
@@ -106,18 +136,20 @@ class Tracer(TorchFunctionMode):
 
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         result = func(*args, **(kwargs or {}))
-        if self._stack and not self._hashing and torch.is_grad_enabled() and isinstance(result, torch.Tensor):
+        if (self._stack and self._stack[-1] is not None and not self._hashing and torch.is_grad_enabled()
+                and isinstance(result, torch.Tensor) and os.getpid() == self._pid):
             self._event("op", f"{self._stack[-1]}: {_op_name(func)}", result, _location())
         return result
 
 
 @contextmanager
-def tracing(orders: Orders | None, first_step: int) -> Iterator[None]:
+def tracing(orders: Orders | None, first_step: int, current_step: Callable[[], int],
+            watched: Callable[[], torch.nn.Module | None] = lambda: None) -> Iterator[None]:
     """Trace the loop inside, as the orders ask; nothing without a trace in them."""
     if orders is None or orders.trace is None:
         yield
         return
-    tracer = Tracer(first_step, orders.trace_until if orders.trace_until is not None else sys.maxsize)
+    tracer = Tracer(current_step, orders.trace_until if orders.trace_until is not None else sys.maxsize, watched)
     handles = [torch.nn.modules.module.register_module_forward_pre_hook(tracer.before_forward),
                torch.nn.modules.module.register_module_forward_hook(tracer.after_forward)]
     try:

@@ -156,7 +156,8 @@ def _train(tracked: TrackedRun, orders: Orders | None) -> Iterator[TrackedRun]:
         seed_generators(tracked.spec.seed)
         loop_started = time.perf_counter()
         try:
-            with tracing(orders, tracked.first_step):
+            with tracing(orders, tracked.first_step, lambda: tracked.first_step + tracked.steps_logged,
+                         tracked.watched_model):
                 yield tracked
         except StopRequested:
             pass  # the orders' last step is done: the run ends FINISHED

@@ -300,6 +300,7 @@ class Watch:
     modules run in. ``step()`` is called once a training step, after backward and before the update."""
 
     def __init__(self, model: torch.nn.Module, every: int, first_step: int) -> None:
+        self.model = model
         self.every = every
         self.next_step = first_step  # the step the next call of step() belongs to
         named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
