@@ -142,3 +142,10 @@ def test_python_dash_m_mlrepro_is_the_command_line(monkeypatch: pytest.MonkeyPat
         runpy.run_module("mlrepro", run_name="__main__")
     assert exited.value.code == 0
     assert "compare" in capsys.readouterr().out
+
+
+def test_version_says_which_mlrepro_this_is() -> None:
+    from importlib.metadata import version
+
+    result = run_here(main, "--version")
+    assert (result.exit_code, result.stdout) == (0, f"mlrepro {version('mlrepro')}\n")

@@ -50,3 +50,13 @@ def test_old_runs_read_back_whole(old_store: dict) -> None:
     assert run.spec_fields["seed"] == "4" and run.spec.job == "linefit" and run.spec.hash
     assert run.loss_source == "artifact" and len(run.losses.values) == 12
     assert run.environment["torch.version"] == "2.14.1"
+
+
+def test_reading_a_run_draws_no_progress_bar(old_store: dict, capfd: pytest.CaptureFixture[str]) -> None:
+    """MLflow draws a tqdm bar for every artifact download where tqdm is installed (the test extra
+    installs it, as Hugging Face's libraries do); mlrepro's own reads of a run draw none."""
+    pytest.importorskip("tqdm")
+    from mlrepro import compare_runs
+
+    compare_runs(old_store["ids"]["same_a"], old_store["ids"]["other_seed"])
+    assert "Downloading artifacts" not in capfd.readouterr().err

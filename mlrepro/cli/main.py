@@ -9,6 +9,7 @@ from mlrepro.cli import read, recovery, replay
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mlrepro", prog_name="mlrepro", message="%(prog)s %(version)s")
 def main() -> None:
     """mlrepro: bit-for-bit repeatable PyTorch runs, tracked in MLflow."""
 

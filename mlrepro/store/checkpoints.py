@@ -14,6 +14,7 @@ from mlrepro.errors import (
     SpecError,
 )
 from mlrepro.store import keys
+from mlrepro.store.artifacts import download
 from mlrepro.store.failures import store_errors
 from mlrepro.store.opening import resolve_run_id
 from mlrepro.store.record import RunWriter, _download_records, _read_spec
@@ -57,8 +58,8 @@ def download_newest_checkpoint(client: MlflowClient, spec: BaseSpec, folder: Pat
         if names[-1] + keys.CHECKSUM_SUFFIX not in listed:
             raise CheckpointError(f"resume_from: checkpoint {names[-1]} of run {run_id} has no checksum beside it; "
                                   "it was not loaded")
-        path = Path(client.download_artifacts(run_id, names[-1], str(folder)))
-        client.download_artifacts(run_id, names[-1] + keys.CHECKSUM_SUFFIX, str(folder))
+        path = download(client, run_id, names[-1], folder)
+        download(client, run_id, names[-1] + keys.CHECKSUM_SUFFIX, folder)
         return run_id, path
 
 
@@ -77,6 +78,6 @@ def download_checkpoint(client: MlflowClient, run_id: str, step: int, folder: Pa
     target = folder / run_id
     target.mkdir(parents=True, exist_ok=True)
     with store_errors(client, run_id):
-        path = Path(client.download_artifacts(run_id, name, str(target)))
-        client.download_artifacts(run_id, name + keys.CHECKSUM_SUFFIX, str(target))
+        path = download(client, run_id, name, target)
+        download(client, run_id, name + keys.CHECKSUM_SUFFIX, target)
     return path

@@ -51,6 +51,7 @@ from mlrepro.errors import (
     redacted,
 )
 from mlrepro.store import keys
+from mlrepro.store.artifacts import download
 from mlrepro.store.failures import store_errors, store_failures
 from mlrepro.store.opening import resolve_run_id
 from mlrepro.store.process import identity, liveness
@@ -386,7 +387,7 @@ def write_ended_by_signal(client: RunWriter, run_id: str, signal_name: str) -> N
 def _download_records(client: MlflowClient, run_id: str, folder: Path) -> dict[str, Path]:
     """The records compare needs, downloaded (not the plots beside them); none for a run logged without mlrepro."""
     listed = {entry.path for entry in client.list_artifacts(run_id, keys.ARTIFACT_DIR)}
-    return {path: Path(client.download_artifacts(run_id, path, str(folder))) for path in _RECORDS if path in listed}
+    return {path: download(client, run_id, path, folder) for path in _RECORDS if path in listed}
 
 
 def _read_json(files: Mapping[str, Path], artifact: str) -> Any:
