@@ -76,6 +76,26 @@ def test_model_optimizer_and_position_round_trip(tmp_path: Path) -> None:
     assert loaded.optimizer is not None and "momentum_buffer" in str(loaded.optimizer["state"])
 
 
+def test_the_learning_rate_schedule_continues_where_it_was(tmp_path: Path) -> None:
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=2, gamma=0.5)
+    for _ in range(5):
+        optimizer.step()
+        scheduler.step()
+    path = save_checkpoint(tmp_path / "s.pt", Checkpoint(step=5, epoch=0, batch_in_epoch=5, model=model.state_dict(),
+                                                          optimizer=optimizer.state_dict(), rng=capture_rng_state(),
+                                                          extra={}, scheduler=scheduler.state_dict()))
+    resumed_optimizer = torch.optim.SGD(torch.nn.Linear(3, 2).parameters(), lr=1.0)
+    resumed = torch.optim.lr_scheduler.StepLR(resumed_optimizer, step_size=2, gamma=0.5)
+    loaded = load_checkpoint(path)
+    resumed_optimizer.load_state_dict(loaded.optimizer)
+    resumed.load_state_dict(loaded.scheduler)
+    assert resumed.get_last_lr() == scheduler.get_last_lr() == [0.25]
+    resumed_optimizer.step(), resumed.step(), optimizer.step(), scheduler.step()
+    assert resumed.get_last_lr() == scheduler.get_last_lr() == [0.125]
+
+
 def test_a_truncated_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
     path = small_checkpoint(tmp_path / "c.pt")
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])

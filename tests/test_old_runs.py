@@ -60,3 +60,15 @@ def test_reading_a_run_draws_no_progress_bar(old_store: dict, capfd: pytest.Capt
 
     compare_runs(old_store["ids"]["same_a"], old_store["ids"]["other_seed"])
     assert "Downloading artifacts" not in capfd.readouterr().err
+
+
+def test_an_old_checkpoint_loads_without_the_slots_added_since(old_store: dict, tmp_path: Path) -> None:
+    import mlflow
+
+    from mlrepro.store.checkpoints import checkpoint_steps, download_checkpoint
+    from mlrepro.training.checkpoint import load_checkpoint
+
+    client, run_id = mlflow.MlflowClient(), old_store["ids"]["same_a"]
+    assert checkpoint_steps(client, run_id) == [6, 12]
+    loaded = load_checkpoint(download_checkpoint(client, run_id, 12, tmp_path))
+    assert loaded.step == 12 and loaded.scheduler is None and loaded.model

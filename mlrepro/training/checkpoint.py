@@ -17,7 +17,7 @@ import random
 import tempfile
 import zipfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -82,6 +82,9 @@ class Checkpoint:
     optimizer: dict[str, Any] | None
     rng: dict[str, Any]
     extra: dict[str, Any]
+    # The learning-rate scheduler's state_dict (StepLR, OneCycleLR, ...): where the rate is in its
+    # schedule decides every later update. Checkpoints written before it had the slot read as None.
+    scheduler: dict[str, Any] | None = None
 
 
 def checksum_path(path: Path) -> Path:
@@ -120,10 +123,11 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         ) from err
     if not isinstance(content, dict) or content.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path.name} is not in mlrepro's format {FORMAT}; it was not loaded")
-    try:
-        return Checkpoint(**{name: content[name] for name in Checkpoint.__dataclass_fields__})
-    except KeyError as err:
-        raise CheckpointError(f"checkpoint {path.name} lacks {err.args[0]!r}; it was not loaded") from err
+    fields = Checkpoint.__dataclass_fields__
+    missing = [name for name, field in fields.items() if name not in content and field.default is MISSING]
+    if missing:
+        raise CheckpointError(f"checkpoint {path.name} lacks {missing[0]!r}; it was not loaded")
+    return Checkpoint(**{name: content[name] for name in fields if name in content})
 
 
 def newest_checkpoint(client: MlflowClient, spec: BaseSpec) -> tuple[str, Checkpoint]:
