@@ -105,11 +105,11 @@ if TYPE_CHECKING:
     from mlrepro.replay.reproduce import Reproduction, reproduce_run
     from mlrepro.review.runs import RunSummary, compare_runs, find_runs, load_run
     from mlrepro.review.verdicts import record_comparison
+    from mlrepro.store.zygote import prestart
     from mlrepro.training.checkpoint import (
         Checkpoint,
         capture_rng_state,
         restore_rng_state,
     )
     from mlrepro.training.runs import RankRun, RunHandle, TrackedRun
-    from mlrepro.store.zygote import prestart
     from mlrepro.training.tracking import start_run

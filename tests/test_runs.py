@@ -105,3 +105,19 @@ def test_a_killed_run_reads_exactly_up_to_its_last_flush_then_from_the_metric_hi
     expected = np.array([math.nan if step == 10 else step / 3 for step in range(150)])
     assert run.losses.steps.tolist() == list(range(150))
     assert run.losses.values.tobytes() == expected.tobytes()  # NaN's bits too, from the flushed record
+
+
+def test_a_lookup_never_creates_a_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """From a folder with no mlflow.db and no MLFLOW_TRACKING_URI, MLflow would make an empty,
+    migrated store there; a lookup says there is none instead, in one line, and leaves nothing."""
+    from mlrepro.cli.main import main
+    from tests.conftest import assert_one_line_error_here, run_here
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    mlflow.set_tracking_uri(None)
+    with pytest.raises(TrackingError, match=f"no tracking store at {tmp_path / 'mlflow.db'}"):
+        load_run("0123456789abcdef")
+    assert_one_line_error_here(run_here(main, "compare", "01234567", "89abcdef"), "no tracking store at")
+    assert_one_line_error_here(run_here(main, "find", "--job", "linefit"), "no tracking store at")
+    assert list(tmp_path.iterdir()) == []

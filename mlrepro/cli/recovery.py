@@ -23,12 +23,11 @@ def mark_killed(run_ids: tuple[str, ...]) -> None:
     Only a run whose recorded process is checked gone on this host is marked; a live one is left alone.
     """
     # MLflow only when the command runs: `mlrepro --help` stays light
-    from mlflow.tracking import MlflowClient
 
     from mlrepro.store import opening, record, spool, sync
 
     with user_errors():
-        client = MlflowClient()
+        client = opening.existing_store()
         for run_id in run_ids:
             run_id = opening.resolve_run_id(client, run_id)
             if run_id in sync.spooled_runs():  # what the killed job spooled but never delivered

@@ -26,7 +26,7 @@ from mlrepro.analysis.compare import RunComparison, compare_logged_runs
 from mlrepro.capture.logged import LoggedRun
 from mlrepro.errors import BisectError
 from mlrepro.replay.reproduce import hash_seed_of, replay_command
-from mlrepro.store import checkpoints, record
+from mlrepro.store import checkpoints, opening, record
 from mlrepro.training.orders import JobCommand, Leg, Orders, Scratch
 
 _PHASE_WORDS = {
@@ -109,7 +109,7 @@ def _start_step(comparison: RunComparison) -> int:
 def bisect_runs(run_a: str, run_b: str, client: MlflowClient | None = None,
                 project: str | Path | None = None) -> BisectResult:
     """Replay both runs from their last common checkpoint to where they part, in two fresh processes."""
-    client = client or MlflowClient()
+    client = client or opening.existing_store()
     a, b = record.read_run(client, run_a), record.read_run(client, run_b)
     comparison = compare_logged_runs(a, b)
     if comparison.first_divergent_step is None or comparison.verdict != "different":

@@ -27,7 +27,7 @@ from mlrepro.capture.facts import fact_of
 from mlrepro.capture.logged import LoggedRun
 from mlrepro.errors import ReproductionError
 from mlrepro.review.verdicts import record_comparison
-from mlrepro.store import keys, record
+from mlrepro.store import keys, opening, record
 from mlrepro.store.record import MLFLOW_ENTRY_POINT_TAG
 
 _UNSET = ("unset", "unavailable")
@@ -68,7 +68,7 @@ def reproduce_run(
         capture_environment,  # torch: only when a run is repeated
     )
 
-    client = client or MlflowClient()
+    client = client or opening.existing_store()
     original = record.read_run(client, run_id)
     if original.spec is None:
         raise ReproductionError(f"run {original.run_id} was not logged by an mlrepro job: it has no spec to repeat")

@@ -16,7 +16,7 @@ from mlrepro.analysis.compare import RunComparison, compare_logged_runs
 from mlrepro.capture.logged import LoggedRun
 from mlrepro.capture.spec import AnySpec
 from mlrepro.errors import SpecError
-from mlrepro.store import keys, record, search
+from mlrepro.store import keys, opening, record, search
 
 
 def load_run(run_id: str, client: MlflowClient | None = None) -> LoggedRun:
@@ -26,12 +26,12 @@ def load_run(run_id: str, client: MlflowClient | None = None) -> LoggedRun:
     built-in jobs, and every spec class imported so far), and as a ``LoggedSpec``
     (job, fields, hash) where it is not; ``spec.typed()`` imports its class.
     """
-    return record.read_run(client or MlflowClient(), run_id)
+    return record.read_run(client or opening.existing_store(), run_id)
 
 
 def compare_runs(a: str | LoggedRun, b: str | LoggedRun, client: MlflowClient | None = None) -> RunComparison:
     """Compare two runs, given as ids or as records already loaded with ``load_run``."""
-    client = client or MlflowClient()
+    client = client or opening.existing_store()
     run_a = a if isinstance(a, LoggedRun) else load_run(a, client)
     run_b = b if isinstance(b, LoggedRun) else load_run(b, client)
     return compare_logged_runs(run_a, run_b)
@@ -87,7 +87,7 @@ def find_runs(
     tags = {tag: value for tag, value in criteria.items() if value is not None}
     if job is not None:
         tags[keys.TAG_JOB] = job
-    runs = search.search(client or MlflowClient(), tags, params or {}, experiment, max_results)
+    runs = search.search(client or opening.existing_store(), tags, params or {}, experiment, max_results)
     return [_summary(run) for run in runs]
 
 

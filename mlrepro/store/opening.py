@@ -10,11 +10,13 @@ from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 
+import mlflow
 from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
 from mlrepro.errors import (
     RunNotFoundError,
+    TrackingError,
     redacted_uri,
 )
 from mlrepro.store.failures import store_errors
@@ -87,6 +89,18 @@ def ready_store(uri: str) -> MlflowClient:
         with store_errors(client):
             client.search_experiments(max_results=1)
     return client
+
+
+def existing_store(uri: str | None = None) -> MlflowClient:
+    """A client of a store that exists, for what only reads runs: a SQLite file that is not there is
+    refused, never made (MLflow would create an empty, migrated store in the current folder)."""
+    uri = uri or mlflow.get_tracking_uri()
+    if uri.startswith("sqlite:///") and ":memory:" not in uri:
+        path = Path(uri[len("sqlite:///"):])
+        if not path.exists():
+            raise TrackingError(f"no tracking store at {path.resolve()}: set MLFLOW_TRACKING_URI to the store "
+                                "that holds the runs, or run from the folder whose mlflow.db does")
+    return MlflowClient(uri)
 
 
 def resolve_run_id(client: MlflowClient, text: str, context: str = "") -> str:
