@@ -45,6 +45,7 @@ def test_every_step_is_logged_in_order_as_metric_loss(store: str) -> None:
     history = sorted(mlflow.MlflowClient().get_metric_history(run.run_id, "loss"), key=lambda m: m.step)
     assert [m.step for m in history] == list(range(2500))
     assert np.array([m.value for m in history]).tobytes() == values.tobytes()
+    assert mlflow.MlflowClient().get_run(run.run_id).info.run_name == "linefit, 2500 steps"  # not "fortunate-wren-835"
 
 
 def test_a_failing_run_ends_failed_with_every_loss_before_the_error(store: str) -> None:
@@ -86,6 +87,7 @@ def test_a_run_opened_by_the_mlflow_run_launcher_is_resumed(store: str, monkeypa
     with start_run(LineFitSpec(lr=1e-4)) as run:
         run.log_loss(1.0)
     assert run.run_id == launched.info.run_id
+    assert client.get_run(run.run_id).info.run_name == launched.info.run_name  # the launcher's name stays
     params = client.get_run(run.run_id).data.params
     assert params["lr"] == "1e-4" and params["seed"] == "3"
 

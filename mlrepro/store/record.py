@@ -220,6 +220,12 @@ def write_resume_links(client: MlflowClient, run_id: str, resumed_from: str, ste
         client.set_tag(resumed_from, keys.TAG_RESUMED_BY, run_id)
 
 
+def write_run_name(client: RunWriter, run_id: str, name: str) -> None:
+    """The name the UI shows for a run (MLflow keeps it as the tag ``mlflow.runName``)."""
+    with store_errors(client, run_id):
+        client.set_tag(run_id, MLFLOW_RUN_NAME, name)
+
+
 def write_error(client: RunWriter, run_id: str, message: str) -> None:
     """Why a run stopped, on the run. Best effort: a store that fails must not hide the error."""
     with contextlib.suppress(*store_failures()):

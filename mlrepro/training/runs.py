@@ -99,6 +99,7 @@ class TrackedRun:
         self.resume = resume
         self.resumed_from: str | None = None  # the run it continues, set by start_run
         self.resumed_losses: LossSeries | None = None  # that run's losses, read while the store answers
+        self.named_by_mlrepro = False  # set by start_run where neither the caller nor `mlflow run` named the run
         self.first_step = resume.step if resume is not None else 0
         # The step is first_step + the position, so only the value is stored.
         self._losses = array("d")
@@ -243,6 +244,8 @@ class TrackedRun:
         stitched = self.resumed_losses.spliced(own, self.first_step) if self.resumed_losses is not None else None
         record.write_losses(self.spool, self.run_id, own, complete=True, stitched=stitched, per_rank=self._per_rank(),
                             fingerprints=self._fingerprints())
+        if self.named_by_mlrepro:  # the job's name and how far it went, not MLflow's "fortunate-wren-835"
+            record.write_run_name(self.spool, self.run_id, f"{self.spec.job}, {self.first_step + len(own)} steps")
         record.end_run(self.spool, self.run_id, status)
         self.spool.close()
         outcome = self._writer.close(patience_s)

@@ -120,13 +120,14 @@ def _open(spec: BaseSpec, device: torch.device, world: distributed.World | None,
           run_name: str | None) -> TrackedRun:
     """Create the run, seed everything, record what the run is; a failure here ends it FAILED."""
     with failures.store_errors(ready.client), recording_own_run():
-        run_id = mlflow.start_run(run_name=run_name).info.run_id
+        run_id = mlflow.start_run(run_name=run_name or (None if ready.launched else spec.job)).info.run_id
     try:
         seed_record = seed_everything(spec.seed, deterministic=spec.deterministic, threads=spec.threads)
         group = distributed.facts(world, device, _bucket_cap_mb(spec)) if world is not None else {}
         environment = capture_environment(extra={"run.device": str(device), **ready.code.facts(), **group})
         record.write_start(ready.client, run_id, spec, seed_record, environment, ready.code)
         tracked = TrackedRun(run_id, spec, device, seed_record, environment, ready.client, ready.resume, world)
+        tracked.named_by_mlrepro = run_name is None and not ready.launched
         if ready.orders is not None and ready.orders.stop_after is not None:
             tracked.stop_after(ready.orders.stop_after)
         if world is not None:
