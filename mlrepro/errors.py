@@ -7,6 +7,7 @@ not in this hierarchy and keep their tracebacks.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 
@@ -80,8 +81,17 @@ def describe_validation_error(err: ValidationError, model: type[BaseModel] | Non
     if unknown:
         allowed = f" (allowed: {', '.join(sorted(model.model_fields))})" if model is not None else ""
         names = ", ".join(unknown[:_MAX_NAMED]) + (f" and {len(unknown) - _MAX_NAMED} more" if len(unknown) > _MAX_NAMED else "")
-        problems.append(f"{names}: unknown field{'s' if len(unknown) > 1 else ''}{allowed}")
+        problems.append(f"{names}: unknown field{'s' if len(unknown) > 1 else ''}{_did_you_mean(unknown, model)}{allowed}")
     return "; ".join(problems)
+
+
+def _did_you_mean(unknown: list[str], model: type[BaseModel] | None) -> str:
+    """``; did you mean seed?`` for a near miss (``sed``), one guess a field; nothing without one."""
+    if model is None:
+        return ""
+    guesses = [f"{match[0]} for {name}" if len(unknown) > 1 else match[0]
+               for name in unknown[:_MAX_NAMED] if (match := difflib.get_close_matches(name, model.model_fields, n=1))]
+    return f"; did you mean {', '.join(guesses)}?" if guesses else ""
 
 
 _RANGE_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}

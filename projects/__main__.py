@@ -1,10 +1,5 @@
 """``python -m projects --spec FILE``: run whichever job the spec file names."""
 
-# Start MLflow's writer process first: its imports then overlap torch's.
-from mlrepro.store.zygote import prestart
-
-prestart()
-
 from mlrepro.cli.job import spec_file_command
 from projects import TRAINERS
 

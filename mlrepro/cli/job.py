@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Sequence
+from importlib import import_module
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
@@ -13,16 +14,37 @@ from mlrepro.capture.spec import (
     BaseSpec,
     DistributedSpec,
     build_spec,
+    params_of,
     parse_spec,
 )
 from mlrepro.cli.exits import EXIT_OK, user_errors
 from mlrepro.cli.words import spec_values
 from mlrepro.errors import MlreproError, one_line, redacted
+from mlrepro.store.zygote import prestart
 
 if TYPE_CHECKING:
     from mlrepro.training.runs import TrackedRun
 
 TrainFunction = Callable[[Any, "TrackedRun"], None]
+# A training function, or where it is as "module:function": imported once the spec is valid, so
+# that --help and bad input answer before torch is imported.
+Trainer = TrainFunction | str
+
+
+def _training_function(train: Trainer) -> TrainFunction:
+    if callable(train):
+        return train
+    module, _, name = train.partition(":")
+    return getattr(import_module(module), name)
+
+
+def _fields_help(spec_type: type[BaseSpec]) -> str:
+    """Each field with its default and meaning, one a line (click keeps lines after a \\b)."""
+    defaults = params_of({name: field.default for name, field in spec_type.model_fields.items() if name != "job"})
+    rows = [(name, default, spec_type.model_fields[name].description or "") for name, default in defaults.items()]
+    width = max(len(name) + len(default) for name, default, _ in rows) + 3
+    return "\b\nFields (default: meaning):\n" + "\n".join(
+        f"  {name}={default}".ljust(width + 3) + meaning for name, default, meaning in rows)
 
 
 def run_job(spec: BaseSpec, train: TrainFunction) -> None:
@@ -55,13 +77,12 @@ def run_job(spec: BaseSpec, train: TrainFunction) -> None:
 _JOB_SETTINGS = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": ["-h", "--help"]}
 
 
-def job_command(spec_type: type[BaseSpec], train: TrainFunction) -> click.Command:
+def job_command(spec_type: type[BaseSpec], train: Trainer) -> click.Command:
     """The command line of one job: ``[--spec FILE] [field=value ...]``."""
     job = spec_type.job_name()
-    fields = ", ".join(name for name in spec_type.model_fields if name != "job")
 
     @click.command(name=job, context_settings=_JOB_SETTINGS,
-                   help=f"Run the {job} job, seeded and tracked in MLflow. Fields: {fields}.")
+                   help=f"Run the {job} job, seeded and tracked in MLflow.\n\n{_fields_help(spec_type)}")
     @click.option("--spec", "spec_file", metavar="FILE", help="YAML or JSON spec; field=value words override it.")
     @click.argument("assignments", nargs=-1, type=click.UNPROCESSED, metavar="[FIELD=VALUE]...")
     def command(spec_file: str | None, assignments: tuple[str, ...]) -> None:
@@ -70,29 +91,30 @@ def job_command(spec_type: type[BaseSpec], train: TrainFunction) -> click.Comman
 
         with user_errors(on_error=write_launcher_error):
             spec = build_spec(spec_type, spec_values(spec_file, assignments))
-            run_job(spec, train)
+            prestart()  # the writers' zygote imports MLflow while this process imports torch
+            run_job(spec, _training_function(train))
 
     return command
 
 
-def job_main(spec_type: type[BaseSpec], train: TrainFunction, args: Sequence[str] | None = None) -> NoReturn:
+def job_main(spec_type: type[BaseSpec], train: Trainer, args: Sequence[str] | None = None) -> NoReturn:
     """Run your own job from the command line: ``python train.py [--spec FILE] [field=value ...]``.
 
     Validates the words as a ``spec_type``, opens the tracked, seeded run, calls
-    ``train(spec, run)``, and exits 0, or 2 with one line for bad input. ``mlflow run``
+    ``train(spec, run)``, and exits 0, or 2 with one line for bad input. ``train`` may be given as
+    ``"module:function"``: it is then imported once the spec is valid, after ``--help``. ``mlflow run``
     and ``mlrepro reproduce`` start the job this way.
     """
     job_command(spec_type, train).main(args=list(args) if args is not None else None)
     sys.exit(EXIT_OK)  # click exits itself; this is for the type checker
 
 
-def spec_file_command(trainers: dict[str, Callable[[], TrainFunction]]) -> click.Command:
+def spec_file_command(trainers: dict[str, Trainer]) -> click.Command:
     """``python -m projects --spec FILE``: the file's ``job`` field picks the job."""
 
     @click.command(name="projects", context_settings=_JOB_SETTINGS, help="Run the job a spec file names in its `job` field.")
     @click.option("--spec", "spec_file", metavar="FILE", required=True, help="YAML or JSON spec with a job field.")
     @click.argument("assignments", nargs=-1, type=click.UNPROCESSED, metavar="[FIELD=VALUE]...")
-    # MLflow only when a job fails before it runs
     def command(spec_file: str, assignments: tuple[str, ...]) -> None:
         # MLflow only when a job fails before it runs
         from mlrepro.store.record import write_launcher_error
@@ -101,6 +123,7 @@ def spec_file_command(trainers: dict[str, Callable[[], TrainFunction]]) -> click
             spec = parse_spec(spec_values(spec_file, assignments))
             if spec.job not in trainers:
                 raise MlreproError(f"job: {spec.job!r} is not one of this project's jobs ({', '.join(sorted(trainers))})")
-            run_job(spec, trainers[spec.job]())
+            prestart()  # the writers' zygote imports MLflow while this process imports torch
+            run_job(spec, _training_function(trainers[spec.job]))
 
     return command

@@ -1,12 +1,9 @@
-"""``python -m projects.cifar10 [--spec FILE] [field=value ...]``"""
+"""``python -m projects.cifar10 [--spec FILE] [field=value ...]``
 
-# Start MLflow's writer process first: its imports then overlap torch's.
-from mlrepro.store.zygote import prestart
-
-prestart()
+The training code (and torch) is imported once the spec is valid: ``--help`` and a typo answer at once.
+"""
 
 from mlrepro.cli.job import job_command
 from projects.cifar10.spec import Cifar10Spec
-from projects.cifar10.train import train
 
-job_command(Cifar10Spec, train)(prog_name="python -m projects.cifar10")
+job_command(Cifar10Spec, "projects.cifar10.train:train")(prog_name="python -m projects.cifar10")

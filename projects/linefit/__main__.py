@@ -1,12 +1,9 @@
-"""``python -m projects.linefit [--spec FILE] [field=value ...]``"""
+"""``python -m projects.linefit [--spec FILE] [field=value ...]``
 
-# Start MLflow's writer process first: its imports then overlap torch's.
-from mlrepro.store.zygote import prestart
-
-prestart()
+The training code (and torch) is imported once the spec is valid: ``--help`` and a typo answer at once.
+"""
 
 from mlrepro.cli.job import job_command
 from projects.linefit.spec import LineFitSpec
-from projects.linefit.train import train
 
-job_command(LineFitSpec, train)(prog_name="python -m projects.linefit")
+job_command(LineFitSpec, "projects.linefit.train:train")(prog_name="python -m projects.linefit")
