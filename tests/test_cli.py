@@ -163,3 +163,9 @@ def test_version_says_which_mlrepro_this_is() -> None:
 
     result = run_here(main, "--version")
     assert (result.exit_code, result.stdout) == (0, f"mlrepro {version('mlrepro')}\n")
+
+
+def test_a_jobs_help_gives_each_field_its_default_and_meaning() -> None:
+    shown = run_here(LINEFIT, "--help").stdout
+    assert "  seed=3" in shown and "seeds Python, NumPy, torch CPU and every CUDA device" in shown
+    assert "  deterministic=true" in shown and "  lr=0.0001" in shown and "job=" not in shown

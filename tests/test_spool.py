@@ -171,7 +171,7 @@ def test_a_server_away_when_the_run_ends_leaves_it_to_sync_which_delivers_every_
     last = stderr.splitlines()[-1]
     assert re.fullmatch(
         rf"mlrepro: the tracking store did not take all of run {run_id} \(cannot reach the tracking server at "
-        rf"{server.uri}: .*\): [\d,]+ steps, 2 other writes and the run's end wait in {spool_dir / run_id}; "
+        rf"{server.uri}: .*\): [\d,]+ steps, 3 other writes and the run's end wait in {spool_dir / run_id}; "
         rf"deliver them with: mlrepro sync {run_id}", last), last
 
     server.start()

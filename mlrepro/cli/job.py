@@ -40,8 +40,10 @@ def _training_function(train: Trainer) -> TrainFunction:
 
 def _fields_help(spec_type: type[BaseSpec]) -> str:
     """Each field with its default and meaning, one a line (click keeps lines after a \\b)."""
-    defaults = params_of({name: field.default for name, field in spec_type.model_fields.items() if name != "job"})
-    rows = [(name, default, spec_type.model_fields[name].description or "") for name, default in defaults.items()]
+    fields = {name: field for name, field in spec_type.model_fields.items() if name != "job"}
+    defaults = params_of({name: field.get_default(call_default_factory=True) for name, field in fields.items()
+                          if not field.is_required()})
+    rows = [(name, defaults.get(name, "(required)"), field.description or "") for name, field in fields.items()]
     width = max(len(name) + len(default) for name, default, _ in rows) + 3
     return "\b\nFields (default: meaning):\n" + "\n".join(
         f"  {name}={default}".ljust(width + 3) + meaning for name, default, meaning in rows)
