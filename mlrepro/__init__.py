@@ -1,5 +1,7 @@
 """mlrepro: bit-for-bit repeatable PyTorch training runs, tracked and proven with MLflow.
 
+    from typing import Literal
+
     import mlrepro
 
     class MySpec(mlrepro.BaseSpec):           # your job's fields, validated
