@@ -121,3 +121,15 @@ def test_a_lookup_never_creates_a_store(tmp_path: Path, monkeypatch: pytest.Monk
     assert_one_line_error_here(run_here(main, "compare", "01234567", "89abcdef"), "no tracking store at")
     assert_one_line_error_here(run_here(main, "find", "--job", "linefit"), "no tracking store at")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_records_already_loaded_compare_without_any_store(store: str, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    a, b = load_run(logged_run(1, [1.0, 2.0])), load_run(logged_run(1, [1.0, 2.0]))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    mlflow.set_tracking_uri(None)
+    assert compare_runs(a, b).identical
+    assert list(elsewhere.iterdir()) == []

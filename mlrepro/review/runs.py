@@ -31,7 +31,8 @@ def load_run(run_id: str, client: MlflowClient | None = None) -> LoggedRun:
 
 def compare_runs(a: str | LoggedRun, b: str | LoggedRun, client: MlflowClient | None = None) -> RunComparison:
     """Compare two runs, given as ids or as records already loaded with ``load_run``."""
-    client = client or opening.existing_store()
+    if client is None and not (isinstance(a, LoggedRun) and isinstance(b, LoggedRun)):
+        client = opening.existing_store()  # only where a run is still to be read
     run_a = a if isinstance(a, LoggedRun) else load_run(a, client)
     run_b = b if isinstance(b, LoggedRun) else load_run(b, client)
     return compare_logged_runs(run_a, run_b)
