@@ -44,14 +44,28 @@ def two_agents(store: str, cwd: Path, *assignments: str) -> list[subprocess.Pope
     """Two nodes, simulated: two torchrun agents of one process each, meeting at 127.0.0.1 as two
     machines would at their master's address."""
     port = free_port()
+    # Each agent's stderr goes to a file: with pipes, one agent waited on while the other filled its
+    # pipe (64 KB of warnings) would block that one, and with it the whole process group.
     return [
         subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
                           f"--node_rank={node}", "--master_addr=127.0.0.1", f"--master_port={port}",
                           "-m", "projects.cifar10", *SPEC, *assignments],
                          cwd=cwd, env=job_env(store, PYTHONHASHSEED="0"), stdout=subprocess.DEVNULL,
-                         stderr=subprocess.PIPE, text=True)
+                         stderr=(cwd / f"agent-{node}.stderr").open("w"), text=True)
         for node in (0, 1)
     ]
+
+
+def finished(agents: list[subprocess.Popen[str]], cwd: Path) -> list[str]:
+    """Wait for both agents; what each wrote on stderr. Agents that hang are killed, not left behind."""
+    try:
+        for agent in agents:
+            agent.wait(timeout=300)
+    finally:
+        for agent in agents:
+            if agent.poll() is None:
+                agent.kill()
+    return [(cwd / f"agent-{node}.stderr").read_text() for node in (0, 1)]
 
 
 @pytest.mark.e2e
@@ -60,7 +74,7 @@ def test_two_processes_train_one_run_that_repeats_bit_for_bit_on_one_machine_or_
 ) -> None:
     first = cifar10(store, tmp_path, "nproc=2")  # the job starts torchrun itself, two ranks on this machine
     agents = two_agents(store, tmp_path, "nproc=2")
-    errors = [agent.communicate(timeout=300)[1] for agent in agents]
+    errors = finished(agents, tmp_path)
     assert [agent.returncode for agent in agents] == [0, 0], [error[-3000:] for error in errors]
     two_nodes = only_run_id(store)
     assert len(mlflow.MlflowClient().search_runs(["0"])) == 2  # one run for both nodes

@@ -67,6 +67,7 @@ def run_job(spec: BaseSpec, train: TrainFunction) -> None:
     try:
         with start_run(spec) as run:
             train(spec, run)
+        distributed.leave()  # the job is over on this rank; a user's own script may keep its group
     except RunInterrupted as interrupted:
         pending = interrupted.pending
         kept = "every step is recorded, and the run is KILLED" if pending is None or pending.nothing \

@@ -50,6 +50,14 @@ def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ
 
 
+def leave() -> None:
+    """Leave the process group at the end of a job: a process that exits with its gloo group still
+    up can abort in the group's destructor ("terminate called without an active exception"), seen
+    on a rank of a two-process run that had finished and recorded everything."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def relaunch_under_torchrun(nproc: int) -> NoReturn:
     """Become ``torchrun --standalone --nproc_per_node=nproc`` running this very command: the same
     module or script and words, one process a rank on this machine. The process is replaced
