@@ -24,6 +24,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from mlrepro.errors import MlreproError, SpecError, one_line
+from mlrepro.training.leg_zygote import LEG_VARIABLES, LegZygote, servable
 
 ORDERS_ENV = "MLREPRO_ORDERS"
 
@@ -108,6 +109,7 @@ class Scratch:
         self.uri = f"sqlite:///{self.folder / 'legs.db'}"
         self.spool = self.folder / "spool"
         self.legs_run = 0
+        self._zygote: LegZygote | None = None
 
     def client(self) -> Any:
 
@@ -131,17 +133,34 @@ class Scratch:
             env.pop(name, None)
         started = time.perf_counter()
         self.legs_run += 1
-        result = subprocess.run([*job.argv, *leg.words], cwd=job.cwd, env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True, check=False)
+        argv, stderr = [*job.argv, *leg.words], stem.with_suffix(".stderr")
+        exit_code = self._forked(argv, job.cwd, env, stderr)
+        if exit_code is None:  # a new process: the zygote cannot start this leg as the interpreter would
+            with stderr.open("w") as errors:
+                exit_code = subprocess.run(argv, cwd=job.cwd, env=env, stdout=subprocess.DEVNULL, stderr=errors,
+                                           check=False).returncode
         report = Path(orders.report)  # type: ignore[arg-type]
-        if result.returncode != 0 or not report.exists():
-            lines = [line for line in result.stderr.splitlines() if line.strip()]
-            why = one_line(lines[-1]) if lines else f"exit {result.returncode}"
+        if exit_code != 0 or not report.exists():
+            lines = [line for line in stderr.read_text(errors="replace").splitlines() if line.strip()]
+            why = one_line(lines[-1]) if lines else f"exit {exit_code}"
             raise LegFailed(f"{leg.name}: {job.describe()} {' '.join(leg.words)} failed after "
                             f"{time.perf_counter() - started:.1f} s: {why}")
         return LegReport.model_validate_json(report.read_text())
 
+    def _forked(self, argv: list[str], cwd: Path, env: dict[str, str], stderr: Path) -> int | None:
+        """The leg forked from the zygote (started by the first leg, in that leg's environment): its exit
+        code, or None where the leg needs a process of its own."""
+        if self._zygote is None:
+            if not servable(argv, env, env):
+                return None
+            self._zygote = LegZygote({key: value for key, value in env.items() if key not in LEG_VARIABLES})
+        if not servable(argv, env, self._zygote.env):
+            return None
+        return self._zygote.run(argv, cwd, env, stderr)
+
     def close(self) -> None:
+        if self._zygote is not None:
+            self._zygote.close()
         self._folder.cleanup()
 
 

@@ -1,0 +1,171 @@
+"""A process that has already imported torch and MLflow, and forks each leg of a check or a bisect.
+
+A leg is a fresh run of the user's job in a process of its own; started with ``python``, each
+spends four of its six or seven seconds importing torch and MLflow before its first step.
+This zygote pays that once: it imports them, runs nothing, and for each leg forks a child that
+becomes the job, as ``python -m MODULE`` or ``python SCRIPT`` would start it (``sys.argv``,
+``sys.path``, ``__main__``, the folder, the environment, its own stderr file), and ends as
+Python ends (non-daemon threads joined, ``atexit`` run).
+
+Why a fork is as fresh as a new process for what a run records and computes:
+- the zygote runs no torch op and starts no thread (forking after either would copy a thread
+  pool's locks or a half-done state); it imports only what every job imports anyway;
+- every generator is seeded by ``start_run`` in the child, after the fork;
+- CUDA is never initialised here, so each child starts its own;
+- ``PYTHONHASHSEED`` is fixed when an interpreter starts: a leg is served only where it
+  asks for the zygote's own, and only where its environment differs from the zygote's in
+  the variables mlrepro sets for a leg; any other leg starts as a new process.
+
+Protocol: one JSON object a line on stdin (``argv`` after ``python``, ``cwd``, ``env``, ``stderr``),
+one JSON line back on stdout with the leg's exit code. The zygote ends when stdin closes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+# Variables a leg may set that nothing reads before a job's own code runs.
+LEG_VARIABLES = frozenset({"MLFLOW_TRACKING_URI", "MLREPRO_SPOOL_DIR", "MLREPRO_ORDERS", "PYTHONPATH"})
+
+
+def servable(argv: Sequence[str], env: Mapping[str, str], zygote_env: Mapping[str, str]) -> bool:
+    """Whether a leg ``argv`` (with ``python`` first) in ``env`` can be forked from a zygote started in
+    ``zygote_env``: the same interpreter, a module or a script, and no other difference that an
+    interpreter or torch reads as it starts."""
+    if len(argv) < 2 or argv[0] != sys.executable or (argv[1] == "-m" and len(argv) < 3):
+        return False
+    if argv[1].startswith("-") and argv[1] != "-m":
+        return False
+    keys = (set(env) | set(zygote_env)) - LEG_VARIABLES
+    return all(env.get(key) == zygote_env.get(key) for key in keys)
+
+
+class LegZygote:
+    """The check's or bisect's handle on its zygote: started at once, so that it imports while the
+    caller gets ready, and asked for one leg at a time."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = dict(env)
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "mlrepro.training.leg_zygote"], env=self.env, stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1)
+
+    def run(self, argv: Sequence[str], cwd: Path, env: Mapping[str, str], stderr: Path) -> int | None:
+        """Fork the leg and wait for it: its exit code, or None where the zygote is gone (start it as
+        a process of its own then)."""
+        request = {"argv": list(argv[1:]), "cwd": str(cwd), "env": dict(env), "stderr": str(stderr)}
+        stdin, stdout = self._process.stdin, self._process.stdout
+        if stdin is None or stdout is None:
+            return None
+        try:
+            stdin.write(json.dumps(request) + "\n")
+            stdin.flush()
+            answer = stdout.readline()
+        except (BrokenPipeError, OSError):
+            return None
+        try:
+            return int(json.loads(answer)["exit_code"])
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    def close(self) -> None:
+        if self._process.stdin is not None:
+            try:
+                self._process.stdin.close()
+            except OSError:
+                pass
+        try:
+            self._process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+
+
+def _become_the_job(request: dict[str, Any]) -> int:
+    """In the forked child: the job, started as ``python ARGV`` would start it; its exit code."""
+    # What a job's process imports anyway, already here; runpy and the rest only in the child.
+    import atexit
+    import runpy
+    import threading
+    import traceback
+
+    argv: list[str] = request["argv"]
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    stderr = os.open(request["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    os.dup2(devnull, 1)
+    os.dup2(stderr, 2)
+    pythonpath = [entry for entry in request["env"].get("PYTHONPATH", "").split(os.pathsep) if entry]
+    # As the interpreter builds sys.path: the script's folder (or the current one for -m), then PYTHONPATH.
+    first = os.getcwd() if argv[0] == "-m" else str(Path(argv[0]).resolve().parent)
+    sys.path[:] = [first, *pythonpath, *sys.path[1:]]
+    sys.orig_argv = [sys.executable, *argv]
+    code: int = 0
+    try:
+        if argv[0] == "-m":
+            sys.argv = [argv[1], *argv[2:]]
+            runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
+        else:
+            sys.argv = list(argv)
+            runpy.run_path(argv[0], run_name="__main__")
+    except SystemExit as done:
+        code = _exit_code(done.code)
+    except BaseException:  # a job's uncaught error: printed as Python would, exit 1
+        traceback.print_exc()
+        code = 1
+    # As Python ends: wait for non-daemon threads, then the exit handlers.
+    shutdown = getattr(threading, "_shutdown", None)
+    if shutdown is not None:
+        shutdown()
+    atexit._run_exitfuncs()
+    return code
+
+
+def _exit_code(value: object) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, int):
+        return value
+    print(value, file=sys.stderr)
+    return 1
+
+
+def _serve(requests: IO[str], answers: IO[str]) -> None:
+    for line in requests:
+        request = json.loads(line)
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                code = _become_the_job(request)
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        answers.write(json.dumps({"exit_code": os.waitstatus_to_exitcode(status)}) + "\n")
+        answers.flush()
+
+
+# What every job opened through mlrepro imports on its way to its first step, heaviest first;
+# IPython is what MLflow's start_run imports to ask whether it runs in a Databricks notebook.
+_IMPORTED_AHEAD = ("torch", "mlflow", "mlflow.tracking", "mlflow.store.db.utils",
+                   "mlflow.store.tracking.sqlalchemy_store", "IPython", "mlrepro.training.tracking")
+
+if __name__ == "__main__":
+    for name in _IMPORTED_AHEAD:
+        try:
+            importlib.import_module(name)
+        except ImportError:  # not installed here (IPython): the leg imports what it needs itself
+            pass
+    _serve(sys.stdin, sys.stdout)
