@@ -3,6 +3,7 @@ then the tracked, seeded run handed to its training function."""
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable, Sequence
 from importlib import import_module
@@ -10,12 +11,15 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
+from mlrepro.capture import arguments
 from mlrepro.capture.spec import (
     BaseSpec,
     DistributedSpec,
     build_spec,
     params_of,
+    parse_assignments,
     parse_spec,
+    read_spec_file,
 )
 from mlrepro.cli.exits import EXIT_OK, user_errors
 from mlrepro.cli.words import spec_values
@@ -100,16 +104,49 @@ def job_command(spec_type: type[BaseSpec], train: Trainer) -> click.Command:
     return command
 
 
-def job_main(spec_type: type[BaseSpec], train: Trainer, args: Sequence[str] | None = None) -> NoReturn:
+def job_main(spec_type: type[BaseSpec] | argparse.ArgumentParser, train: Trainer, args: Sequence[str] | None = None,
+             *, job: str | None = None) -> NoReturn:
     """Run your own job from the command line: ``python train.py [--spec FILE] [field=value ...]``.
 
     Validates the words as a ``spec_type``, opens the tracked, seeded run, calls
     ``train(spec, run)``, and exits 0, or 2 with one line for bad input. ``train`` may be given as
     ``"module:function"``: it is then imported once the spec is valid, after ``--help``. ``mlflow run``
     and ``mlrepro reproduce`` start the job this way.
+
+    Given the job's own ``argparse`` parser (or Hugging Face's ``HfArgumentParser``) instead of a spec
+    class, and the ``job`` name its runs are filed under, the job keeps its command line: every option
+    becomes a spec field, ``train`` gets the spec where it got the parsed namespace (the same
+    attributes), and ``field=value`` words set the fields every job shares.
     """
+    if isinstance(spec_type, argparse.ArgumentParser):
+        _parser_main(spec_type, train, job, list(args) if args is not None else sys.argv[1:])
     job_command(spec_type, train).main(args=list(args) if args is not None else None)
     sys.exit(EXIT_OK)  # click exits itself; this is for the type checker
+
+
+_SHARED_FIELDS_EPILOG = ("mlrepro: field=value words set the fields every job shares (seed=, deterministic=, device=, "
+                         "threads=, checkpoint_every=, resume_from=, fingerprint_every=); --spec FILE reads a spec file.")
+
+
+def _parser_main(parser: argparse.ArgumentParser, train: Trainer, job: str | None, words: list[str]) -> NoReturn:
+    if not job:
+        raise TypeError("job_main(parser, train, job='name'): name the job its runs are filed under")
+    module = train.partition(":")[0] if isinstance(train, str) else train.__module__
+    spec_type = arguments.spec_from_parser(parser, job, module=module)
+    if parser.epilog is None:
+        parser.epilog = _SHARED_FIELDS_EPILOG
+    # MLflow only when a job fails before it runs
+    from mlrepro.store.record import write_launcher_error
+
+    with user_errors(on_error=write_launcher_error):
+        options, rest = arguments.given_options(parser, words)  # argparse's own --help and errors
+        spec_file, assignments = arguments.spec_words(rest)
+        values = arguments.merged(read_spec_file(spec_file) if spec_file else {}, options,
+                                  parse_assignments(assignments))
+        spec = build_spec(spec_type, values)
+        prestart()  # the writers' zygote imports MLflow while this process imports torch
+        run_job(spec, _training_function(train))
+    sys.exit(EXIT_OK)
 
 
 def spec_file_command(trainers: dict[str, Trainer]) -> click.Command:

@@ -28,6 +28,13 @@ def write_checkpoint(client: RunWriter, run_id: str, path: Path) -> None:
             client.log_artifact(run_id, str(file), artifact_path=keys.CHECKPOINT_ARTIFACT_DIR)
 
 
+def write_model(client: RunWriter, run_id: str, path: Path, name: str) -> None:
+    """A model's weights file and its SHA-256 beside it, logged under ``name/``."""
+    with store_errors(client, run_id):
+        for file in (path, path.with_name(path.name + keys.CHECKSUM_SUFFIX)):
+            client.log_artifact(run_id, str(file), artifact_path=name)
+
+
 def download_newest_checkpoint(client: MlflowClient, spec: BaseSpec, folder: Path) -> tuple[str, Path]:
     """The run ``spec.resume_from`` names (its full id) and its newest checkpoint file with its
     checksum, downloaded into ``folder``; that run must have run the same spec. Everything is

@@ -157,9 +157,9 @@ def _serve(requests: IO[str], answers: IO[str]) -> None:
         answers.flush()
 
 
-# What every job opened through mlrepro imports on its way to its first step, heaviest first;
+# What a job opened through mlrepro imports on its way to its first step (torchvision: a vision job);
 # IPython is what MLflow's start_run imports to ask whether it runs in a Databricks notebook.
-_IMPORTED_AHEAD = ("torch", "mlflow", "mlflow.tracking", "mlflow.store.db.utils",
+_IMPORTED_AHEAD = ("torch", "torchvision", "mlflow", "mlflow.tracking", "mlflow.store.db.utils",
                    "mlflow.store.tracking.sqlalchemy_store", "IPython", "mlrepro.training.tracking")
 
 if __name__ == "__main__":

@@ -4,11 +4,14 @@ training function is written once for either."""
 
 from __future__ import annotations
 
+import hashlib
+import re
 import tempfile
 from array import array
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -32,8 +35,10 @@ from mlrepro.store.writer import LossWriter
 from mlrepro.training import distributed
 from mlrepro.training.checkpoint import (
     Checkpoint,
+    checksum_path,
     save_checkpoint,
 )
+from mlrepro.training.loop import Loop
 from mlrepro.training.orders import StopRequested
 from mlrepro.training.watch import Watch
 
@@ -60,12 +65,61 @@ class RunHandle(Protocol):
 
     def flush(self) -> None: ...
 
+    def epochs(self, first: int, stop: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
+               scheduler: Any = None) -> Iterator[int]: ...
+
+    def batches(self, loader: Iterable[Any], epoch: int | None = None) -> Iterator[tuple[int, Any]]: ...
+
+    def checkpoint_if_due(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                          scheduler: Any = None, extra: dict[str, Any] | None = None) -> bool: ...
+
+    def log_model(self, model: torch.nn.Module, name: str = "model") -> None: ...
+
+
+class _LoopMethods:
+    """The loop helpers (``mlrepro.training.loop``) on a run: one ``Loop`` a run, made on first use."""
+
+    resume: Checkpoint | None
+    spec: BaseSpec
+    first_step: int
+    _loop_state: Loop | None = None
+
+    def _steps_done(self) -> int:
+        raise NotImplementedError
+
+    def save_checkpoint(self, checkpoint: Checkpoint) -> None:
+        raise NotImplementedError
+
+    @property
+    def _loop(self) -> Loop:
+        if self._loop_state is None:
+            self._loop_state = Loop(self.resume, self.spec.checkpoint_every, self.save_checkpoint, self._steps_done)
+        return self._loop_state
+
+    def epochs(self, first: int, stop: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
+               scheduler: Any = None) -> Iterator[int]:
+        """``range(first, stop)``; in a resumed run from the checkpoint's epoch, with the model, optimizer
+        and scheduler restored (``mlrepro.training.loop``)."""
+        return self._loop.epochs(first, stop, model, optimizer, scheduler)
+
+    def batches(self, loader: Iterable[Any], epoch: int | None = None) -> Iterator[tuple[int, Any]]:
+        """``enumerate(loader)``; in a resumed run's first epoch from the batch after its checkpoint,
+        with the shuffle order and every generator as the whole run had them."""
+        return self._loop.batches(loader, epoch)
+
+    def checkpoint_if_due(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                          scheduler: Any = None, extra: dict[str, Any] | None = None) -> bool:
+        """Save a checkpoint every ``spec.checkpoint_every`` steps: call once a step, after ``log_loss``."""
+        return self._loop.checkpoint_if_due(model, optimizer, scheduler, extra)
+
+
+_ARTIFACT_FOLDER = re.compile(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*")
 
 # Steps of a GPU loss gathered on the device before one copy to the host.
 DEVICE_BLOCK_STEPS = 1024
 
 
-class TrackedRun:
+class TrackedRun(_LoopMethods):
     """The training loop's handle on its MLflow run: ``log_loss`` once per step.
 
     ``log_loss`` costs the loop well under a microsecond for a Python float: the
@@ -155,6 +209,24 @@ class TrackedRun:
     @property
     def steps_logged(self) -> int:
         return len(self._losses) + self._device_filled + len(self._rank_pending)
+
+    def _steps_done(self) -> int:
+        return self.first_step + self.steps_logged
+
+    def log_model(self, model: torch.nn.Module, name: str = "model") -> None:
+        """The trained weights as artifacts under ``name/``: ``state_dict.pt`` (``model.state_dict()``,
+        read back with ``torch.load(weights_only=True)``, which runs no code) and its SHA-256 beside it.
+        Spooled like a checkpoint: a store that is away gets it later; a later call replaces it."""
+        if not _ARTIFACT_FOLDER.fullmatch(name) or ".." in name.split("/") or name.split("/")[0] == "mlrepro":
+            raise SpecError(f"log_model: name {name!r} must be a relative folder of letters, digits, _ - . "
+                            "(not .., not mlrepro/)")
+        self.flush()
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "state_dict.pt"
+            torch.save(model.state_dict(), path)
+            checksum_path(path).write_text(hashlib.sha256(path.read_bytes()).hexdigest() + "\n")
+            checkpoints.write_model(self.spool, self.run_id, path, name)
+        self._writer.send_now()
 
     def log_loss(self, loss: float | torch.Tensor) -> None:
         """Record the loss of the next step (first_step, first_step + 1, ...), as metric ``spec.metric``.
@@ -279,7 +351,7 @@ class TrackedRun:
         return LossSeries(steps=steps, values=values)
 
 
-class RankRun:
+class RankRun(_LoopMethods):
     """What a training loop on a rank other than 0 holds under torchrun: the run's id, the spec, and
     its own losses, which it hands to rank 0 as rank 0 gathers them. It creates no run and writes
     nothing to the store: rank 0 owns the run."""
@@ -290,8 +362,16 @@ class RankRun:
         self.resume = resume
         self.first_step = resume.step if resume is not None else 0
         self._pending: list[float] = []
+        self._steps = 0
+
+    def _steps_done(self) -> int:
+        return self.first_step + self._steps
+
+    def log_model(self, model: torch.nn.Module, name: str = "model") -> None:
+        """Rank 0 logs the model: after DDP's all-reduce every rank holds the same weights."""
 
     def log_loss(self, loss: float | torch.Tensor) -> None:
+        self._steps += 1
         self._pending.append(loss.item() if isinstance(loss, torch.Tensor) else float(loss))
         if len(self._pending) == distributed.GATHER_EVERY:
             self.flush()
