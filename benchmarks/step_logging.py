@@ -243,6 +243,34 @@ def read_only_start_up() -> dict[str, float]:
     }
 
 
+REPO = Path(__file__).resolve().parent.parent
+
+
+def check_time(folder: Path) -> dict[str, float]:
+    """Seconds ``mlrepro check`` takes, as the user starts it (20 steps a leg, five legs), on the line fit
+    and on the PyTorch MNIST example (a small MNIST written in its real format): the whole command,
+    and the check's own count from its first leg to its verdict."""
+    # examples/ is not a package mlrepro installs: its data writer is read from the checkout.
+    sys.path.insert(0, str(REPO / "examples" / "mnist"))
+    from fake_data import write_mnist
+
+    write_mnist(folder / "data", train=512, test=256)
+    work = folder / "work"
+    work.mkdir(exist_ok=True)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    results = {}
+    for name, job in (("line fit", "projects.linefit"), ("MNIST example", str(REPO / "examples" / "mnist" / "main.py"))):
+        started = time.perf_counter()
+        done = subprocess.run([sys.executable, "-m", "mlrepro", "check", "--json", job], cwd=work, env=env,
+                              capture_output=True, text=True, check=False)
+        wall = time.perf_counter() - started
+        if done.returncode != 0:
+            raise SystemExit(f"mlrepro check {job} failed: {done.stderr.strip().splitlines()[-1:]}")
+        results[f"mlrepro check {name}, the whole command s"] = wall
+        results[f"  {name}: its legs and verdict s"] = json.loads(done.stdout)["seconds"]
+    return results
+
+
 def fingerprint_cost(rounds: int = 3, steps: int = 3000, block_steps: int = 25) -> dict[str, float]:
     """Microseconds of a CIFAR-10 step on the CPU, without and with every parameter and gradient
     fingerprinted: the CIFAR-10 job's own loop (batch 4, two loader workers, one thread), on files
@@ -407,9 +435,9 @@ def main() -> int:
     parser.add_argument("--json", default=str(Path(tempfile.gettempdir()) / "mlrepro-benchmarks" / "step_logging.json"),
                         help="where to write the results (default: the system's temporary folder; "
                              "benchmarks/results/step_logging.json is the committed record)")
-    parser.add_argument("--only", choices=["all", "stores", "costs"], default="all",
+    parser.add_argument("--only", choices=["all", "stores", "costs", "check"], default="all",
                         help="stores: only the store section (a few minutes); costs: only the fingerprints' and a "
-                             "run's fixed cost (a minute)")
+                             "run's fixed cost (a minute); check: only mlrepro check's time (two minutes)")
     args = parser.parse_args()
     json_path = Path(args.json).resolve()
     json_path.parent.mkdir(parents=True, exist_ok=True)
@@ -419,6 +447,12 @@ def main() -> int:
         uri = f"sqlite:///{Path(folder) / 'mlflow.db'}"
         mlflow.set_tracking_uri(uri)
         os.environ["MLFLOW_TRACKING_URI"] = uri  # for the commands started in their own processes
+        if args.only == "check":
+            checks = check_time(Path(folder))
+            for name, value in checks.items():
+                print(f"  {name:<50} {value:>8.1f}")
+            return 0 if checks["mlrepro check line fit, the whole command s"] <= 30 and \
+                checks["mlrepro check MNIST example, the whole command s"] <= 60 else 1
         if args.only == "costs":
             for name, value in {**fingerprint_cost(), **run_start_cost()}.items():
                 print(f"  {name:<50} {value:>10.3f}")
@@ -435,6 +469,7 @@ def main() -> int:
         compare = compare_speed(args.compare_steps)
         memory = memory_per_step()
         start_up = read_only_start_up()
+        checks = check_time(Path(folder))
 
     ratio_wall = wall["tracked loop, until all steps are in MLflow s"] / wall["untracked loop s"]
     ratio_compare = compare["get_metric_history of both runs s"] / compare["mlrepro compare_runs s"]
@@ -451,6 +486,8 @@ def main() -> int:
             start_up["mlrepro compare (two 1,000-step runs)"] < start_up["python -c 'import torch, mlflow'"]),
     }
     targets["fingerprint_every=1 costs a CIFAR-10 CNN CPU step <= 5 %"] = fingerprints["  cost of the fingerprints, %"] <= 5
+    targets["mlrepro check on the line fit <= 30 s"] = checks["mlrepro check line fit, the whole command s"] <= 30
+    targets["mlrepro check on the MNIST example <= 60 s"] = checks["mlrepro check MNIST example, the whole command s"] <= 60
     targets["a run adds <= 0.3 s to a short loop"] = start_cost["  added by the run s"] <= 0.3
     if loop_through_server is not None:
         targets["line fit through a PostgreSQL server: its loop <= 1.15x untracked"] = loop_through_server <= 1.15
@@ -478,6 +515,9 @@ def main() -> int:
     print("\nstart-up of the commands that only read, median of 3 (s)")
     for name, value in start_up.items():
         print(f"  {name:<50} {value:>8.3f}")
+    print("\nmlrepro check, 20 steps a leg, five legs (s)")
+    for name, value in checks.items():
+        print(f"  {name:<50} {value:>8.1f}")
     print_stores(stores)
     print("\ntargets")
     for name, met in targets.items():
@@ -493,6 +533,7 @@ def main() -> int:
         "fingerprints": fingerprints,
         "run_start_cost_seconds": start_cost,
         "read_only_start_up_seconds": start_up,
+        "check_seconds": checks,
         "stores": stores,
         "targets_met": targets,
     }
