@@ -64,8 +64,8 @@ def launched(store: str, cwd: Path, project: Path, *params: str) -> str:
 
 @pytest.mark.e2e
 def test_mlflow_run_compare_show_find_and_reproduce_a_users_own_job(tmp_path: Path, store: str, project: Path) -> None:
-    a = launched(store, tmp_path, project, "steps=150")
-    wider = launched(store, tmp_path, project, "steps=150", "width=32")
+    a = launched(store, tmp_path, project, "epochs=40")
+    wider = launched(store, tmp_path, project, "epochs=40", "width=32")
 
     different = run_here(main, "compare", "--json", a[:8], wider[:8])
     assert different.exit_code == 1, different.stderr
@@ -94,7 +94,7 @@ def test_mlflow_run_compare_show_find_and_reproduce_a_users_own_job(tmp_path: Pa
     assert repeated.returncode == 0, repeated.stdout + repeated.stderr[-3000:]
     repeat = only_run_id(store)  # the second run of the same spec: identical, bit for bit
     assert f"repeated run {a} as run {repeat}" in repeated.stdout
-    assert f"identical: runs {a} and {repeat} logged the same 150 losses, bit for bit" in repeated.stdout
+    assert f"identical: runs {a} and {repeat} logged the same 160 losses, bit for bit" in repeated.stdout
     tags = mlflow.MlflowClient().get_run(repeat).data.tags
     assert tags["mlrepro.reproduces"] == a and tags["mlflow.project.entryPoint"] == "main"
 
@@ -105,14 +105,14 @@ def test_a_stopped_run_of_a_users_job_resumes_bit_for_bit_and_its_digest_is_the_
     """In this process: a SIGKILL and its resume are proven end to end in test_resume (CIFAR-10, two
     loader workers) and test_distributed (two ranks); this is the user's own loop and spec."""
     job = job_command(*users_job(project))
-    spec = ["steps=2000", "checkpoint_every=200"]
+    spec = ["epochs=500", "checkpoint_every=202"]  # 4 steps an epoch: checkpoints mid-epoch
     stopped_id = stopped_here(job, *spec, after=700, folder=tmp_path)  # ends after step 699, as a kill would
 
     resumed = run_here(job, *spec, f"resume_from={stopped_id[:8]}")
     assert resumed.exit_code == 0, resumed.stderr[-3000:]
     resumed_id = only_run_id(store)
     assert f"mlrepro: run {resumed_id} in {store}" in resumed.stderr
-    assert f"mlrepro: continues run {stopped_id} from step 600" in resumed.stderr
+    assert f"mlrepro: continues run {stopped_id} from step 606" in resumed.stderr
     assert run_here(job, *spec).exit_code == 0
     uninterrupted = only_run_id(store)
 
