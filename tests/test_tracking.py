@@ -111,3 +111,27 @@ def test_an_unreachable_server_is_a_tracking_error(monkeypatch) -> None:
                 pass
     finally:
         mlflow.set_tracking_uri(None)
+
+
+def test_a_switch_changed_after_the_run_opened_is_recorded_as_training_found_it(store: str) -> None:
+    # As Lightning's Trainer(deterministic=False) or a script's own line would, once start_run has set it.
+    try:
+        with start_run(LineFitSpec(steps=2)) as run:
+            torch.backends.cudnn.benchmark = True
+            run.log_loss(1.0)
+            torch.backends.cudnn.benchmark = False  # changed back: the first step's reading stays
+            run.log_loss(0.5)
+    finally:
+        torch.backends.cudnn.benchmark = False
+    logged = load_run(run.run_id)
+    tags = mlflow.MlflowClient().get_run(run.run_id).data.tags
+    assert tags[keys.TAG_ENVIRONMENT_CHANGED] == "determinism.cudnn_benchmark: false -> true"
+    assert logged.environment["determinism.cudnn_benchmark"] == "true"
+    assert tags["mlrepro.environment.determinism.cudnn_benchmark"] == "true"
+    assert tags[keys.TAG_ENV_HASH] == run.environment.hash != run.opened_environment.hash
+
+
+def test_a_run_whose_switches_stay_as_opened_has_no_change_noted(store: str) -> None:
+    with start_run(LineFitSpec(steps=1)) as run:
+        run.log_loss(1.0)
+    assert keys.TAG_ENVIRONMENT_CHANGED not in mlflow.MlflowClient().get_run(run.run_id).data.tags

@@ -26,7 +26,7 @@ from mlrepro.analysis.compare import RunComparison, compare_logged_runs
 from mlrepro.capture.logged import LoggedRun
 from mlrepro.capture.spec import BaseSpec, carried_out_fields, parse_assignments
 from mlrepro.errors import SpecError
-from mlrepro.store import checkpoints, record
+from mlrepro.store import check_runs, checkpoints, record
 from mlrepro.training.orders import Leg, LegReport, Orders, Scratch, job_command
 
 
@@ -170,7 +170,7 @@ def _record(client: MlflowClient, a: LoggedRun, result: CheckResult) -> str:
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "check.json"
         path.write_text(json.dumps(result.model_dump(mode="json"), indent=2))
-        return record.write_check(client, a, result.summary(), result.passed, path)
+        return check_runs.write_check(client, a, result.summary(), result.passed, path)
 
 def _checked_request(given: dict[str, str], steps: int, resume_at: int | None) -> int:
     """Refuse what the check cannot run, before any leg starts; the step the resumed legs start at."""

@@ -35,6 +35,8 @@ TAG_COMPARED_VERDICT = "mlrepro.compared.verdict"
 TAG_COMPARED_IDENTICAL = "mlrepro.compared.identical"
 # On the run `mlrepro check` records: its verdict, "passed: ..." or "failed: ...", and the table as JSON.
 TAG_DETERMINISM_CHECKED = "mlrepro.determinism_checked"
+# Environment facts that changed between the run opening and its training (a framework set a switch).
+TAG_ENVIRONMENT_CHANGED = "mlrepro.environment_changed"
 CHECK_ARTIFACT_DIR = "mlrepro"
 # On a run made by `mlrepro reproduce`: the id of the run it repeats.
 TAG_REPRODUCES = "mlrepro.reproduces"

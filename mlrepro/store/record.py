@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import tempfile
 import time
 import zipfile
@@ -69,7 +68,7 @@ _LEGACY_BOOKKEEPING = {
     keys.TAG_RESUMED_FROM, keys.TAG_RESUMED_AT_STEP, keys.TAG_RESUMED_BY, keys.TAG_SPEC_CLASS,
     keys.TAG_OWN_LOSS_DIGEST, keys.TAG_PROCESS, keys.TAG_ENDED,
 }
-_TAG_LIMIT = 5000
+TAG_LIMIT = 5000
 
 
 class RunWriter(Protocol):
@@ -144,6 +143,20 @@ def environment_tags(environment: EnvironmentRecord) -> dict[str, str]:
     return tags
 
 
+def write_environment_change(client: RunWriter, run_id: str, environment: EnvironmentRecord,
+                             changed: Mapping[str, tuple[str, str]]) -> None:
+    """The environment as training found it, where it changed after the run opened (a framework set a
+    determinism switch): the record, the changed facts' tags and the hash again, and a tag naming each
+    change as ``fact: opened -> trained``."""
+    tags = environment_tags(environment)
+    with store_errors(client, run_id):
+        for key in [keys.ENV_TAG_PREFIX + fact for fact in changed] + [keys.TAG_ENV_HASH]:
+            client.set_tag(run_id, key, tags.get(key, ""))
+        note = "; ".join(f"{fact}: {before} -> {after}" for fact, (before, after) in sorted(changed.items()))
+        client.set_tag(run_id, keys.TAG_ENVIRONMENT_CHANGED, redacted(note)[:TAG_LIMIT])
+        _log_json(client, run_id, keys.ENVIRONMENT_ARTIFACT, environment.model_dump(mode="json")["facts"])
+
+
 def _importable_class_path(path: str, code: CodeRecord) -> str:
     """A class defined in ``__main__`` named by the module another process imports it as:
     ``train:NoisySpec`` for ``python train.py``, run from its project folder."""
@@ -157,7 +170,7 @@ def _importable_class_path(path: str, code: CodeRecord) -> str:
     return path
 
 
-def _log_json(client: MlflowClient, run_id: str, artifact: str, content: Any) -> None:
+def _log_json(client: RunWriter, run_id: str, artifact: str, content: Any) -> None:
     folder, name = artifact.rsplit("/", 1)
     with tempfile.TemporaryDirectory() as temporary:
         path = Path(temporary) / name
@@ -229,7 +242,7 @@ def write_run_name(client: RunWriter, run_id: str, name: str) -> None:
 def write_error(client: RunWriter, run_id: str, message: str) -> None:
     """Why a run stopped, on the run. Best effort: a store that fails must not hide the error."""
     with contextlib.suppress(*store_failures()):
-        client.set_tag(run_id, keys.TAG_ERROR, one_line(redacted(message))[:_TAG_LIMIT])
+        client.set_tag(run_id, keys.TAG_ERROR, one_line(redacted(message))[:TAG_LIMIT])
 
 
 def write_launcher_error(message: str) -> None:
@@ -245,7 +258,7 @@ def write_launcher_error(message: str) -> None:
 def write_tags(client: MlflowClient, run_id: str, tags: Mapping[str, str]) -> None:
     with store_errors(client, run_id):
         for key, value in tags.items():
-            client.set_tag(run_id, key, redacted(value)[:_TAG_LIMIT])
+            client.set_tag(run_id, key, redacted(value)[:TAG_LIMIT])
 
 
 def write_artifact(client: MlflowClient, run_id: str, path: Path, folder: str) -> None:
@@ -258,32 +271,6 @@ def write_verdict(client: MlflowClient, run_id: str, other_run_id: str, text: st
     with store_errors(client, run_id):
         client.set_tag(run_id, keys.TAG_VERDICT_PREFIX + other_run_id, text)
     write_artifact(client, run_id, plot, keys.COMPARE_ARTIFACT_DIR)
-
-
-def write_check(client: MlflowClient, checked: LoggedRun, summary: str, passed: bool, table: Path) -> str:
-    """Record what ``mlrepro check`` found as a run of its own in the user's experiment
-    (``MLFLOW_EXPERIMENT_NAME`` or ``MLFLOW_EXPERIMENT_ID``, else the default one): the spec and
-    environment of the checked leg, the verdict as a tag the UI shows, the table as JSON."""
-    job = checked.spec.job if checked.spec is not None else "job"
-    tags = {MLFLOW_RUN_NAME: f"determinism check: {job}", keys.TAG_DETERMINISM_CHECKED: summary[:_TAG_LIMIT],
-            keys.TAG_JOB: job, **{key: value for key, value in checked.tags.items()
-                                  if key.startswith(keys.ENV_TAG_PREFIX) or key == keys.TAG_ENV_HASH}}
-    if checked.spec is not None:
-        tags[keys.TAG_SPEC_HASH] = checked.spec.hash
-    with store_errors(client):
-        name = os.environ.get("MLFLOW_EXPERIMENT_NAME")
-        experiment_id = os.environ.get("MLFLOW_EXPERIMENT_ID") or "0"
-        if name:
-            found = client.get_experiment_by_name(name)
-            experiment_id = found.experiment_id if found is not None else client.create_experiment(name)
-        run_id = client.create_run(experiment_id, tags=tags).info.run_id
-    with store_errors(client, run_id):
-        params = [Param(key, value) for key, value in checked.spec_fields.items()]
-        for start in range(0, len(params), MAX_PARAMS_TAGS_PER_BATCH):
-            client.log_batch(run_id, params=params[start:start + MAX_PARAMS_TAGS_PER_BATCH], synchronous=True)
-        client.log_artifact(run_id, str(table), artifact_path=keys.CHECK_ARTIFACT_DIR)
-        client.set_terminated(run_id, "FINISHED" if passed else "FAILED")
-    return run_id
 
 
 def create_run(client: MlflowClient, experiment_id: str, tags: Mapping[str, str]) -> str:

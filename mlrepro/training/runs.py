@@ -17,7 +17,11 @@ import numpy as np
 import torch
 from mlflow.tracking import MlflowClient
 
-from mlrepro.capture.environment import EnvironmentRecord
+from mlrepro.capture.environment import (
+    COLLECTORS,
+    EnvironmentRecord,
+    capture_environment,
+)
 from mlrepro.capture.fingerprints import FingerprintRecord
 from mlrepro.capture.losses import LossSeries
 from mlrepro.capture.seeding import SeedRecord
@@ -164,6 +168,8 @@ class TrackedRun(_LoopMethods):
         self._rank_pending: list[float] = []
         self._rank_losses = [array("d") for _ in range(world.size)] if world is not None else []
         self._watch: Watch | None = None
+        self.opened_environment = environment  # as recorded when the run opened
+        self._environment_read_in_training = False
         self.spool = Spool.create(run_id, client.tracking_uri, spec.metric, self.first_step)
         self._writer = LossWriter(self._losses, self.spool, client.tracking_uri)
 
@@ -213,6 +219,25 @@ class TrackedRun(_LoopMethods):
     def _steps_done(self) -> int:
         return self.first_step + self.steps_logged
 
+    def recapture_environment(self) -> dict[str, tuple[str, str]]:
+        """Read the environment again, as training finds it: a framework sets its own determinism
+        switches once the run is open (Lightning's ``Trainer(deterministic=...)``, Hugging Face's
+        ``enable_full_determinism``), and a script may change one itself. Where a fact differs from
+        the record, the record is rewritten as it is now, with the tag ``mlrepro.environment_changed``
+        naming each change. Called at the first step, and by the framework callbacks as training
+        starts; costs a few milliseconds. The changes since the run opened."""
+        self._environment_read_in_training = True
+        known = {fact: value for fact, value in self.opened_environment.facts.items() if fact not in COLLECTORS}
+        now = capture_environment(extra=known)
+        opened = self.opened_environment.facts
+        changed = {fact: (opened.get(fact, ""), now.facts.get(fact, "")) for fact in sorted({*opened, *now.facts})
+                   if opened.get(fact) != now.facts.get(fact)}
+        if changed and now.facts != self.environment.facts:
+            self.environment = now
+            record.write_environment_change(self.spool, self.run_id, now, changed)
+            self._writer.send_now()
+        return changed
+
     def log_model(self, model: torch.nn.Module, name: str = "model") -> None:
         """The trained weights as artifacts under ``name/``: ``state_dict.pt`` (``model.state_dict()``,
         read back with ``torch.load(weights_only=True)``, which runs no code) and its SHA-256 beside it.
@@ -233,6 +258,8 @@ class TrackedRun(_LoopMethods):
 
         Under torchrun every rank calls it every step; the metric is the mean over ranks, and the
         exact record keeps each rank's loss."""
+        if not self._environment_read_in_training:
+            self.recapture_environment()
         if self.world is not None:
             self._rank_pending.append(loss.item() if isinstance(loss, torch.Tensor) else float(loss))
             if len(self._rank_pending) == distributed.GATHER_EVERY:
