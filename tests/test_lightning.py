@@ -93,11 +93,11 @@ def test_the_loss_of_an_accumulated_optimizer_step_is_the_mean_of_its_micro_batc
     assert load_run(run.run_id).losses.values.tolist() == expected
 
 
-def lightning_runs(store: str, cwd: Path, *words_of_each: list[str], **env: str) -> list[str]:
-    """The example in a process a run, two at once (one a core); their run ids."""
+def lightning_runs(store: str, cwd: Path, *words_of_each: list[str], script: Path = LIGHTNING, **env: str) -> list[str]:
+    """The example (or ``script``) in a process a run, two at once (one a core); their run ids."""
     ids = []
     for start in range(0, len(words_of_each), 2):
-        jobs = [subprocess.Popen([sys.executable, str(LIGHTNING), *words], cwd=cwd, stdout=subprocess.DEVNULL,
+        jobs = [subprocess.Popen([sys.executable, str(script), *words], cwd=cwd, stdout=subprocess.DEVNULL,
                                  stderr=subprocess.PIPE, text=True, env=job_env(store, PYTHONHASHSEED="0", **env))
                 for words in words_of_each[start:start + 2]]
         for job in jobs:
@@ -107,37 +107,68 @@ def lightning_runs(store: str, cwd: Path, *words_of_each: list[str], **env: str)
     return ids
 
 
+# Planted into a copy of the example: noise from a generator no seed decides, added to the model's
+# output from optimizer step PLANT_NOISE_FROM on.
+PLANT = """
+import os as _os
+_UNSEEDED = torch.Generator().manual_seed(int.from_bytes(_os.urandom(8), "little") >> 1)
+
+
+def planted(module, x):
+    start = _os.environ.get("PLANT_NOISE_FROM")
+    if start is None or module.global_step < int(start):
+        return x
+    return x + 1e-3 * torch.randn(x.shape, generator=_UNSEEDED)
+"""
+
+
+def planted_copy(folder: Path) -> Path:
+    text = LIGHTNING.read_text().replace("import mlrepro\n", "import mlrepro\n" + PLANT, 1)
+    text = text.replace("self.net(inputs), targets)", "planted(self, self.net(inputs)), targets)", 1)
+    folder.mkdir()
+    (folder / "train.py").write_text(text)
+    return folder / "train.py"
+
+
 @pytest.mark.e2e
 def test_a_lightning_job_gets_every_guarantee(tmp_path: Path, store: str) -> None:
-    words = ["epochs=2", "accumulate=2", "num_workers=2", "checkpoint_every=5"]  # 8 steps an epoch
-    # SIGKILL mid-epoch (after a checkpoint: 8 steps an epoch, one every 5), then resume: the whole run, bit
-    # for bit. First, while the killed job's run is the store's only one.
-    job = subprocess.Popen([sys.executable, str(LIGHTNING), *words, "epochs=10"], cwd=tmp_path,
+    words = ["epochs=10", "accumulate=2", "num_workers=2", "checkpoint_every=5"]  # 8 steps an epoch
+    # SIGKILL mid-epoch (after a checkpoint: one every 5 steps), then resume: the whole run, bit for bit.
+    # First, while the killed job's run is the store's only one.
+    job = subprocess.Popen([sys.executable, str(LIGHTNING), *words], cwd=tmp_path,
                            env=job_env(store, PYTHONHASHSEED="0"), stdout=subprocess.DEVNULL,
                            stderr=subprocess.PIPE, text=True)
     killed = kill_after_checkpoints(store, job, at_least=1)
-    resumed, whole = lightning_runs(store, tmp_path, [*words, "epochs=10", f"resume_from={killed}"],
-                                    [*words, "epochs=10"])
+    resumed, whole = lightning_runs(store, tmp_path, [*words, f"resume_from={killed}"], words)
     verdict = run_here(main, "compare", resumed, whole)
     assert verdict.exit_code == 0 and "logged the same 80 losses, bit for bit" in verdict.stdout, verdict.stdout
 
-    a, b, other_seed = lightning_runs(store, tmp_path, words, words, [*words, "seed=4"])
-
-    # Two runs compare identical, bit for bit; another seed is named as the cause.
-    assert "logged the same 16 losses, bit for bit" in run_here(main, "compare", a, b).stdout
-    different = json.loads(run_here(main, "compare", "--json", a, other_seed).stdout)
+    # Two fresh runs compare identical, bit for bit; another seed is named as the cause.
+    again, other_seed = lightning_runs(store, tmp_path, words, [*words, "seed=4"])
+    assert "logged the same 80 losses, bit for bit" in run_here(main, "compare", whole, again).stdout
+    different = json.loads(run_here(main, "compare", "--json", whole, other_seed).stdout)
     assert different["diagnosis"].startswith("most likely cause: seed (3 | 4)")
 
     # One MLflow run holds mlrepro's record and Lightning's own logging: one series a metric.
     client = mlflow.MlflowClient()
-    run = client.get_run(a)
-    assert [m.step for m in client.get_metric_history(a, "loss")] == list(range(16))
-    assert len(client.get_metric_history(a, "lightning/loss")) == 16  # self.log, kept at each optimizer step
+    run = client.get_run(whole)
+    assert [m.step for m in client.get_metric_history(whole, "loss")] == list(range(80))
+    assert len(client.get_metric_history(whole, "lightning/loss")) == 80  # self.log, kept each optimizer step
     assert run.data.params["lr"] == "0.05" and run.data.params["accumulate"] == "2"
     assert run.data.tags["mlrepro.environment.determinism.deterministic_algorithms"] == "true"
 
+    # bisect names the step and the line of an unseeded op planted from step 7.
+    script, noisy = planted_copy(tmp_path / "planted"), {"PLANT_NOISE_FROM": "7"}
+    a, b = lightning_runs(store, tmp_path, words[:2] + words[3:], words[:2] + words[3:], script=script, **noisy)
+    bisected = run_command([sys.executable, "-m", "mlrepro", "bisect", "--json", a, b], store, tmp_path, **noisy)
+    assert bisected.returncode == 1, bisected.stderr[-3000:]
+    found = json.loads(bisected.stdout)
+    assert (found["first_divergent_step"], found["checkpoint_step"]) == (7, 5)
+    line = next(i for i, text in enumerate(script.read_text().splitlines(), 1) if "torch.randn(x.shape" in text)
+    assert found["difference"]["phase"] == "op" and found["difference"]["location"] == f"{script}:{line} in planted"
+
     # mlrepro check: fresh runs agree, a resume mid-epoch agrees, a broken one is caught.
-    checked = run_command([sys.executable, "-m", "mlrepro", "check", "--json", str(LIGHTNING), *words[:2],
+    checked = run_command([sys.executable, "-m", "mlrepro", "check", "--json", str(LIGHTNING), "accumulate=2",
                            "--steps", "12", "--resume-at", "5"], store, tmp_path)
     assert checked.returncode == 0, checked.stdout + checked.stderr[-3000:]
     assert json.loads(checked.stdout)["passed"] is True

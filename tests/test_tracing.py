@@ -96,3 +96,50 @@ def test_a_replay_that_never_reached_the_step_refuses_to_agree(tmp_path: Path) -
         refuse_unless_traced(events, "A", 3)
     with pytest.raises(BisectError, match="it traced nothing"):
         refuse_unless_traced([], "B", 3)
+
+
+class LightningShaped(torch.nn.Module):
+    """As a LightningModule's training_step is: the watched module calls its child, never its own forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 1))
+
+
+def test_a_watched_model_whose_children_run_alone_is_traced_under_its_own_names(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    module, logged = LightningShaped(), []
+    orders = Orders(trace=str(tmp_path / "trace.json"), trace_until=1)
+    with tracing(orders, 0, lambda: len(logged), lambda: module):
+        try:
+            for _ in range(3):
+                loss = module.net(torch.ones(4, 3)).pow(2).mean()
+                loss.backward()
+                logged.append(loss.item())
+        except StopRequested:
+            pass
+    events = json.loads((tmp_path / "trace.json").read_text())["events"]
+    assert sorted({event["step"] for event in events}) == [0, 1]
+    assert {event["where"] for event in events if event["phase"] == "forward"} == {"net", "net.0", "net.1"}
+    assert [event["where"] for event in events if event["phase"] == "weights" and event["step"] == 0] == [
+        "net.0.weight", "net.0.bias", "net.1.weight", "net.1.bias"]
+
+
+def test_an_op_in_the_steps_own_code_outside_any_module_is_traced_with_its_line(tmp_path: Path) -> None:
+    module, logged = LightningShaped(), []
+    orders = Orders(trace=str(tmp_path / "trace.json"), trace_until=0)
+    with tracing(orders, 0, lambda: len(logged), lambda: module):
+        try:
+            for _ in range(2):
+                output = module.net(torch.ones(4, 3))
+                loss = (output + torch.full(output.shape, 0.5)).pow(2).mean()  # a training_step's own ops
+                loss.backward()
+                logged.append(loss.item())
+                torch.ones(2)  # between steps, with no forward begun: not the step's
+        except StopRequested:
+            pass
+    ops = [event for event in json.loads((tmp_path / "trace.json").read_text())["events"] if event["phase"] == "op"]
+    outside = [event for event in ops if event["where"].startswith("LightningShaped: ")]
+    assert [event["where"] for event in outside][:2] == ["LightningShaped: torch.full", "LightningShaped: Tensor.add"]
+    assert "test_tracing.py" in outside[0]["location"]
+    assert not [event for event in outside if "torch.ones" in event["where"]]

@@ -78,6 +78,9 @@ class Tracer(TorchFunctionMode):
         self._stack: list[str | None] = []
         self._weights_of_step: int | None = None
         self._hashing = False  # the ops of a fingerprint are not the job's
+        self._step_model: str | None = None  # the model a step ran, once its forward began
+        self._watched_model: torch.nn.Module | None = None
+        self._watched_modules: set[torch.nn.Module] = set()
         self._pid = os.getpid()  # a forked DataLoader worker inherits the hooks: it traces nothing
 
     def _event(self, phase: str, where: str, tensor: torch.Tensor, location: str | None = None,
@@ -96,9 +99,13 @@ class Tracer(TorchFunctionMode):
         """Whether an outermost module's forward is a training step's: the watched model's, or where
         nothing is watched, a module with parameters to train."""
         model = self.watched()
-        if model is not None:
-            return module is model
-        return any(parameter.requires_grad for parameter in module.parameters())
+        if model is None:
+            return any(parameter.requires_grad for parameter in module.parameters())
+        if model is not self._watched_model:  # its tree, named from the model: a LightningModule's
+            self._watched_model, self._watched_modules = model, set(model.modules())  # step calls self.net
+            for name, inner in model.named_modules():
+                self._names.setdefault(inner, name or type(model).__name__)
+        return module in self._watched_modules
 
     def before_forward(self, module: torch.nn.Module, _inputs: Any) -> None:
         if os.getpid() != self._pid:
@@ -117,9 +124,11 @@ class Tracer(TorchFunctionMode):
             raise StopRequested
         if self._weights_of_step != self.step:  # the step's first forward finds the weights the update made
             self._weights_of_step = self.step
-            for parameter_name, parameter in module.named_parameters():
+            for parameter_name, parameter in (self._watched_model or module).named_parameters():
                 self._event("weights", parameter_name, parameter)
         self._stack.append(self._names[module])
+        self._step_model = self._names.get(self._watched_model, self._names[module]) \
+            if self._watched_model is not None else self._names[module]
 
     def after_forward(self, module: torch.nn.Module, _inputs: Any, output: Any) -> None:
         if os.getpid() != self._pid or not self._stack:
@@ -136,9 +145,16 @@ class Tracer(TorchFunctionMode):
 
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         result = func(*args, **(kwargs or {}))
-        if (self._stack and self._stack[-1] is not None and not self._hashing and torch.is_grad_enabled()
-                and isinstance(result, torch.Tensor) and os.getpid() == self._pid):
-            self._event("op", f"{self._stack[-1]}: {_op_name(func)}", result, _location())
+        if self._hashing or not torch.is_grad_enabled() or not isinstance(result, torch.Tensor) \
+                or os.getpid() != self._pid:
+            return result
+        if self._stack:
+            if self._stack[-1] is not None:
+                self._event("op", f"{self._stack[-1]}: {_op_name(func)}", result, _location())
+        elif self._step_model is not None and self.current_step() == self.step:
+            # Between the model's forward and the step's loss: the loss function, or a
+            # LightningModule's training_step around its children, in the step's own code.
+            self._event("op", f"{self._step_model}: {_op_name(func)}", result, _location())
         return result
 
 
