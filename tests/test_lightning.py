@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from mlrepro import load_run, start_run
 from mlrepro.cli.main import main
-from mlrepro.lightning import MlreproCallback, mlflow_logger, resumable
+from mlrepro.lightning import MlreproCallback, resumable
 from mlrepro.training.watch import Watch
 from projects.linefit.spec import LineFitSpec
 from tests.conftest import REPO, job_env, kill_after_checkpoints, run_command, run_here
