@@ -62,6 +62,7 @@ def test_bisect_names_the_layer_whose_op_is_nondeterministic(tmp_path: Path, sto
     calm = run_here(main, "bisect", a, b)  # the command here; its replays in processes of their own
     assert calm.exit_code == 0, calm.stderr
     assert "did not recur" in calm.stdout
+    assert "replaying run B (" in calm.stderr and "from its checkpoint at step 10 to step 15" in calm.stderr
 
 
 def test_runs_without_a_checkpoint_before_they_part_are_refused_in_one_line(planted_store: PlantedRuns) -> None:

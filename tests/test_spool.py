@@ -185,3 +185,14 @@ def test_a_server_away_when_the_run_ends_leaves_it_to_sync_which_delivers_every_
                            capture_output=True, text=True, timeout=300)
     assert again.returncode == 2 and "nothing of it is pending on this machine" in again.stderr
     assert_whole_and_once(server, run_id, 20_000)
+
+
+def test_a_long_spools_delivery_reports_each_batch_so_sync_can_show_its_progress(store: str) -> None:
+    run_id, spool = spooled_run(store, [float(i) for i in range(2500)])
+    delivery, heard = Delivery(spool.folder, mlflow.MlflowClient(store)), []
+    delivery.on_progress = lambda done, total: heard.append((done, total))
+    delivery.deliver_available()
+    # A batch a request, at most 1,000 steps, and never across two sends of the spool (their own times).
+    done = [0] + [steps for steps, _ in heard]
+    assert heard[-1] == (2500, 2500) and {total for _, total in heard} == {2500}
+    assert all(0 < later - earlier <= 1000 for earlier, later in zip(done, done[1:]))

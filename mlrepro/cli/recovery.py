@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from typing import TYPE_CHECKING
 
 import click
@@ -38,6 +39,20 @@ def mark_killed(run_ids: tuple[str, ...]) -> None:
                        f"({run.loss_source})")
 
 
+class _ProgressLine:
+    """A long spool's delivery, said on stderr every few seconds: a sync of 40,000 steps takes minutes."""
+
+    EVERY_S = 3.0
+
+    def __init__(self) -> None:
+        self._last = time.monotonic()
+
+    def __call__(self, run_id: str, done: int, total: int) -> None:
+        if time.monotonic() - self._last >= self.EVERY_S or done == total and total > 10_000:
+            self._last = time.monotonic()
+            click.echo(f"  run {run_id[:8]}: {done:,} of {total:,} steps delivered", err=True)
+
+
 @click.command()
 @click.argument("run_ids", nargs=-1, metavar="[RUN]...")
 @click.option("--wait", "wait_s", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
@@ -56,7 +71,7 @@ def sync(run_ids: tuple[str, ...], wait_s: float | None) -> None:
 
     with user_errors():
         wait = spool.store_wait_s() if wait_s is None else wait_s
-        results = sync.sync(list(run_ids), wait, mlflow.get_tracking_uri())
+        results = sync.sync(list(run_ids), wait, mlflow.get_tracking_uri(), on_progress=_ProgressLine())
         if not results:
             click.echo(f"nothing to deliver: no run has a spool in {spool.root()}")
         for result in results:

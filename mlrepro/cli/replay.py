@@ -68,7 +68,8 @@ def bisect(run_a: str, run_b: str, project: str | None, as_json: bool) -> None:
     from mlrepro.replay.bisect import bisect_runs, describe
 
     with user_errors(), interrupted_in_one_line("bisect"):
-        result = bisect_runs(run_a, run_b, project=project)
+        result = bisect_runs(run_a, run_b, project=project,
+                             on_replay=None if as_json else lambda text: click.echo(f"  {text} ...", err=True))
     click.echo(result.model_dump_json(indent=2) if as_json else describe(result))
     sys.exit(EXIT_OK if result.difference is None else EXIT_DIFFERENT)
 

@@ -16,6 +16,7 @@ what differed then was not in the code's arithmetic on this machine now.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -106,9 +107,10 @@ def _start_step(comparison: RunComparison) -> int:
     return step  # type: ignore[return-value]
 
 
-def bisect_runs(run_a: str, run_b: str, client: MlflowClient | None = None,
-                project: str | Path | None = None) -> BisectResult:
-    """Replay both runs from their last common checkpoint to where they part, in two fresh processes."""
+def bisect_runs(run_a: str, run_b: str, client: MlflowClient | None = None, project: str | Path | None = None,
+                on_replay: Callable[[str], None] | None = None) -> BisectResult:
+    """Replay both runs from their last common checkpoint to where they part, in two fresh processes;
+    ``on_replay`` hears of each replay as it starts."""
     client = client or opening.existing_store()
     a, b = record.read_run(client, run_a), record.read_run(client, run_b)
     comparison = compare_logged_runs(a, b)
@@ -131,7 +133,12 @@ def bisect_runs(run_a: str, run_b: str, client: MlflowClient | None = None,
     start = usable[-1]
     scratch = Scratch()
     try:
-        traces = [_replay(client, scratch, run, name, start, divergent, project) for name, run in (("A", a), ("B", b))]
+        traces = []
+        for name, run in (("A", a), ("B", b)):
+            if on_replay is not None:
+                on_replay(f"replaying run {name} ({run.run_id[:8]}) from its checkpoint at step {start} to step "
+                          f"{divergent}, every module traced")
+            traces.append(_replay(client, scratch, run, name, start, divergent, project))
     finally:
         scratch.close()
     for name, events in zip("AB", traces):

@@ -95,6 +95,8 @@ class Delivery:
         self._stamp_indexes = array("q")
         self._stamps = array("q")
         self._times_offset = 0
+        # Told (steps delivered, steps spooled) after each batch: `mlrepro sync` shows a long spool's progress.
+        self.on_progress: Callable[[int, int], None] | None = None
 
     def pending(self) -> Pending:
         losses = _size(self.folder / "losses.f64") // 8
@@ -120,6 +122,8 @@ class Delivery:
                                                             self.first_step + start, timestamp))
             self.losses_delivered = end
             self._save_state()
+            if self.on_progress is not None:
+                self.on_progress(end, total)
         while self.writes_delivered - self._lines_start < len(self._lines):
             position = self.writes_delivered - self._lines_start
             batch = self._next_writes(position)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -66,8 +67,10 @@ def store_of(folder: Path, environment_uri: str | None) -> str:
     return recorded
 
 
-def sync(run_ids: list[str], wait_s: float, environment_uri: str | None) -> list[SyncResult]:
-    """Deliver the spools of ``run_ids`` (every spooled run where empty), each for at most ``wait_s``."""
+def sync(run_ids: list[str], wait_s: float, environment_uri: str | None,
+         on_progress: Callable[[str, int, int], None] | None = None) -> list[SyncResult]:
+    """Deliver the spools of ``run_ids`` (every spooled run where empty), each for at most ``wait_s``;
+    ``on_progress(run_id, steps delivered, steps spooled)`` hears of each batch."""
     # MLflow only when there is a spool to deliver
     from mlflow.tracking import MlflowClient
 
@@ -80,6 +83,8 @@ def sync(run_ids: list[str], wait_s: float, environment_uri: str | None) -> list
                 results.append(SyncResult(run_id, 0, 0, None, busy=True))
                 continue
             delivery = Delivery(folder, MlflowClient(uri))
+            if on_progress is not None:
+                delivery.on_progress = lambda done, total, run_id=run_id: on_progress(run_id, done, total)
             before = delivery.losses_delivered, delivery.writes_delivered
             try:
                 pending = deliver_until(delivery, wait_s)
