@@ -1,1 +1,2 @@
-"""Integrations: MLflow's run-context plugin, and the glue for training frameworks."""
+"""Integrations: MLflow's run-context plugin, and the glue for training frameworks (``lightning``:
+PyTorch Lightning's callback, resumable loader and MLflow logger, imported only by a job that asks)."""
