@@ -15,11 +15,11 @@ from mlrepro.training.leg_zygote import servable
 from mlrepro.training.orders import Leg, LegReport, Orders, Scratch, job_command
 from tests.conftest import REPO
 
-ENV = {"PATH": "/usr/bin", "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "2"}
+ENV = {"PATH": "/usr/bin", "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "2", "PYTHONPATH": "/project"}
 
 
 def test_a_module_or_a_script_in_the_zygotes_own_environment_is_forked() -> None:
-    leg_env = dict(ENV, MLFLOW_TRACKING_URI="sqlite:///x.db", MLREPRO_ORDERS="o.json", PYTHONPATH="/p")
+    leg_env = dict(ENV, MLFLOW_TRACKING_URI="sqlite:///x.db", MLREPRO_ORDERS="o.json", MLREPRO_SPOOL_DIR="/s")
     assert servable([sys.executable, "-m", "projects.linefit", "steps=3"], leg_env, ENV)
     assert servable([sys.executable, "train.py", "--batch-size", "8"], leg_env, ENV)
 
@@ -30,9 +30,11 @@ def test_another_interpreter_or_an_interpreter_option_starts_a_process_of_its_ow
     assert not servable(argv, ENV, ENV)
 
 
-@pytest.mark.parametrize("changed", [{"PYTHONHASHSEED": "7"}, {"OMP_NUM_THREADS": "1"}, {"CUDA_VISIBLE_DEVICES": "1"}])
+@pytest.mark.parametrize("changed", [{"PYTHONHASHSEED": "7"}, {"OMP_NUM_THREADS": "1"}, {"CUDA_VISIBLE_DEVICES": "1"},
+                                     {"PYTHONPATH": "/another/checkout"}])
 def test_a_variable_read_as_an_interpreter_or_torch_starts_is_never_forked_across(changed: dict[str, str]) -> None:
-    # The hash seed is fixed when the interpreter starts; OpenMP reads its threads as torch loads.
+    # The hash seed is fixed when the interpreter starts; OpenMP reads its threads as torch loads; the
+    # path decides which mlrepro the zygote imported.
     assert not servable([sys.executable, "-m", "jobs"], dict(ENV, **changed), ENV)
 
 
@@ -50,7 +52,7 @@ def test_a_forked_leg_is_the_job_a_new_process_would_have_run(tmp_path: Path, mo
         orders = tmp_path / "new.orders.json"
         orders.write_text(Orders(report=str(tmp_path / "new.report.json")).model_dump_json())
         env = dict(scratch._zygote.env, MLFLOW_TRACKING_URI=scratch.uri, MLREPRO_SPOOL_DIR=str(scratch.spool),
-                   MLREPRO_ORDERS=str(orders), PYTHONPATH=str(REPO))
+                   MLREPRO_ORDERS=str(orders))
         subprocess.run([*job.argv, *words], cwd=job.cwd, env=env, check=True, capture_output=True)
         fresh = LegReport.model_validate_json((tmp_path / "new.report.json").read_text())
 

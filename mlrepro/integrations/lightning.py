@@ -36,11 +36,11 @@ from lightning.pytorch.loggers import MLFlowLogger
 from torch.utils.data import DataLoader
 
 from mlrepro.errors import CheckpointError, SpecError
-from mlrepro.training.checkpoint import Checkpoint, capture_rng_state, restore_rng_state
+from mlrepro.training.checkpoint import Checkpoint, capture_rng_state
+from mlrepro.training.loop import EpochPosition, enter_epoch
 from mlrepro.training.runs import RunHandle
 
 LIGHTNING_KEY = "lightning"  # where an mlrepro checkpoint keeps Lightning's own, its weights left out
-_END = object()
 
 
 class ResumableLoader(DataLoader):
@@ -59,18 +59,9 @@ class ResumableLoader(DataLoader):
     def _mlrepro_batches(self) -> Any:
         generators = self._mlrepro_generators()
         state, self._mlrepro_to_load = self._mlrepro_to_load, None
-        if state is not None:  # the same order, and the same workers' seeds, drawn again
-            restore_rng_state(state["epoch_start_rng"], generators)
-        self._mlrepro_epoch_start = capture_rng_state(generators)
-        batches = super().__iter__()
-        done = 0
-        if state is not None:
-            for _ in range(int(state["batches_done"])):
-                if next(batches, _END) is _END:
-                    break
-                done += 1
-            restore_rng_state(state["rng"], generators)  # before the next batch is loaded
-        self._mlrepro_done = done
+        position = None if state is None else EpochPosition(state["epoch_start_rng"], int(state["batches_done"]),
+                                                            state["rng"])
+        self._mlrepro_epoch_start, batches, self._mlrepro_done = enter_epoch(_Plain(self), generators, position)
         for batch in batches:
             self._mlrepro_done += 1
             yield batch
@@ -84,6 +75,16 @@ class ResumableLoader(DataLoader):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Lightning hands back the state on a resume mid-epoch; the next epoch's iterator starts there."""
         self._mlrepro_to_load = state
+
+
+class _Plain:
+    """The loader iterated as a plain ``DataLoader``: its own ``__iter__`` without this class's."""
+
+    def __init__(self, loader: ResumableLoader) -> None:
+        self._loader = loader
+
+    def __iter__(self) -> Any:
+        return super(ResumableLoader, self._loader).__iter__()
 
 
 def resumable(loader: DataLoader) -> DataLoader:

@@ -31,8 +31,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-# Variables a leg may set that nothing reads before a job's own code runs.
-LEG_VARIABLES = frozenset({"MLFLOW_TRACKING_URI", "MLREPRO_SPOOL_DIR", "MLREPRO_ORDERS", "PYTHONPATH"})
+# Variables a leg may set that nothing reads before a job's own code runs. PYTHONPATH is not one:
+# it decides which mlrepro (and which of the job's modules) the zygote itself imported.
+LEG_VARIABLES = frozenset({"MLFLOW_TRACKING_URI", "MLREPRO_SPOOL_DIR", "MLREPRO_ORDERS"})
 
 
 def servable(argv: Sequence[str], env: Mapping[str, str], zygote_env: Mapping[str, str]) -> bool:
@@ -105,10 +106,9 @@ def _become_the_job(request: dict[str, Any]) -> int:
     os.dup2(devnull, 0)
     os.dup2(devnull, 1)
     os.dup2(stderr, 2)
-    pythonpath = [entry for entry in request["env"].get("PYTHONPATH", "").split(os.pathsep) if entry]
-    # As the interpreter builds sys.path: the script's folder (or the current one for -m), then PYTHONPATH.
-    first = os.getcwd() if argv[0] == "-m" else str(Path(argv[0]).resolve().parent)
-    sys.path[:] = [first, *pythonpath, *sys.path[1:]]
+    # As the interpreter builds sys.path: the script's folder (or the current one for -m) first; the
+    # rest (PYTHONPATH, the installation) is the zygote's, which the same environment built.
+    sys.path[0] = os.getcwd() if argv[0] == "-m" else str(Path(argv[0]).resolve().parent)
     sys.orig_argv = [sys.executable, *argv]
     code: int = 0
     try:

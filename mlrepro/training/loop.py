@@ -22,6 +22,7 @@ augmentations in such workers differ after a resume.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -31,6 +32,41 @@ from mlrepro.training.checkpoint import Checkpoint, capture_rng_state, restore_r
 
 # Where a checkpoint keeps the generators' states at the start of its epoch.
 EPOCH_START_RNG = "mlrepro.epoch_start_rng"
+_END = object()
+
+
+@dataclass(frozen=True)
+class EpochPosition:
+    """Where a checkpoint left its epoch: the generators' states as the epoch's iterator started (None
+    where no batch of it was done), the batches done, and the states at the checkpoint."""
+
+    epoch_start_rng: dict[str, Any] | None
+    batches_done: int
+    rng: dict[str, Any]
+
+
+def enter_epoch(loader: Iterable[Any], generators: dict[str, torch.Generator],
+                position: EpochPosition | None) -> tuple[dict[str, Any], Iterator[Any], int]:
+    """Start an epoch of ``loader``: at its beginning, or where ``position`` left it. The generators'
+    states as its iterator starts (for the next checkpoint), the iterator, and the batches skipped.
+
+    A resumed epoch goes back to the states at its start, so that the iterator draws the same order
+    and workers' seeds; loads the batches done (so workers stay in step); then goes to the states at
+    the checkpoint before the next batch is loaded."""
+    if position is not None and position.batches_done and position.epoch_start_rng is not None:
+        restore_rng_state(position.epoch_start_rng, generators)
+    elif position is not None:
+        restore_rng_state(position.rng, generators)
+    epoch_start = capture_rng_state(generators)
+    iterator = iter(loader)
+    skipped = 0
+    if position is not None and position.batches_done:
+        for _ in range(position.batches_done):
+            if next(iterator, _END) is _END:
+                break
+            skipped += 1
+        restore_rng_state(position.rng, generators)
+    return epoch_start, iterator, skipped
 
 
 class Loop:
@@ -73,26 +109,18 @@ class Loop:
             self.epoch = epoch
         generator = getattr(loader, "generator", None)
         self._generators = {"loader": generator} if isinstance(generator, torch.Generator) else {}
-        resume, skip = None, 0
+        position = None
         if not self._resumed:
             self._resumed, resume = True, self._resume
-            skip = resume.batch_in_epoch if resume is not None else 0
-        if resume is not None and skip:
-            if EPOCH_START_RNG not in resume.extra:
-                raise CheckpointError(f"the checkpoint at step {resume.step} is {skip} batches into its epoch but "
-                                      "lacks the generators' states at its start: save it with run.checkpoint_if_due")
-            restore_rng_state(resume.extra[EPOCH_START_RNG], self._generators)  # to draw the same order
-        elif resume is not None:
-            restore_rng_state(resume.rng, self._generators)
-        self._epoch_start_rng = capture_rng_state(self._generators)
-        iterator = iter(loader)
-        for _ in range(skip):  # done before the checkpoint: loaded again, so workers stay in step
-            if next(iterator, _END) is _END:
-                break
-        if resume is not None and skip:
-            restore_rng_state(resume.rng, self._generators)  # before the next batch is loaded
-        self.batch_in_epoch = skip
-        for index, batch in enumerate(iterator, start=skip):
+            if resume is not None:
+                if resume.batch_in_epoch and EPOCH_START_RNG not in resume.extra:
+                    raise CheckpointError(f"the checkpoint at step {resume.step} is {resume.batch_in_epoch} batches "
+                                          "into its epoch but lacks the generators' states at its start: save it "
+                                          "with run.checkpoint_if_due")
+                position = EpochPosition(resume.extra.get(EPOCH_START_RNG), resume.batch_in_epoch, resume.rng)
+        self._epoch_start_rng, iterator, skipped = enter_epoch(loader, self._generators, position)
+        self.batch_in_epoch = skipped
+        for index, batch in enumerate(iterator, start=skipped):
             self.batch_in_epoch = index + 1  # this batch is done once the loop body asks
             yield index, batch
 
@@ -113,5 +141,3 @@ class Loop:
         ))
         return True
 
-
-_END = object()
