@@ -13,34 +13,15 @@ import pytest
 
 from examples.mnist.fake_data import write_mnist
 from tests.conftest import REPO, job_env, run_command
+from tests.helpers.planting import planted_copy, planted_line
 
 MNIST = REPO / "examples" / "mnist" / "main.py"
 
-# Planted into a copy of the example: noise from a generator no seed decides, added to fc1's output from
-# step PLANT_NOISE_FROM on, where the real example has none. The step comes from the loop.
-PLANT = '''
-import os as _os
-_UNSEEDED = torch.Generator().manual_seed(int.from_bytes(_os.urandom(8), "little") >> 1)
-
-
-def planted(model, x):
-    start = _os.environ.get("PLANT_NOISE_FROM")
-    if start is None or not model.training or model.step < int(start):
-        return x
-    return x + 1e-3 * torch.randn(x.shape, generator=_UNSEEDED)
-'''
-
-
-def planted_copy(folder: Path) -> Path:
-    text = MNIST.read_text()
-    text = text.replace("import mlrepro  # mlrepro\n", "import mlrepro  # mlrepro\n" + PLANT, 1)
-    text = text.replace("        x = self.fc1(x)\n", "        x = self.fc1(x)\n        x = planted(self, x)\n", 1)
-    text = text.replace("        output = model(data)\n",
-                        "        model.step = run.first_step + run.steps_logged\n        output = model(data)\n", 1)
-    folder.mkdir()
-    copy = folder / "main.py"
-    copy.write_text(text)
-    return copy
+def planted_mnist(folder: Path) -> Path:
+    """The example with noise added to fc1's output from step PLANT_NOISE_FROM on; the loop says the step."""
+    return planted_copy(MNIST, folder, "import mlrepro  # mlrepro\n", [
+        ("        x = self.fc1(x)\n", "        x = self.fc1(x)\n        x = planted(self.step if self.training else -1, x)\n"),
+        ("        output = model(data)\n", "        model.step = run.first_step + run.steps_logged\n        output = model(data)\n")])
 
 
 def mnist_runs(store: str, cwd: Path, script: Path, *words: str, runs: int = 2, **env: str) -> list[str]:
@@ -60,7 +41,7 @@ def mnist_runs(store: str, cwd: Path, script: Path, *words: str, runs: int = 2, 
 def test_bisect_on_the_mnist_example_names_the_step_and_line_of_a_planted_op(tmp_path: Path, store: str) -> None:
     write_mnist(tmp_path / "data", train=256, test=64)  # four batches an epoch, sixteen steps
     work = tmp_path / "work"
-    script = planted_copy(work)
+    script = planted_mnist(work)
     noisy = {"PLANT_NOISE_FROM": "12"}
     a, b = mnist_runs(store, work, script, "checkpoint_every=10", **noisy)
 
@@ -70,8 +51,7 @@ def test_bisect_on_the_mnist_example_names_the_step_and_line_of_a_planted_op(tmp
     assert (found["first_divergent_step"], found["checkpoint_step"]) == (12, 10)
     difference = found["difference"]
     assert difference["step"] == 12 and difference["phase"] == "op" and difference["where"].endswith("torch.randn")
-    line = next(i for i, text in enumerate(script.read_text().splitlines(), 1) if "torch.randn(x.shape" in text)
-    assert difference["location"] == f"{script}:{line} in planted"
+    assert difference["location"] == f"{script}:{planted_line(script)} in planted"
 
     # Replays without the noise agree, having traced the model itself (not torchvision's Normalize).
     calm = run_command([sys.executable, "-m", "mlrepro", "bisect", a, b], store, work)

@@ -23,6 +23,7 @@ from mlrepro.lightning import MlreproCallback, resumable
 from mlrepro.training.watch import Watch
 from projects.linefit.spec import LineFitSpec
 from tests.conftest import REPO, job_env, kill_after_checkpoints, run_command, run_here
+from tests.helpers.planting import planted_copy, planted_line
 
 LIGHTNING = REPO / "examples" / "lightning" / "train.py"
 
@@ -107,29 +108,6 @@ def lightning_runs(store: str, cwd: Path, *words_of_each: list[str], script: Pat
     return ids
 
 
-# Planted into a copy of the example: noise from a generator no seed decides, added to the model's
-# output from optimizer step PLANT_NOISE_FROM on.
-PLANT = """
-import os as _os
-_UNSEEDED = torch.Generator().manual_seed(int.from_bytes(_os.urandom(8), "little") >> 1)
-
-
-def planted(module, x):
-    start = _os.environ.get("PLANT_NOISE_FROM")
-    if start is None or module.global_step < int(start):
-        return x
-    return x + 1e-3 * torch.randn(x.shape, generator=_UNSEEDED)
-"""
-
-
-def planted_copy(folder: Path) -> Path:
-    text = LIGHTNING.read_text().replace("import mlrepro\n", "import mlrepro\n" + PLANT, 1)
-    text = text.replace("self.net(inputs), targets)", "planted(self, self.net(inputs)), targets)", 1)
-    folder.mkdir()
-    (folder / "train.py").write_text(text)
-    return folder / "train.py"
-
-
 @pytest.mark.e2e
 def test_a_lightning_job_gets_every_guarantee(tmp_path: Path, store: str) -> None:
     words = ["epochs=10", "accumulate=2", "num_workers=2", "checkpoint_every=5"]  # 8 steps an epoch
@@ -158,14 +136,16 @@ def test_a_lightning_job_gets_every_guarantee(tmp_path: Path, store: str) -> Non
     assert run.data.tags["mlrepro.environment.determinism.deterministic_algorithms"] == "true"
 
     # bisect names the step and the line of an unseeded op planted from step 7.
-    script, noisy = planted_copy(tmp_path / "planted"), {"PLANT_NOISE_FROM": "7"}
+    script = planted_copy(LIGHTNING, tmp_path / "planted", "import mlrepro\n", [
+        ("self.net(inputs), targets)", "planted(self.global_step, self.net(inputs)), targets)")])
+    noisy = {"PLANT_NOISE_FROM": "7"}
     a, b = lightning_runs(store, tmp_path, words[:2] + words[3:], words[:2] + words[3:], script=script, **noisy)
     bisected = run_command([sys.executable, "-m", "mlrepro", "bisect", "--json", a, b], store, tmp_path, **noisy)
     assert bisected.returncode == 1, bisected.stderr[-3000:]
     found = json.loads(bisected.stdout)
     assert (found["first_divergent_step"], found["checkpoint_step"]) == (7, 5)
-    line = next(i for i, text in enumerate(script.read_text().splitlines(), 1) if "torch.randn(x.shape" in text)
-    assert found["difference"]["phase"] == "op" and found["difference"]["location"] == f"{script}:{line} in planted"
+    assert found["difference"]["phase"] == "op"
+    assert found["difference"]["location"] == f"{script}:{planted_line(script)} in planted"
 
     # mlrepro check: fresh runs agree, a resume mid-epoch agrees, a broken one is caught.
     checked = run_command([sys.executable, "-m", "mlrepro", "check", "--json", str(LIGHTNING), "accumulate=2",
