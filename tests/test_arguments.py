@@ -4,6 +4,7 @@ its type, default and help, and field=value words set the fields every job share
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 import mlflow
@@ -82,3 +83,22 @@ def test_a_word_neither_the_parser_nor_the_spec_knows_is_one_line_and_exit_2(cap
         mlrepro.job_main(mnist_parser(), lambda spec, run: None, ["sed=4"], job="parsed-mnist-typo")
     err = capsys.readouterr().err
     assert done.value.code == 2 and len(err.strip().splitlines()) == 1 and "sed" in err
+
+
+def test_hugging_faces_argument_parser_is_read_as_the_argparse_parser_it_is() -> None:
+    transformers = pytest.importorskip("transformers")  # an extra: tested where it is installed
+
+    @dataclasses.dataclass
+    class ScriptArguments:
+        learning_rate: float = dataclasses.field(default=5e-5, metadata={"help": "the AdamW rate"})
+        max_length: int = 128
+        lowercase: bool = False
+        model_name: str = "tiny-bert"
+
+    parser = transformers.HfArgumentParser(ScriptArguments)
+    spec_type = spec_from_parser(parser, "hf-script")
+    given, rest = given_options(parser, ["--learning_rate", "1e-4", "--lowercase", "seed=7"])
+    spec = spec_type.model_validate({**given, **dict(word.split("=") for word in rest)})
+    assert (spec.learning_rate, spec.max_length, spec.lowercase, spec.model_name, spec.seed) == (
+        1e-4, 128, True, "tiny-bert", 7)
+    assert spec_type.model_fields["learning_rate"].description == "the AdamW rate"

@@ -9,6 +9,7 @@ role. The Hugging Face ``HfArgumentParser`` is an ``argparse`` parser and is rea
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -30,6 +31,7 @@ class _Unset:
 
 
 UNSET = _Unset()
+_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 
 
 def _value_type(action: argparse.Action) -> Any:
@@ -90,14 +92,31 @@ def spec_from_parser(parser: argparse.ArgumentParser, job: str, module: str | No
         raise SpecError(f"the command line of {job} cannot be a spec: {err}") from err
 
 
+def _assignments_first(parser: argparse.ArgumentParser, words: Sequence[str]) -> tuple[list[str], list[str]]:
+    """The ``field=value`` words apart from the rest, so that an option with an optional value (Hugging
+    Face's ``--fp16``, ``nargs="?"``) never takes ``seed=7`` as its value. A word right after an option
+    that needs one value is that option's, whatever it looks like."""
+    needs_value = {option for action in parser._actions for option in action.option_strings
+                   if action.nargs is None and isinstance(action, (argparse._StoreAction, argparse._AppendAction))}
+    options, assignments = [], []
+    for index, word in enumerate(words):
+        owned = index > 0 and words[index - 1] in needs_value
+        if not owned and _ASSIGNMENT.match(word):
+            assignments.append(word)
+        else:
+            options.append(word)
+    return options, assignments
+
+
 def given_options(parser: argparse.ArgumentParser, words: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
     """The options ``words`` give (defaults left out, so a spec file can set them), and the words
     the parser does not know (``field=value``, ``--spec FILE``). argparse's own errors and ``--help``
     answer as they always did."""
+    options, assignments = _assignments_first(parser, list(words))
     namespace = argparse.Namespace(**{action.dest: UNSET for action in option_actions(parser)})
-    parsed, rest = parser.parse_known_args(list(words), namespace=namespace)
+    parsed, rest = parser.parse_known_args(options, namespace=namespace)
     given = {name: value for name, value in vars(parsed).items() if value is not UNSET}
-    return given, rest
+    return given, [*rest, *assignments]
 
 
 def spec_words(rest: Sequence[str]) -> tuple[str | None, list[str]]:
