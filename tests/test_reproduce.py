@@ -54,7 +54,7 @@ def test_it_warns_when_the_job_s_code_changed_since_the_run(tmp_path: Path, stor
     git("init", "-q")
     git("add", ".")
     git("commit", "-q", "-m", "first")
-    assert run_command([sys.executable, "train.py", "steps=10"], store, project).returncode == 0
+    assert run_command([sys.executable, "train.py", "epochs=3"], store, project).returncode == 0
     original = only_run_id(store)
     train = project / "train.py"
     train.write_text(train.read_text() + "# a comment: the sources differ, the numbers do not\n")
