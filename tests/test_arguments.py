@@ -96,7 +96,7 @@ def test_hugging_faces_argument_parser_is_read_as_the_argparse_parser_it_is() ->
         model_name: str = "tiny-bert"
 
     parser = transformers.HfArgumentParser(ScriptArguments)
-    spec_type = spec_from_parser(parser, "hf-script")
+    spec_type = spec_from_parser(parser, "parsed-hf")
     given, rest = given_options(parser, ["--learning_rate", "1e-4", "--lowercase", "seed=7"])
     spec = spec_type.model_validate({**given, **dict(word.split("=") for word in rest)})
     assert (spec.learning_rate, spec.max_length, spec.lowercase, spec.model_name, spec.seed) == (
