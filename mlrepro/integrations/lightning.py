@@ -197,7 +197,7 @@ class _MlreproMLFlowLogger(MLFlowLogger):
 def mlflow_logger(run: RunHandle, **options: Any) -> MLFlowLogger:
     """Lightning's ``MLFlowLogger`` bound to ``run``: its metrics and hyperparameters go into the same
     MLflow run as mlrepro's record, without a second ``loss`` series or a rejected parameter."""
-    client = getattr(run, "_client", None)
-    if client is not None and "tracking_uri" not in options:
-        options["tracking_uri"] = client.tracking_uri
+    uri = getattr(run, "tracking_uri", None)  # rank 0's run; Lightning logs on rank 0 only
+    if uri is not None and "tracking_uri" not in options:
+        options["tracking_uri"] = uri
     return _MlreproMLFlowLogger(run, **options)

@@ -173,6 +173,11 @@ class TrackedRun(_LoopMethods):
         self.spool = Spool.create(run_id, client.tracking_uri, spec.metric, self.first_step)
         self._writer = LossWriter(self._losses, self.spool, client.tracking_uri)
 
+    @property
+    def tracking_uri(self) -> str:
+        """The store the run is in, for a framework's own MLflow logger to write to the same run."""
+        return self._client.tracking_uri
+
     def watch(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
         """Fingerprint ``model``'s parameters and gradients every ``spec.fingerprint_every`` steps,
         so that compare can say which tensor parted first, and when. One call, before the loop.
