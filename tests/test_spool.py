@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from array import array
+from collections.abc import Callable
 from pathlib import Path
 
 import mlflow
@@ -196,3 +197,49 @@ def test_a_long_spools_delivery_reports_each_batch_so_sync_can_show_its_progress
     done = [0] + [steps for steps, _ in heard]
     assert heard[-1] == (2500, 2500) and {total for _, total in heard} == {2500}
     assert all(0 < later - earlier <= 1000 for earlier, later in zip(done, done[1:]))
+
+
+def forged(spool: Spool, *lines: dict) -> None:
+    """Lines written into a spool's journal by someone other than mlrepro."""
+    with open(spool.folder / "journal.jsonl", "a") as journal:
+        for line in lines:
+            journal.write(json.dumps(line) + "\n")
+
+
+def test_a_spool_line_acts_on_the_spools_own_run_whatever_run_it_names(store: str) -> None:
+    client = mlflow.MlflowClient(store)
+    victim = client.create_run("0").info.run_id
+    run_id = client.create_run("0").info.run_id
+    spool = Spool.create(run_id, store, "loss", 0)
+    forged(spool, {"method": "set_tag", "args": [victim, "owner", "forged"], "kwargs": {}},
+           {"method": "set_terminated", "args": [victim], "kwargs": {"status": "KILLED", "end_time": 1}})
+    Delivery(spool.folder, client).deliver_available()
+    assert client.get_run(victim).info.status == "RUNNING" and "owner" not in client.get_run(victim).data.tags
+    assert client.get_run(run_id).info.status == "KILLED" and client.get_run(run_id).data.tags["owner"] == "forged"
+
+
+@pytest.mark.parametrize("line", [
+    pytest.param(lambda outside: {"method": "log_artifact", "args": ["r", str(outside / "secret.txt")], "kwargs": {}},
+                 id="an absolute path"),
+    pytest.param(lambda outside: {"method": "log_artifact", "args": ["r", "files/../../outside/secret.txt"],
+                                  "kwargs": {}}, id="a path out of the spool"),
+    pytest.param(lambda outside: {"method": "delete_run", "args": ["r"], "kwargs": {}}, id="a method it never writes"),
+    pytest.param(lambda outside: {"method": "set_tag", "args": ["r", "only a key"], "kwargs": {}}, id="missing arguments"),
+    pytest.param(lambda outside: ["not", "a", "write"], id="not an object"),
+])
+def test_a_forged_line_delivers_nothing_touches_nothing_outside_and_keeps_the_spool(
+    store: str, tmp_path: Path, line: Callable[[Path], object]
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_text("a secret")
+    (outside / "beside.txt").write_text("its neighbour")
+    client = mlflow.MlflowClient(store)
+    run_id = client.create_run("0").info.run_id
+    spool = Spool.create(run_id, store, "loss", 0)
+    forged(spool, line(outside))
+    with pytest.raises(SpoolError, match="damaged: a journal line is not"):
+        Delivery(spool.folder, client).deliver_available()
+    assert (outside / "secret.txt").read_text() == "a secret" and (outside / "beside.txt").exists()
+    assert client.list_artifacts(run_id) == []
+    assert (spool.folder / "journal.jsonl").exists()  # kept, to be looked at; nothing after it was sent

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mlrepro.errors import one_line
 from mlrepro.store import failures
 from mlrepro.store.spool import (
     FIRST_BACKOFF_S,
@@ -126,14 +127,15 @@ class Delivery:
                 self.on_progress(end, total)
         while self.writes_delivered - self._lines_start < len(self._lines):
             position = self.writes_delivered - self._lines_start
+            _checked_entry(self._lines[position], self.folder)  # before anything reads its fields
             batch = self._next_writes(position)
             if not _superseded(batch[0], self._lines[position + 1:]):
                 self._call(lambda: self._replay(batch))
             self.writes_delivered += len(batch)
             self._save_state()
             for entry in batch:
-                if entry["method"] == "log_artifact":
-                    shutil.rmtree(self.folder / Path(entry["args"][1]).parent, ignore_errors=True)
+                if entry["method"] == "log_artifact":  # checked above: a folder of the spool's own files/
+                    shutil.rmtree(_spooled_file(entry["args"][1], self.folder).parent, ignore_errors=True)
         delivered = self.writes_delivered - self._lines_start
         if delivered > 1000:  # forget what is delivered, keep what is not
             del self._lines[:delivered]
@@ -150,22 +152,23 @@ class Delivery:
         return batch
 
     def _replay(self, batch: list[dict[str, Any]]) -> None:
-        method = batch[0]["method"]
-        if method not in REPLAYED:
-            raise SpoolError(f"the spool {self.folder} is damaged: unknown write {method!r}")
+        """Replay journal lines on this spool's own run (run.json's), whatever a line's arguments name:
+        a spool is input, and a forged line must not act on another run or on files outside it."""
+        entries = [_checked_entry(entry, self.folder) for entry in batch]
+        method = entries[0][0]
         if method == "log_metric":
             # MLflow only where a spool is delivered (the writer process)
             from mlflow.entities import Metric
 
             # Values are kept as text: JSON has no NaN or inf.
-            metrics = [Metric(e["args"][1], float(e["args"][2]), e["kwargs"]["timestamp"], e["kwargs"]["step"])
-                       for e in batch]
+            metrics = [Metric(args[0], float(args[1]), kwargs["timestamp"], kwargs["step"]) for _, args, kwargs in entries]
             self.client.log_batch(self.run_id, metrics=metrics, synchronous=True)
             return
-        args, kwargs = list(batch[0]["args"]), dict(batch[0]["kwargs"])
+        _, args, kwargs = entries[0]
         if method == "log_artifact":
-            args[1] = str(self.folder / args[1])
-        getattr(self.client, method)(*args, **kwargs)
+            self.client.log_artifact(self.run_id, str(self.folder / args[0]), **kwargs)
+        else:
+            getattr(self.client, method)(self.run_id, *args, **kwargs)
 
     def _call(self, write: Callable[[], None]) -> None:
         """One write; a refusal the store will repeat (a 4xx answer) becomes ``StoreRefusedError``."""
@@ -187,9 +190,12 @@ class Delivery:
                 self._skip -= 1
                 continue
             try:
-                self._lines.append(json.loads(line))
+                entry = json.loads(line)
             except ValueError as err:
                 raise SpoolError(f"the spool {self.folder} is damaged: a journal line is not JSON") from err
+            if not isinstance(entry, dict):
+                raise SpoolError(f"the spool {self.folder} is damaged: a journal line is not a write it records")
+            self._lines.append(entry)
 
     def _read_times(self) -> None:
         try:
@@ -239,6 +245,53 @@ def _record() -> Any:
     from mlrepro.store import record
 
     return record
+
+
+_STATUSES = {"FINISHED", "FAILED", "KILLED", "RUNNING", "SCHEDULED", None}
+
+
+def _spooled_file(relative: Any, folder: Path) -> Path:
+    """A file the spool keeps, named relative to it: only ever under its own ``files/NNNNNN/``."""
+    files = (folder / "files").resolve()
+    if not isinstance(relative, str) or Path(relative).is_absolute():
+        raise ValueError("not a path inside the spool")
+    path = (folder / relative).resolve()
+    if path.parent.parent != files:
+        raise ValueError("not a file of the spool's own files/")
+    return path
+
+
+def _checked_entry(entry: Any, folder: Path) -> tuple[str, list[Any], dict[str, Any]]:
+    """A journal line as the spool wrote it: one of its methods, with arguments of the types it
+    writes; the run id a line names is dropped (the spool's run.json says whose it is). Anything
+    else stops delivery of this spool, which keeps every line, with ``SpoolError``."""
+    try:
+        method, args, kwargs = entry["method"], list(entry["args"]), dict(entry["kwargs"])
+        if not isinstance(method, str):
+            raise ValueError("a method that is not a name")
+        if method not in REPLAYED:
+            raise ValueError(f"unknown write {method!r}")
+        rest = args[1:]  # args[0]: the run id as the job wrote it; never used
+        if method == "set_tag" and len(rest) == 2 and all(isinstance(word, str) for word in rest) and not kwargs:
+            return method, rest, {}
+        if method == "log_metric" and len(rest) == 2 and all(isinstance(word, str) for word in rest) \
+                and isinstance(kwargs.get("timestamp"), int) and isinstance(kwargs.get("step"), int):
+            float(rest[1])
+            return method, rest, {"timestamp": kwargs["timestamp"], "step": kwargs["step"]}
+        if method == "log_artifact" and len(rest) == 1 and set(kwargs) <= {"artifact_path"}:
+            _spooled_file(rest[0], folder)
+            artifact_path = kwargs.get("artifact_path")
+            if artifact_path is not None and (not isinstance(artifact_path, str) or artifact_path.startswith("/")
+                                              or ".." in artifact_path.split("/")):
+                raise ValueError("an artifact folder outside the run's")
+            return method, [rest[0]], {"artifact_path": artifact_path}
+        if method == "set_terminated" and not rest and kwargs.get("status") in _STATUSES \
+                and isinstance(kwargs.get("end_time"), int) and set(kwargs) == {"status", "end_time"}:
+            return method, [], kwargs
+        raise ValueError(f"a {method} line whose arguments the spool never writes")
+    except (KeyError, TypeError, ValueError, IndexError) as err:
+        raise SpoolError(f"the spool {folder} is damaged: a journal line is not one it wrote ({one_line(str(err))}); "
+                         "nothing after it is delivered, and nothing is removed") from err
 
 
 def _superseded(entry: dict[str, Any], later: list[dict[str, Any]]) -> bool:
