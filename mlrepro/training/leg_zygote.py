@@ -8,8 +8,11 @@ becomes the job, as ``python -m MODULE`` or ``python SCRIPT`` would start it (``
 Python ends (non-daemon threads joined, ``atexit`` run).
 
 Why a fork is as fresh as a new process for what a run records and computes:
-- the zygote runs no torch op and starts no thread (forking after either would copy a thread
-  pool's locks or a half-done state); it imports only what every job imports anyway;
+- the zygote runs no torch op and starts no Python thread (forking after either would copy a
+  thread pool's locks or a half-done state); it imports only what every job imports anyway. The
+  native threads libraries start as they load (one by torch, jemalloc's by a library MLflow loads)
+  are not in the child; those libraries set themselves up again after a fork, as they do in the
+  writers' zygote (``mlrepro.store.zygote``), and a leg with ``threads=2`` runs OpenMP as usual;
 - every generator is seeded by ``start_run`` in the child, after the fork;
 - CUDA is never initialised here, so each child starts its own;
 - ``PYTHONHASHSEED`` is fixed when an interpreter starts: a leg is served only where it
