@@ -95,7 +95,8 @@ def resumable(loader: DataLoader) -> DataLoader:
     if not isinstance(loader, DataLoader):
         raise SpecError(f"resumable: expects a torch DataLoader, got {type(loader).__name__}")
     kind = type(loader)
-    loader.__class__ = ResumableLoader if kind is DataLoader else type(f"Resumable{kind.__name__}", (ResumableLoader, kind), {})
+    loader.__class__ = ResumableLoader if kind is DataLoader else \
+        type(f"Resumable{kind.__name__}", (ResumableLoader, kind), {})
     return loader
 
 
@@ -142,7 +143,7 @@ class MlreproCallback(pl.Callback):
                 list(loaders.values()) if isinstance(loaders, dict) else [loaders]
             if not all(isinstance(loader, ResumableLoader) for loader in flat):
                 raise SpecError("checkpoint_every: Lightning resumes mid-epoch only from a stateful loader: pass "
-                                "mlrepro.integrations.lightning.resumable(train_loader) to trainer.fit")
+                                "mlrepro.lightning.resumable(train_loader) to trainer.fit")
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
