@@ -243,3 +243,18 @@ def test_a_forged_line_delivers_nothing_touches_nothing_outside_and_keeps_the_sp
     assert (outside / "secret.txt").read_text() == "a secret" and (outside / "beside.txt").exists()
     assert client.list_artifacts(run_id) == []
     assert (spool.folder / "journal.jsonl").exists()  # kept, to be looked at; nothing after it was sent
+
+
+def test_sync_names_a_damaged_spool_keeps_it_and_still_delivers_the_others(store: str) -> None:
+    client = mlflow.MlflowClient(store)
+    damaged_id = client.create_run("0").info.run_id
+    damaged = Spool.create(damaged_id, store, "loss", 0)
+    forged(damaged, {"method": "delete_run", "args": [damaged_id], "kwargs": {}})
+    good_id, _ = spooled_run(store, [1.0, 2.0, 3.0])
+    result = CliRunner().invoke(main, ["sync"])
+    assert result.exit_code == 2, result.output
+    lines = result.output.splitlines()
+    assert f"run {good_id}: delivered 3 steps and 3 other writes; nothing pending" in lines
+    assert [line for line in lines if line.startswith(f"run {damaged_id}: not delivered past a damaged line")]
+    assert [value for _, value in history(store, good_id)] == [1.0, 2.0, 3.0]
+    assert spooled_runs() == [damaged_id] and client.get_run(damaged_id).info.lifecycle_stage == "active"

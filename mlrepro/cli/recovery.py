@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from mlrepro.cli.exits import EXIT_OK, EXIT_PENDING, user_errors
+from mlrepro.cli.exits import EXIT_ERROR, EXIT_OK, EXIT_PENDING, user_errors
 from mlrepro.errors import redacted
 
 if TYPE_CHECKING:
@@ -62,7 +62,7 @@ def sync(run_ids: tuple[str, ...], wait_s: float | None) -> None:
 
     With no RUN, every run with a spool. Idempotent: delivered steps are not sent again, and
     each run's record arrives in order, bit for bit. Exit 0 when nothing is left, 4 when some
-    is still pending.
+    is still pending, 2 when a spool is damaged (named, kept, and the others delivered all the same).
     """
     # MLflow only when the command runs: `mlrepro --help` stays light
     import mlflow
@@ -76,6 +76,8 @@ def sync(run_ids: tuple[str, ...], wait_s: float | None) -> None:
             click.echo(f"nothing to deliver: no run has a spool in {spool.root()}")
         for result in results:
             click.echo(redacted(result.describe()))
+    if any(result.damaged for result in results):
+        sys.exit(EXIT_ERROR)
     sys.exit(EXIT_PENDING if any(result.pending is not None for result in results) else EXIT_OK)
 
 

@@ -26,10 +26,13 @@ class SyncResult:
     pending: Pending | None  # None: nothing left, the spool is gone
     busy: bool = False  # its own writer is delivering it now
     error: str | None = None
+    damaged: bool = False  # a line the spool never wrote: delivery stopped there, the spool is kept
 
     def describe(self) -> str:
         if self.busy:
             return f"run {self.run_id}: its own job is delivering it now; nothing done"
+        if self.damaged:
+            return f"run {self.run_id}: not delivered past a damaged line, and kept as it is: {self.error}"
         done = f"delivered {self.delivered_steps:,} steps and {self.delivered_writes} other writes"
         if self.error is not None:
             return f"run {self.run_id}: {done}; {self.pending.describe() if self.pending else 'the rest'} " \
@@ -70,29 +73,37 @@ def store_of(folder: Path, environment_uri: str | None) -> str:
 def sync(run_ids: list[str], wait_s: float, environment_uri: str | None,
          on_progress: Callable[[str, int, int], None] | None = None) -> list[SyncResult]:
     """Deliver the spools of ``run_ids`` (every spooled run where empty), each for at most ``wait_s``;
-    ``on_progress(run_id, steps delivered, steps spooled)`` hears of each batch."""
+    ``on_progress(run_id, steps delivered, steps spooled)`` hears of each batch. A damaged spool is
+    named in its result and kept; it stops no other spool's delivery."""
+    results = []
+    for run_id in [_spooled_run(text) for text in run_ids] or spooled_runs():
+        try:
+            results.append(_sync_one(run_id, wait_s, environment_uri, on_progress))
+        except SpoolError as err:  # this spool only: the others are still delivered
+            results.append(SyncResult(run_id, 0, 0, None, error=str(err), damaged=True))
+    return results
+
+
+def _sync_one(run_id: str, wait_s: float, environment_uri: str | None,
+              on_progress: Callable[[str, int, int], None] | None) -> SyncResult:
     # MLflow only when there is a spool to deliver
     from mlflow.tracking import MlflowClient
 
-    results = []
-    for run_id in [_spooled_run(text) for text in run_ids] or spooled_runs():
-        folder = root() / run_id
-        uri = store_of(folder, environment_uri)
-        with holding(folder, wait=False) as held, delivering():
-            if not held:
-                results.append(SyncResult(run_id, 0, 0, None, busy=True))
-                continue
-            delivery = Delivery(folder, MlflowClient(uri))
-            if on_progress is not None:
-                delivery.on_progress = lambda done, total, run_id=run_id: on_progress(run_id, done, total)
-            before = delivery.losses_delivered, delivery.writes_delivered
-            try:
-                pending = deliver_until(delivery, wait_s)
-                error = None if pending.nothing else pending.reason or "the time to wait ran out"
-            except StoreRefusedError as err:
-                pending, error = delivery.pending(), str(err)
-            steps, writes = delivery.losses_delivered - before[0], delivery.writes_delivered - before[1]
-            if pending.nothing:
-                delivery.remove()
-            results.append(SyncResult(run_id, steps, writes, None if pending.nothing else pending, error=error))
-    return results
+    folder = root() / run_id
+    uri = store_of(folder, environment_uri)
+    with holding(folder, wait=False) as held, delivering():
+        if not held:
+            return SyncResult(run_id, 0, 0, None, busy=True)
+        delivery = Delivery(folder, MlflowClient(uri))
+        if on_progress is not None:
+            delivery.on_progress = lambda done, total: on_progress(run_id, done, total)
+        before = delivery.losses_delivered, delivery.writes_delivered
+        try:
+            pending = deliver_until(delivery, wait_s)
+            error = None if pending.nothing else pending.reason or "the time to wait ran out"
+        except StoreRefusedError as err:
+            pending, error = delivery.pending(), str(err)
+        steps, writes = delivery.losses_delivered - before[0], delivery.writes_delivered - before[1]
+        if pending.nothing:
+            delivery.remove()
+        return SyncResult(run_id, steps, writes, None if pending.nothing else pending, error=error)
