@@ -361,7 +361,26 @@ def run_planted(store_uri: str, cwd: Path, *words: str, **env: str) -> str:
     returns its run id."""
     result = run_command([sys.executable, str(REPO / "tests" / "jobs" / "planted.py"), *words], store_uri, cwd, **env)
     assert result.returncode == 0, result.stderr[-3000:]
-    return next(line.split()[2] for line in result.stderr.splitlines() if line.startswith("mlrepro: run "))
+    return announced_run_id(result.stderr)
+
+
+def announced_run_id(stderr: str) -> str:
+    """The run a job says it logs to, on its stderr: ``mlrepro: run ID in URI``."""
+    return next(line.split()[2] for line in stderr.splitlines() if line.startswith("mlrepro: run "))
+
+
+def jobs_two_at_once(store: str, cwd: Path, commands: list[list[str]], **env: str) -> list[str]:
+    """Job commands, each in a process of its own, two at once (one a core); their run ids, in order."""
+    ids = []
+    for start in range(0, len(commands), 2):
+        jobs = [subprocess.Popen(command, cwd=cwd, env=job_env(store, PYTHONHASHSEED="0", **env),
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                for command in commands[start:start + 2]]
+        for job in jobs:
+            _, stderr = job.communicate(timeout=300)
+            assert job.returncode == 0, stderr[-3000:]
+            ids.append(announced_run_id(stderr))
+    return ids
 
 
 def start_job(store: str, cwd: Path, command: list[str]) -> subprocess.Popen[str]:

@@ -5,14 +5,13 @@ DataLoader."""
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from examples.mnist.fake_data import write_mnist
-from tests.conftest import REPO, job_env, run_command
+from tests.conftest import REPO, jobs_two_at_once, run_command
 from tests.helpers.planting import planted_copy, planted_line
 
 MNIST = REPO / "examples" / "mnist" / "main.py"
@@ -25,16 +24,9 @@ def planted_mnist(folder: Path) -> Path:
 
 
 def mnist_runs(store: str, cwd: Path, script: Path, *words: str, runs: int = 2, **env: str) -> list[str]:
-    """``runs`` runs of the example at once (one a core), each in its own process; their ids."""
-    jobs = [subprocess.Popen([sys.executable, str(script), "--epochs", "4", "--log-interval", "100", *words],
-                             cwd=cwd, env=job_env(store, PYTHONHASHSEED="0", **env), stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True) for _ in range(runs)]
-    ids = []
-    for job in jobs:
-        _, stderr = job.communicate(timeout=300)
-        assert job.returncode == 0, stderr[-3000:]
-        ids.append(next(line.split()[2] for line in stderr.splitlines() if line.startswith("mlrepro: run ")))
-    return ids
+    """``runs`` runs of the example, two at once, each in its own process; their ids."""
+    command = [sys.executable, str(script), "--epochs", "4", "--log-interval", "100", *words]
+    return jobs_two_at_once(store, cwd, [command] * runs, **env)
 
 
 @pytest.mark.e2e

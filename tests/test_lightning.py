@@ -22,7 +22,14 @@ from mlrepro.cli.main import main
 from mlrepro.lightning import MlreproCallback, resumable
 from mlrepro.training.watch import Watch
 from projects.linefit.spec import LineFitSpec
-from tests.conftest import REPO, job_env, kill_after_checkpoints, run_command, run_here
+from tests.conftest import (
+    REPO,
+    job_env,
+    jobs_two_at_once,
+    kill_after_checkpoints,
+    run_command,
+    run_here,
+)
 from tests.helpers.planting import planted_copy, planted_line
 
 LIGHTNING = REPO / "examples" / "lightning" / "train.py"
@@ -95,17 +102,8 @@ def test_the_loss_of_an_accumulated_optimizer_step_is_the_mean_of_its_micro_batc
 
 
 def lightning_runs(store: str, cwd: Path, *words_of_each: list[str], script: Path = LIGHTNING, **env: str) -> list[str]:
-    """The example (or ``script``) in a process a run, two at once (one a core); their run ids."""
-    ids = []
-    for start in range(0, len(words_of_each), 2):
-        jobs = [subprocess.Popen([sys.executable, str(script), *words], cwd=cwd, stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.PIPE, text=True, env=job_env(store, PYTHONHASHSEED="0", **env))
-                for words in words_of_each[start:start + 2]]
-        for job in jobs:
-            _, stderr = job.communicate(timeout=300)
-            assert job.returncode == 0, stderr[-3000:]
-            ids.append(next(line.split()[2] for line in stderr.splitlines() if line.startswith("mlrepro: run ")))
-    return ids
+    """The example (or ``script``) in a process a run, two at once; their run ids."""
+    return jobs_two_at_once(store, cwd, [[sys.executable, str(script), *words] for words in words_of_each], **env)
 
 
 @pytest.mark.e2e
