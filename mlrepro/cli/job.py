@@ -93,15 +93,21 @@ def job_command(spec_type: type[BaseSpec], train: Trainer) -> click.Command:
     @click.option("--spec", "spec_file", metavar="FILE", help="YAML or JSON spec; field=value words override it.")
     @click.argument("assignments", nargs=-1, type=click.UNPROCESSED, metavar="[FIELD=VALUE]...")
     def command(spec_file: str | None, assignments: tuple[str, ...]) -> None:
-        # MLflow only when a job fails before it runs
-        from mlrepro.store.record import write_launcher_error
-
-        with user_errors(on_error=write_launcher_error):
-            spec = build_spec(spec_type, spec_values(spec_file, assignments))
-            prestart()  # the writers' zygote imports MLflow while this process imports torch
-            run_job(spec, _training_function(train))
+        _start(lambda: (build_spec(spec_type, spec_values(spec_file, assignments)), train))
 
     return command
+
+
+def _start(spec_and_training: Callable[[], tuple[BaseSpec, Trainer]]) -> None:
+    """Validate the words into a spec (and its job's training function), then run the job; bad input is
+    one line and exit 2, noted on a launcher's run where `mlflow run` made one."""
+    # MLflow only when a job fails before it runs
+    from mlrepro.store.record import write_launcher_error
+
+    with user_errors(on_error=write_launcher_error):
+        spec, train = spec_and_training()
+        prestart()  # the writers' zygote imports MLflow while this process imports torch
+        run_job(spec, _training_function(train))
 
 
 def job_main(spec_type: type[BaseSpec] | argparse.ArgumentParser, train: Trainer, args: Sequence[str] | None = None,
@@ -135,17 +141,15 @@ def _parser_main(parser: argparse.ArgumentParser, train: Trainer, job: str | Non
     spec_type = arguments.spec_from_parser(parser, job, module=module)
     if parser.epilog is None:
         parser.epilog = _SHARED_FIELDS_EPILOG
-    # MLflow only when a job fails before it runs
-    from mlrepro.store.record import write_launcher_error
 
-    with user_errors(on_error=write_launcher_error):
+    def spec_and_training() -> tuple[BaseSpec, Trainer]:
         options, rest = arguments.given_options(parser, words)  # argparse's own --help and errors
         spec_file, assignments = arguments.spec_words(rest)
         values = arguments.merged(read_spec_file(spec_file) if spec_file else {}, options,
                                   parse_assignments(assignments))
-        spec = build_spec(spec_type, values)
-        prestart()  # the writers' zygote imports MLflow while this process imports torch
-        run_job(spec, _training_function(train))
+        return build_spec(spec_type, values), train
+
+    _start(spec_and_training)
     sys.exit(EXIT_OK)
 
 
@@ -156,14 +160,12 @@ def spec_file_command(trainers: dict[str, Trainer]) -> click.Command:
     @click.option("--spec", "spec_file", metavar="FILE", required=True, help="YAML or JSON spec with a job field.")
     @click.argument("assignments", nargs=-1, type=click.UNPROCESSED, metavar="[FIELD=VALUE]...")
     def command(spec_file: str, assignments: tuple[str, ...]) -> None:
-        # MLflow only when a job fails before it runs
-        from mlrepro.store.record import write_launcher_error
-
-        with user_errors(on_error=write_launcher_error):
+        def spec_and_training() -> tuple[BaseSpec, Trainer]:
             spec = parse_spec(spec_values(spec_file, assignments))
             if spec.job not in trainers:
                 raise MlreproError(f"job: {spec.job!r} is not one of this project's jobs ({', '.join(sorted(trainers))})")
-            prestart()  # the writers' zygote imports MLflow while this process imports torch
-            run_job(spec, _training_function(trainers[spec.job]))
+            return spec, trainers[spec.job]
+
+        _start(spec_and_training)
 
     return command

@@ -150,12 +150,10 @@ class Scratch:
     def _forked(self, argv: list[str], cwd: Path, env: dict[str, str], stderr: Path) -> int | None:
         """The leg forked from the zygote (started by the first leg, in that leg's environment): its exit
         code, or None where the leg needs a process of its own."""
-        if self._zygote is None:
-            if not servable(argv, env, env):
-                return None
-            self._zygote = LegZygote({key: value for key, value in env.items() if key not in LEG_VARIABLES})
-        if not servable(argv, env, self._zygote.env):
+        if not servable(argv, env, env if self._zygote is None else self._zygote.env):
             return None
+        if self._zygote is None:
+            self._zygote = LegZygote({key: value for key, value in env.items() if key not in LEG_VARIABLES})
         return self._zygote.run(argv, cwd, env, stderr)
 
     def close(self) -> None:
