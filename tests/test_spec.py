@@ -95,7 +95,8 @@ def test_spec_files_in_yaml_and_json(tmp_path: Path) -> None:
         ("seed: [1\n", "is not valid YAML or JSON at line"),
         ("- 1\n- 2\n", "must hold a mapping of field: value, not list"),
         ("seed: 3\n", "job: missing"),
-        ("job: resnet\n", "job: must be one of cifar10, linefit"),
+        # Every job whose spec class this process loaded is named: the tests load more than two.
+        ("job: resnet\n", "job: must be one of cifar10, "),
         ("job: linefit\nsteps: -5\n", "invalid linefit spec: steps: must be from 1"),
     ],
 )
