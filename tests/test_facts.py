@@ -85,8 +85,8 @@ def test_every_field_mlrepro_defines_says_its_role(spec_type: type[BaseSpec]) ->
 
 def test_roles_decide_the_hash_the_rank_and_what_check_sets() -> None:
     assert carried_out_fields(BaseSpec) == carried_out_fields(Cifar10Spec) \
-        == ["checkpoint_every", "resume_from", "fingerprint_every"]  # Cifar10Spec's own default keeps the role
-    assert Cifar10Spec(checkpoint_every=7, fingerprint_every=0).hash == Cifar10Spec().hash
+        == ["checkpoint_every", "keep_checkpoints", "resume_from", "fingerprint_every"]  # Cifar10Spec's own default keeps the role
+    assert Cifar10Spec(checkpoint_every=7, keep_checkpoints=0, fingerprint_every=0).hash == Cifar10Spec().hash
     assert Cifar10Spec(nproc=2).hash != Cifar10Spec().hash
     assert role(LineFitSpec, "steps").category is Category.SPEC
     [nproc] = differences({"nproc": "1"}, {"nproc": "2"}, {}, {})  # ranked without the job's class

@@ -51,8 +51,8 @@ def test_text_values_from_the_command_line_are_parsed() -> None:
         ({"device": "gpu"}, "device: must be auto, cpu, cuda or cuda:N (got 'gpu')"),
         ({"deterministic": "maybe"}, "deterministic: must be true or false"),
         ({"metric": "loss,acc"}, "metric: must be 1-250 letters"),
-        ({"sed": "3"}, "sed: unknown field; did you mean seed? (allowed: checkpoint_every, deterministic, device, fingerprint_every, hidden, job, lr, metric, "
-                       "resume_from, seed, steps, threads)"),
+        ({"sed": "3"}, "sed: unknown field; did you mean seed? (allowed: checkpoint_every, deterministic, device, fingerprint_every, hidden, job, "
+                       "keep_checkpoints, lr, metric, resume_from, seed, steps, threads)"),
         ({"job": "cifar10"}, "job: this entry point runs 'linefit', the spec says 'cifar10'"),
     ],
 )

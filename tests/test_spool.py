@@ -15,10 +15,13 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 from mlrepro import load_run, start_run
 from mlrepro.cli.main import main
+from mlrepro.store import keys
+from mlrepro.store.checkpoints import checkpoint_steps, write_checkpoint
 from mlrepro.store.delivery import Delivery
 from mlrepro.store.failures import StoreRefusedError
 from mlrepro.store.spool import Spool, SpoolError
@@ -226,6 +229,10 @@ def test_a_spool_line_acts_on_the_spools_own_run_whatever_run_it_names(store: st
     pytest.param(lambda outside: {"method": "delete_run", "args": ["r"], "kwargs": {}}, id="a method it never writes"),
     pytest.param(lambda outside: {"method": "set_tag", "args": ["r", "only a key"], "kwargs": {}}, id="missing arguments"),
     pytest.param(lambda outside: ["not", "a", "write"], id="not an object"),
+    pytest.param(lambda outside: {"method": "delete_checkpoint", "args": ["r", "../../outside/secret.txt"],
+                                  "kwargs": {}}, id="a checkpoint removal that names a path, not a step"),
+    pytest.param(lambda outside: {"method": "delete_checkpoint", "args": ["r", -1], "kwargs": {}},
+                 id="a checkpoint removal of no step"),
 ])
 def test_a_forged_line_delivers_nothing_touches_nothing_outside_and_keeps_the_spool(
     store: str, tmp_path: Path, line: Callable[[Path], object]
@@ -243,6 +250,55 @@ def test_a_forged_line_delivers_nothing_touches_nothing_outside_and_keeps_the_sp
     assert (outside / "secret.txt").read_text() == "a secret" and (outside / "beside.txt").exists()
     assert client.list_artifacts(run_id) == []
     assert (spool.folder / "journal.jsonl").exists()  # kept, to be looked at; nothing after it was sent
+
+
+def checkpoint_in_spool(spool: Spool, run_id: str, folder: Path, step: int) -> None:
+    """A checkpoint's two files, as the run writes them into its spool (their content is not read here)."""
+    path = folder / keys.checkpoint_file(step)
+    path.write_bytes(b"weights")
+    path.with_name(path.name + keys.CHECKSUM_SUFFIX).write_text("0" * 64 + "\n")
+    write_checkpoint(spool, run_id, path)
+
+
+def test_a_checkpoint_no_longer_kept_leaves_the_store_and_after_an_outage_is_never_sent(
+        store: str, tmp_path: Path) -> None:
+    client = mlflow.MlflowClient(store)
+    run_id = client.create_run("0").info.run_id
+    spool = Spool.create(run_id, store, "loss", 0)
+    checkpoint_in_spool(spool, run_id, tmp_path, 10)
+    Delivery(spool.folder, client).deliver_available()
+    assert checkpoint_steps(client, run_id) == [10]
+    # The store was away while steps 20 and 30 were saved and 10 and 20 were let go (keep_checkpoints=1).
+    checkpoint_in_spool(spool, run_id, tmp_path, 20)
+    spool.delete_checkpoint(run_id, 10)
+    checkpoint_in_spool(spool, run_id, tmp_path, 30)
+    spool.delete_checkpoint(run_id, 20)
+    sent: list[str] = []
+    client.log_artifact = lambda run, path, **options: sent.append(Path(path).name) or \
+        mlflow.MlflowClient.log_artifact(client, run, path, **options)  # what the store is sent, counted
+    Delivery(spool.folder, client).deliver_available()
+    assert checkpoint_steps(client, run_id) == [30]
+    assert [entry.path for entry in client.list_artifacts(run_id, keys.CHECKPOINT_ARTIFACT_DIR)] == [
+        f"{keys.CHECKPOINT_ARTIFACT_DIR}/{keys.checkpoint_file(30)}",
+        f"{keys.CHECKPOINT_ARTIFACT_DIR}/{keys.checkpoint_file(30)}{keys.CHECKSUM_SUFFIX}"]
+    assert sent == [keys.checkpoint_file(30), keys.checkpoint_file(30) + keys.CHECKSUM_SUFFIX]  # not step 20's
+
+
+# The team's server deletes through its artifact proxy (HTTP DELETE); a SQLite file's folder, on disk.
+@pytest.mark.parametrize("store", ["sqlite", pytest.param("team", marks=[pytest.mark.team, pytest.mark.e2e])],
+                         indirect=True)
+def test_a_run_keeps_its_newest_checkpoints_as_keep_checkpoints_says(store: str) -> None:
+    model = torch.nn.Linear(2, 1)
+    with start_run(LineFitSpec(checkpoint_every=1, keep_checkpoints=2)) as run:
+        for _ in range(5):
+            run.log_loss(0.5)
+            run.checkpoint_if_due(model)
+    assert checkpoint_steps(mlflow.MlflowClient(store), run.run_id) == [4, 5]
+    with start_run(LineFitSpec(checkpoint_every=2, keep_checkpoints=0)) as run:  # 0: every one
+        for _ in range(6):
+            run.log_loss(0.5)
+            run.checkpoint_if_due(model)
+    assert checkpoint_steps(mlflow.MlflowClient(store), run.run_id) == [2, 4, 6]
 
 
 def test_sync_names_a_damaged_spool_keeps_it_and_still_delivers_the_others(store: str) -> None:

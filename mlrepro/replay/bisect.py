@@ -2,8 +2,8 @@
 first module, and op, where they part.
 
 Compare says at which step (and, with fingerprints, which tensor) two runs part. Bisect goes
-further: it takes the last checkpoint both runs logged before that step, starts each run's
-own job from its own checkpoint in a fresh process with the replay trace on
+further: it takes the last checkpoint both runs logged before that step (or, where none is left,
+the start of the job), starts each run's own job from there in a fresh process with the replay trace on
 (``mlrepro.training.tracing``), up to the step, and walks both traces side by side. The first
 event that differs is where the computation parted: a parameter the update made
 otherwise, an op's output in the forward pass (with the line that called it), a
@@ -63,6 +63,7 @@ class BisectResult(BaseModel):
     run_b: str
     first_divergent_step: int  # where compare says the runs part
     checkpoint_step: int  # the replays started here
+    from_start: bool = False  # no checkpoint to start from: the replays ran the job from its start (step 0)
     replayed_steps: int  # steps traced in each replay
     difference: TraceDifference | None  # None: the replays agree; the difference did not recur
 
@@ -124,27 +125,39 @@ def bisect_runs(run_a: str, run_b: str, client: MlflowClient | None = None, proj
                               "one process; compare runs of one process")
     divergent, latest_start = comparison.first_divergent_step, _start_step(comparison)
     common = sorted(set(checkpoints.checkpoint_steps(client, a.run_id)) & set(checkpoints.checkpoint_steps(client, b.run_id)))
-    usable = [step for step in common if step <= latest_start]
-    if not usable:
-        raise BisectError(f"runs {a.run_id[:8]} and {b.run_id[:8]} part at step {divergent}, and have no checkpoint "
-                          f"in common at or before step {latest_start} to replay from"
-                          + (f" (in common: steps {', '.join(map(str, common))})" if common
-                             else " (log checkpoints with checkpoint_every=N)"))
-    start = usable[-1]
+    resumed = any(run.spec_fields.get("resume_from") for run in (a, b))
+    start = replay_start(common, latest_start, from_start=not resumed,
+                         parting=f"runs {a.run_id[:8]} and {b.run_id[:8]} part at step {divergent}")
     scratch = Scratch()
     try:
         traces = []
         for name, run in (("A", a), ("B", b)):
             if on_replay is not None:
-                on_replay(f"replaying run {name} ({run.run_id[:8]}) from its checkpoint at step {start} to step "
-                          f"{divergent}, every module traced")
+                origin = f"from its checkpoint at step {start}" if start is not None else "from the start"
+                on_replay(f"replaying run {name} ({run.run_id[:8]}) {origin} to step {divergent}, every module traced")
             traces.append(_replay(client, scratch, run, name, start, divergent, project))
     finally:
         scratch.close()
     for name, events in zip("AB", traces):
         refuse_unless_traced(events, name, divergent)
-    return BisectResult(run_a=a.run_id, run_b=b.run_id, first_divergent_step=divergent, checkpoint_step=start,
-                        replayed_steps=divergent - start + 1, difference=first_difference(*traces))
+    return BisectResult(run_a=a.run_id, run_b=b.run_id, first_divergent_step=divergent, checkpoint_step=start or 0,
+                        from_start=start is None, replayed_steps=divergent - (start or 0) + 1,
+                        difference=first_difference(*traces))
+
+
+def replay_start(common: list[int], latest_start: int, from_start: bool, parting: str) -> int | None:
+    """Where both replays start: the last checkpoint the runs have in common at or before
+    ``latest_start``, or, where there is none (none logged, none left by ``keep_checkpoints``, or the
+    runs part before the first), None: the start of the job, which only runs that trained from step 0
+    in one go (``from_start``, no ``resume_from``) can be replayed from."""
+    usable = [step for step in common if step <= latest_start]
+    if usable:
+        return usable[-1]
+    if from_start:
+        return None
+    raise BisectError(f"{parting}, and have no checkpoint in common at or before step {latest_start} to replay "
+                      "from, and a run that was resumed cannot be replayed from its start"
+                      + (f" (in common: steps {', '.join(map(str, common))})" if common else ""))
 
 
 def refuse_unless_traced(events: list[dict[str, Any]], name: str, step: int) -> None:
@@ -162,10 +175,12 @@ def refuse_unless_traced(events: list[dict[str, Any]], name: str, step: int) -> 
                       f"{seen}); call run.watch(model) so that the replay follows the model the job trains")
 
 
-def _replay(client: MlflowClient, scratch: Scratch, run: LoggedRun, name: str, start: int, until: int,
+def _replay(client: MlflowClient, scratch: Scratch, run: LoggedRun, name: str, start: int | None, until: int,
             project: str | Path | None) -> list[dict[str, Any]]:
-    """Run ``run``'s job from its checkpoint at ``start`` to step ``until``, traced; the trace's events."""
-    checkpoint = checkpoints.download_checkpoint(client, run.run_id, start, scratch.folder / "checkpoints")
+    """Run ``run``'s job from its checkpoint at ``start`` (None: from its start) to step ``until``,
+    traced; the trace's events."""
+    checkpoint = None if start is None else \
+        checkpoints.download_checkpoint(client, run.run_id, start, scratch.folder / "checkpoints")
     fields = {**run.spec.model_dump(mode="json"), "checkpoint_every": 0, "resume_from": ""}  # type: ignore[union-attr]
     spec_file = scratch.folder / f"spec-{name}.json"
     spec_file.write_text(json.dumps(fields))
@@ -173,7 +188,8 @@ def _replay(client: MlflowClient, scratch: Scratch, run: LoggedRun, name: str, s
     trace = scratch.folder / f"trace-{name}.json"
     hash_seed = hash_seed_of(run)
     leg = Leg(name=f"replay of run {name}", words=[],
-              orders=Orders(checkpoint=str(checkpoint), trace=str(trace), trace_until=until),
+              orders=Orders(checkpoint=None if checkpoint is None else str(checkpoint), trace=str(trace),
+                            trace_until=until),
               env={"PYTHONHASHSEED": hash_seed} if hash_seed is not None else None)
     scratch.run(JobCommand(command, cwd, [str(folder)]), leg)
     return json.loads(trace.read_text())["events"]
@@ -181,8 +197,9 @@ def _replay(client: MlflowClient, scratch: Scratch, run: LoggedRun, name: str, s
 
 def describe(result: BisectResult) -> str:
     """What the command line prints."""
-    head = (f"replayed runs {result.run_a} (A) and {result.run_b} (B) from their checkpoint at step "
-            f"{result.checkpoint_step} to step {result.first_divergent_step}, each in a fresh process")
+    origin = "from the start" if result.from_start else f"from their checkpoint at step {result.checkpoint_step}"
+    head = (f"replayed runs {result.run_a} (A) and {result.run_b} (B) {origin} to step "
+            f"{result.first_divergent_step}, each in a fresh process")
     difference = result.difference
     if difference is None:
         return "\n".join([head, f"the replays agree at every traced event: the difference at step "

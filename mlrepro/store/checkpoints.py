@@ -28,6 +28,26 @@ def write_checkpoint(client: RunWriter, run_id: str, path: Path) -> None:
             client.log_artifact(run_id, str(file), artifact_path=keys.CHECKPOINT_ARTIFACT_DIR)
 
 
+def delete_checkpoint(client: MlflowClient, run_id: str, step: int) -> None:
+    """The run's checkpoint at ``step`` and its checksum taken out of its artifacts, as
+    ``keep_checkpoints`` asks. A store whose artifacts cannot be deleted (MLflow's default for a
+    repository without deletion does nothing) keeps them; one already gone is no error."""
+    # The artifact repository, the one way MLflow deletes an artifact: only where a spool is delivered
+    from mlflow.store.artifact.artifact_repository_registry import (
+        get_artifact_repository,
+    )
+
+    name = f"{keys.CHECKPOINT_ARTIFACT_DIR}/{keys.checkpoint_file(step)}"
+    with store_errors(client, run_id):
+        repository = get_artifact_repository(client.get_run(run_id).info.artifact_uri,
+                                             tracking_uri=client.tracking_uri)
+        for path in (name + keys.CHECKSUM_SUFFIX, name):  # the checksum first: a half-deleted pair is never listed
+            try:
+                repository.delete_artifacts(path)
+            except NotImplementedError:
+                return
+
+
 def write_model(client: RunWriter, run_id: str, path: Path, name: str) -> None:
     """A model's weights file and its SHA-256 beside it, logged under ``name/``."""
     with store_errors(client, run_id):
@@ -81,7 +101,7 @@ def checkpoint_steps(client: MlflowClient, run_id: str) -> list[int]:
 def download_checkpoint(client: MlflowClient, run_id: str, step: int, folder: Path) -> Path:
     """A run's checkpoint at ``step``, with its checksum, downloaded into ``folder``: a file
     ``load_checkpoint`` reads and a job started under orders resumes from."""
-    name = f"{keys.CHECKPOINT_ARTIFACT_DIR}/step-{step:09d}.pt"
+    name = f"{keys.CHECKPOINT_ARTIFACT_DIR}/{keys.checkpoint_file(step)}"
     target = folder / run_id
     target.mkdir(parents=True, exist_ok=True)
     with store_errors(client, run_id):

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlrepro.errors import one_line
-from mlrepro.store import failures
+from mlrepro.store import failures, keys
 from mlrepro.store.spool import (
     FIRST_BACKOFF_S,
     LOSSES_PER_DELIVERY,
@@ -167,6 +167,8 @@ class Delivery:
         _, args, kwargs = entries[0]
         if method == "log_artifact":
             self.client.log_artifact(self.run_id, str(self.folder / args[0]), **kwargs)
+        elif method == "delete_checkpoint":
+            _checkpoints().delete_checkpoint(self.client, self.run_id, args[0])
         else:
             getattr(self.client, method)(self.run_id, *args, **kwargs)
 
@@ -240,6 +242,13 @@ class Delivery:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
+def _checkpoints() -> Any:
+    # the checkpoints' store module imports MLflow: only where a spool is delivered
+    from mlrepro.store import checkpoints
+
+    return checkpoints
+
+
 def _record() -> Any:
     # the record imports MLflow: only where a spool is delivered
     from mlrepro.store import record
@@ -285,6 +294,8 @@ def _checked_entry(entry: Any, folder: Path) -> tuple[str, list[Any], dict[str, 
                                               or ".." in artifact_path.split("/")):
                 raise ValueError("an artifact folder outside the run's")
             return method, [rest[0]], {"artifact_path": artifact_path}
+        if method == "delete_checkpoint" and len(rest) == 1 and type(rest[0]) is int and rest[0] >= 0 and not kwargs:
+            return method, rest, {}
         if method == "set_terminated" and not rest and kwargs.get("status") in _STATUSES \
                 and isinstance(kwargs.get("end_time"), int) and set(kwargs) == {"status", "end_time"}:
             return method, [], kwargs
@@ -295,13 +306,17 @@ def _checked_entry(entry: Any, folder: Path) -> tuple[str, list[Any], dict[str, 
 
 
 def _superseded(entry: dict[str, Any], later: list[dict[str, Any]]) -> bool:
-    """An exact loss record that a later one replaces (a run's record is rewritten at each flush):
-    after an outage only the newest is sent."""
+    """A file a later line makes moot, after an outage: an exact loss record that a later one
+    replaces (a run's record is rewritten at each flush), or a checkpoint a later line removes."""
     if entry["method"] != "log_artifact":
         return False
     name, folder = Path(entry["args"][1]).name, entry["kwargs"].get("artifact_path")
-    return any(other["method"] == "log_artifact" and Path(other["args"][1]).name == name
-               and other["kwargs"].get("artifact_path") == folder for other in later)
+    removed = {keys.checkpoint_file(other["args"][-1]) + suffix for other in later
+               if other.get("method") == "delete_checkpoint" and type(other.get("args", [None])[-1]) is int
+               for suffix in ("", keys.CHECKSUM_SUFFIX)}
+    return (folder == keys.CHECKPOINT_ARTIFACT_DIR and name in removed) or any(
+        other.get("method") == "log_artifact" and Path(other["args"][1]).name == name
+        and other["kwargs"].get("artifact_path") == folder for other in later)
 
 
 def _size(path: Path) -> int:

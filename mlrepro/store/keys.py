@@ -28,6 +28,13 @@ TAG_RESUMED_BY = "mlrepro.resumed_by"
 # Checkpoints: mlrepro/checkpoints/step-000001000.pt, each with a .sha256 beside it.
 CHECKPOINT_ARTIFACT_DIR = "mlrepro/checkpoints"
 CHECKSUM_SUFFIX = ".sha256"
+
+
+def checkpoint_file(step: int) -> str:
+    """The file name of the checkpoint at ``step`` (steps done), in ``CHECKPOINT_ARTIFACT_DIR``."""
+    return f"step-{step:09d}.pt"
+
+
 # On the run `mlflow run -e compare` opens: the two runs compared and the verdict.
 TAG_COMPARED_A = "mlrepro.compared.run_a"
 TAG_COMPARED_B = "mlrepro.compared.run_b"

@@ -55,8 +55,9 @@ FIRST_BACKOFF_S = 0.2
 MAX_BACKOFF_S = 5.0
 # The most losses sent in one request: what MLflow's log_batch takes.
 LOSSES_PER_DELIVERY = 1000
-# The writes a journal may replay: the MlflowClient methods mlrepro uses after a run starts.
-REPLAYED = {"set_tag", "log_metric", "log_artifact", "set_terminated"}
+# The writes a journal may replay: the MlflowClient methods mlrepro uses after a run starts, and the
+# removal of a checkpoint no longer kept.
+REPLAYED = {"set_tag", "log_metric", "log_artifact", "set_terminated", "delete_checkpoint"}
 
 
 class SpoolError(MlreproError):
@@ -168,6 +169,11 @@ class Spool:
 
     def set_terminated(self, run_id: str, status: str | None = None) -> None:
         self._append("set_terminated", run_id, status=status, end_time=now_ms())
+
+    def delete_checkpoint(self, run_id: str, step: int) -> None:
+        """The run's checkpoint at ``step`` is no longer kept (``keep_checkpoints``): its line names
+        the step only; the writer makes the artifact's name (``mlrepro.store.checkpoints``)."""
+        self._append("delete_checkpoint", run_id, step)
 
     def delivered(self) -> tuple[int, int]:
         """How many losses and journal lines the store holds, as the writer last said."""

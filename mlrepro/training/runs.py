@@ -27,7 +27,7 @@ from mlrepro.capture.losses import LossSeries
 from mlrepro.capture.seeding import SeedRecord
 from mlrepro.capture.spec import BaseSpec
 from mlrepro.errors import SpecError
-from mlrepro.store import checkpoints, record
+from mlrepro.store import checkpoints, keys, record
 from mlrepro.store.delivery import Delivery, Pending, deliver_until, delivering, holding
 from mlrepro.store.failures import StoreRefusedError
 from mlrepro.store.spool import (
@@ -168,6 +168,7 @@ class TrackedRun(_LoopMethods):
         self._rank_pending: list[float] = []
         self._rank_losses = [array("d") for _ in range(world.size)] if world is not None else []
         self._watch: Watch | None = None
+        self._checkpoint_steps: list[int] = []  # this run's checkpoints still kept, oldest first
         self.opened_environment = environment  # as recorded when the run opened
         self._environment_read_in_training = False
         self.spool = Spool.create(run_id, client.tracking_uri, spec.metric, self.first_step)
@@ -319,8 +320,12 @@ class TrackedRun(_LoopMethods):
             ranks = distributed.gather_objects_on_rank_0(distributed.rank_state(checkpoint.rng, checkpoint.extra))
             checkpoint = replace(checkpoint, extra={**checkpoint.extra, distributed.RANKS_KEY: ranks})
         with tempfile.TemporaryDirectory() as folder:  # the spool keeps its own copy
-            path = save_checkpoint(Path(folder) / f"step-{checkpoint.step:09d}.pt", checkpoint)
+            path = save_checkpoint(Path(folder) / keys.checkpoint_file(checkpoint.step), checkpoint)
             checkpoints.write_checkpoint(self.spool, self.run_id, path)
+        # The newest keep_checkpoints stay; an older one goes once the new one is in the spool, never before.
+        self._checkpoint_steps.append(checkpoint.step)
+        while self.spec.keep_checkpoints and len(self._checkpoint_steps) > self.spec.keep_checkpoints:
+            self.spool.delete_checkpoint(self.run_id, self._checkpoint_steps.pop(0))
         self._writer.send_now()
 
     def flush(self) -> None:
