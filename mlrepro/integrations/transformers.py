@@ -49,6 +49,7 @@ from transformers import (
 )
 from transformers.integrations import MLflowCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.utils import logging as hf_logging
 
 from mlrepro.errors import CheckpointError, SpecError
 from mlrepro.training.checkpoint import Checkpoint, capture_rng_state
@@ -75,6 +76,7 @@ class MlreproCallback(TrainerCallback):
         self._due_step: int | None = None  # the step whose checkpoint the Trainer is saving for mlrepro
         self._save_is_ours = False  # the user's arguments would not have saved at that step
         self._resume_folder: Path | None = None
+        self._bars_to_restore = False
 
     @property
     def resume_from_checkpoint(self) -> str | None:
@@ -124,6 +126,9 @@ class MlreproCallback(TrainerCallback):
             # After Hugging Face's own flow callback: should_save says whether the user's arguments save now.
             self._due_step, self._save_is_ours = state.global_step, not control.should_save
             control.should_save = True
+            if self._save_is_ours and hf_logging.is_progress_bar_enabled():
+                hf_logging.disable_progress_bar()  # no "Writing model shards" bar for a save the user did not ask for
+                self._bars_to_restore = True
         return control
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
@@ -131,6 +136,9 @@ class MlreproCallback(TrainerCallback):
         if self._due_step != state.global_step or model is None:
             return  # a save of the user's own
         self._due_step = None
+        if self._bars_to_restore:
+            hf_logging.enable_progress_bar()
+            self._bars_to_restore = False
         folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
         files = {name: (folder / name).read_bytes() for name in KEPT_FILES if (folder / name).is_file()}
         steps_in_epoch = len(train_dataloader) if train_dataloader is not None else 0
