@@ -137,7 +137,9 @@ def test_a_lightning_job_gets_every_guarantee(tmp_path: Path, store: str) -> Non
     script = planted_copy(LIGHTNING, tmp_path / "planted", "import mlrepro\n", [
         ("self.net(inputs), targets)", "planted(self.global_step, self.net(inputs)), targets)")])
     noisy = {"PLANT_NOISE_FROM": "7"}
-    a, b = lightning_runs(store, tmp_path, words[:2] + words[3:], words[:2] + words[3:], script=script, **noisy)
+    # Every checkpoint kept: the replays start from Lightning's own checkpoint at step 5.
+    planted_words = [*words[:2], *words[3:], "keep_checkpoints=0"]
+    a, b = lightning_runs(store, tmp_path, planted_words, planted_words, script=script, **noisy)
     bisected = run_command([sys.executable, "-m", "mlrepro", "bisect", "--json", a, b], store, tmp_path, **noisy)
     assert bisected.returncode == 1, bisected.stderr[-3000:]
     found = json.loads(bisected.stdout)

@@ -159,7 +159,8 @@ def test_a_hugging_face_job_gets_every_guarantee(tmp_path: Path, store: str) -> 
         "    model = tiny_bert()\n",
         "    model = tiny_bert()\n    model.classifier.register_forward_hook("
         "lambda module, inputs, out: planted(trainer.state.global_step, out))\n")])
-    short, noisy = ["epochs=2", "checkpoint_every=5"], {"PLANT_NOISE_FROM": "7"}
+    # Every checkpoint kept: the replays start from the Trainer's own checkpoint at step 5.
+    short, noisy = ["epochs=2", "checkpoint_every=5", "keep_checkpoints=0"], {"PLANT_NOISE_FROM": "7"}
     a, b = example_runs(store, tmp_path, short, short, script=script, **noisy)
     bisected = run_command([sys.executable, "-m", "mlrepro", "bisect", "--json", a, b], store, tmp_path, **noisy)
     assert bisected.returncode == 1, bisected.stderr[-3000:]
