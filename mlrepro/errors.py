@@ -54,6 +54,10 @@ class NoLossesError(MlreproError):
     """The run exists but logged no per-step loss to compare."""
 
 
+class DamagedRecordError(MlreproError):
+    """A run's record (a tag, an artifact) is damaged or forged: it is named, and never read as a verdict."""
+
+
 class TrackingError(MlreproError):
     """The tracking store could not be reached or answered with an error."""
 

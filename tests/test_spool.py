@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -314,3 +315,32 @@ def test_sync_names_a_damaged_spool_keeps_it_and_still_delivers_the_others(store
     assert [line for line in lines if line.startswith(f"run {damaged_id}: not delivered past a damaged line")]
     assert [value for _, value in history(store, good_id)] == [1.0, 2.0, 3.0]
     assert spooled_runs() == [damaged_id] and client.get_run(damaged_id).info.lifecycle_stage == "active"
+
+
+def test_a_spool_whose_store_was_deleted_makes_nothing_is_named_and_can_be_let_go(store: str, tmp_path: Path) -> None:
+    # A run that logged to a SQLite file in a folder since deleted, killed before its spool was delivered.
+    gone_folder = tmp_path / "deleted"
+    gone_folder.mkdir()
+    gone_store = f"sqlite:///{gone_folder / 'mlflow.db'}"
+    gone_id = mlflow.MlflowClient(gone_store).create_run("0").info.run_id
+    Spool.create(gone_id, gone_store, "loss", 0).append_losses(array("d", [1.0, 2.0]))
+    shutil.rmtree(gone_folder)
+    good_id, _ = spooled_run(store, [1.0, 2.0, 3.0])
+    result = CliRunner().invoke(main, ["sync"])
+    assert result.exit_code == 2, result.output
+    assert f"run {good_id}: delivered 3 steps and 3 other writes; nothing pending" in result.output
+    assert (f"run {gone_id}: its tracking store {gone_folder / 'mlflow.db'} is gone; nothing delivered and no "
+            f"store made, the spool kept (mlrepro sync --discard {gone_id} lets it go)") in result.output.splitlines()
+    assert not gone_folder.exists() and spooled_runs() == [gone_id]
+
+    let_go = CliRunner().invoke(main, ["sync", "--discard", gone_id[:8]])
+    assert let_go.exit_code == 0 and let_go.output == f"run {gone_id}: spool discarded, with 2 steps its store never got\n"
+    assert spooled_runs() == [] and not gone_folder.exists()
+    assert CliRunner().invoke(main, ["sync"]).output.startswith("nothing to deliver")
+
+
+def test_discard_lets_go_only_the_spools_it_is_told(store: str) -> None:
+    kept_id, _ = spooled_run(store, [1.0])
+    refused = CliRunner().invoke(main, ["sync", "--discard"])
+    assert refused.exit_code == 2 and "name the runs whose spools to let go" in refused.output
+    assert spooled_runs() == [kept_id]

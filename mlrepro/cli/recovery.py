@@ -57,18 +57,27 @@ class _ProgressLine:
 @click.argument("run_ids", nargs=-1, metavar="[RUN]...")
 @click.option("--wait", "wait_s", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
               help="How long to keep trying a store that fails (default: MLREPRO_STORE_WAIT_S, else 60).")
-def sync(run_ids: tuple[str, ...], wait_s: float | None) -> None:
+@click.option("--discard", is_flag=True,
+              help="Let the named runs' spools go without delivering them (a store that is gone for good).")
+def sync(run_ids: tuple[str, ...], wait_s: float | None, discard: bool) -> None:
     """Deliver what runs on this machine kept in their spool while the tracking store was away.
 
     With no RUN, every run with a spool. Idempotent: delivered steps are not sent again, and
     each run's record arrives in order, bit for bit. Exit 0 when nothing is left, 4 when some
-    is still pending, 2 when a spool is damaged (named, kept, and the others delivered all the same).
+    is still pending, 2 when a spool is damaged or its store (a SQLite file, a folder) is gone:
+    named, kept, and the others delivered all the same. A store that is gone is never made again;
+    `--discard RUN...` lets such a spool go.
     """
     # MLflow only when the command runs: `mlrepro --help` stays light
     import mlflow
 
     from mlrepro.store import spool, sync
 
+    if discard:
+        with user_errors():
+            for discarded in sync.discard(list(run_ids)):
+                click.echo(discarded.describe())
+        sys.exit(EXIT_OK)
     with user_errors():
         wait = spool.store_wait_s() if wait_s is None else wait_s
         results = sync.sync(list(run_ids), wait, mlflow.get_tracking_uri(), on_progress=_ProgressLine())
@@ -76,7 +85,7 @@ def sync(run_ids: tuple[str, ...], wait_s: float | None) -> None:
             click.echo(f"nothing to deliver: no run has a spool in {spool.root()}")
         for result in results:
             click.echo(redacted(result.describe()))
-    if any(result.damaged for result in results):
+    if any(result.damaged or result.store_gone for result in results):
         sys.exit(EXIT_ERROR)
     sys.exit(EXIT_PENDING if any(result.pending is not None for result in results) else EXIT_OK)
 

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
+from urllib.parse import urlparse
 
 import mlflow
 from mlflow.entities import ViewType
@@ -91,15 +92,24 @@ def ready_store(uri: str) -> MlflowClient:
     return client
 
 
+def local_store_path(uri: str) -> Path | None:
+    """Where a store on this machine lies (a SQLite file, a file store's folder); None for a server
+    or a database elsewhere, which only answering can show to exist."""
+    if uri.startswith("sqlite:///"):
+        return None if ":memory:" in uri else Path(uri[len("sqlite:///"):])
+    if uri.startswith("file:"):
+        return Path(urlparse(uri).path)
+    return Path(uri) if "://" not in uri else None
+
+
 def existing_store(uri: str | None = None) -> MlflowClient:
-    """A client of a store that exists, for what only reads runs: a SQLite file that is not there is
-    refused, never made (MLflow would create an empty, migrated store in the current folder)."""
+    """A client of a store that exists, for what only reads runs or delivers to one: a SQLite file or
+    a file store that is not there is refused, never made (MLflow would create an empty, migrated store)."""
     uri = uri or mlflow.get_tracking_uri()
-    if uri.startswith("sqlite:///") and ":memory:" not in uri:
-        path = Path(uri[len("sqlite:///"):])
-        if not path.exists():
-            raise TrackingError(f"no tracking store at {path.resolve()}: set MLFLOW_TRACKING_URI to the store "
-                                "that holds the runs, or run from the folder whose mlflow.db does")
+    path = local_store_path(uri)
+    if path is not None and not path.exists():
+        raise TrackingError(f"no tracking store at {path.resolve()}: set MLFLOW_TRACKING_URI to the store "
+                            "that holds the runs, or run from the folder whose mlflow.db does")
     return MlflowClient(uri)
 
 

@@ -54,6 +54,7 @@ from mlrepro.store.artifacts import download
 from mlrepro.store.failures import store_errors, store_failures
 from mlrepro.store.opening import resolve_run_id
 from mlrepro.store.process import identity, liveness
+from mlrepro.store.resume_links import check_resume_chain, resumed_at_step
 
 if TYPE_CHECKING:
     from mlrepro.capture.environment import EnvironmentRecord
@@ -225,14 +226,6 @@ def write_losses(client: RunWriter, run_id: str, losses: LossSeries, complete: b
                 client.set_tag(run_id, keys.TAG_OWN_LOSS_DIGEST, losses.digest)
 
 
-def write_resume_links(client: MlflowClient, run_id: str, resumed_from: str, step: int) -> None:
-    """Tie a resumed run to the run it continues, both ways."""
-    with store_errors(client, run_id):
-        client.set_tag(run_id, keys.TAG_RESUMED_FROM, resumed_from)
-        client.set_tag(run_id, keys.TAG_RESUMED_AT_STEP, str(step))
-        client.set_tag(resumed_from, keys.TAG_RESUMED_BY, run_id)
-
-
 def write_run_name(client: RunWriter, run_id: str, name: str) -> None:
     """The name the UI shows for a run (MLflow keeps it as the tag ``mlflow.runName``)."""
     with store_errors(client, run_id):
@@ -307,12 +300,14 @@ def environment_from_tags(tags: Mapping[str, str]) -> dict[str, str]:
 _RECORDS = (keys.SPEC_ARTIFACT, keys.ENVIRONMENT_ARTIFACT, keys.LOSSES_ARTIFACT, keys.CODE_ARTIFACT)
 
 
-def read_run(client: MlflowClient, run_id: str) -> LoggedRun:
+def read_run(client: MlflowClient, run_id: str, _chain_checked: bool = False) -> LoggedRun:
     """A run's spec, environment, code and losses; losses from the exact record where there is one,
     stitched to the runs a resumed run continues."""
     run_id = resolve_run_id(client, run_id)
     with store_errors(client, run_id), tempfile.TemporaryDirectory() as folder:
         run = client.get_run(run_id)
+        if not _chain_checked:
+            check_resume_chain(client, run_id, run.data.tags)
         files = _download_records(client, run_id, Path(folder))
         tags = run.data.tags
         spec = _read_spec(files, tags) if keys.SPEC_ARTIFACT in files else None
@@ -340,8 +335,8 @@ def read_run(client: MlflowClient, run_id: str) -> LoggedRun:
         # A resumed run is the continuation of another: its losses start where that
         # run's checkpoint was, and the steps before come from that run (and its own
         # predecessors), so it compares whole against an uninterrupted run.
-        first_own = int(tags.get(keys.TAG_RESUMED_AT_STEP, losses.steps[0] if len(losses) else 0))
-        before = read_run(client, resumed_from)
+        first_own = resumed_at_step(run_id, tags, losses)
+        before = read_run(client, resumed_from, _chain_checked=True)
         losses = before.losses.spliced(losses, first_own)
         if fingerprints is not None and before.fingerprints is not None:
             fingerprints = before.fingerprints.spliced(fingerprints, first_own)

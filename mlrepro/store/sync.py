@@ -6,16 +6,11 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from mlrepro.errors import redacted_uri
+from mlrepro.store.delivery import Delivery, Pending, deliver_until, delivering, holding
 from mlrepro.store.failures import StoreRefusedError
 from mlrepro.store.spool import SpoolError, absolute_uri, root
-
-if TYPE_CHECKING:
-    pass
-
-from mlrepro.store.delivery import Delivery, Pending, deliver_until, delivering, holding
 
 
 @dataclass(frozen=True)
@@ -27,12 +22,16 @@ class SyncResult:
     busy: bool = False  # its own writer is delivering it now
     error: str | None = None
     damaged: bool = False  # a line the spool never wrote: delivery stopped there, the spool is kept
+    store_gone: bool = False  # its store (a SQLite file, a folder) is no longer there: nothing delivered, nothing made
 
     def describe(self) -> str:
         if self.busy:
-            return f"run {self.run_id}: its own job is delivering it now; nothing done"
+            return f"run {self.run_id}: another process (its job, or another sync) is delivering it now; nothing done"
         if self.damaged:
             return f"run {self.run_id}: not delivered past a damaged line, and kept as it is: {self.error}"
+        if self.store_gone:
+            return (f"run {self.run_id}: {self.error}; nothing delivered and no store made, the spool kept "
+                    f"(mlrepro sync --discard {self.run_id} lets it go)")
         done = f"delivered {self.delivered_steps:,} steps and {self.delivered_writes} other writes"
         if self.error is not None:
             return f"run {self.run_id}: {done}; {self.pending.describe() if self.pending else 'the rest'} " \
@@ -89,8 +88,13 @@ def _sync_one(run_id: str, wait_s: float, environment_uri: str | None,
     # MLflow only when there is a spool to deliver
     from mlflow.tracking import MlflowClient
 
+    from mlrepro.store import opening
+
     folder = root() / run_id
     uri = store_of(folder, environment_uri)
+    gone = opening.local_store_path(uri)
+    if gone is not None and not gone.exists():  # deleted with its folder: MLflow would make a new, empty one
+        return SyncResult(run_id, 0, 0, None, error=f"its tracking store {gone} is gone", store_gone=True)
     with holding(folder, wait=False) as held, delivering():
         if not held:
             return SyncResult(run_id, 0, 0, None, busy=True)
@@ -107,3 +111,32 @@ def _sync_one(run_id: str, wait_s: float, environment_uri: str | None,
         if pending.nothing:
             delivery.remove()
         return SyncResult(run_id, steps, writes, None if pending.nothing else pending, error=error)
+
+
+@dataclass(frozen=True)
+class Discarded:
+    run_id: str
+    pending: Pending | None  # what it held that its store never got; None: another process delivers it now
+
+    def describe(self) -> str:
+        if self.pending is None:
+            return f"run {self.run_id}: another process (its job, or a sync) is delivering it now; not discarded"
+        return f"run {self.run_id}: spool discarded, with {self.pending.describe()} its store never got"
+
+
+def discard(run_ids: list[str]) -> list[Discarded]:
+    """Let the spools of ``run_ids`` go, undelivered: for a spool whose store is gone for good. Only
+    the runs named, each by its id or the unique start of one; never a spool another process holds."""
+    if not run_ids:
+        raise SpoolError("sync --discard: name the runs whose spools to let go (mlrepro sync lists what is pending)")
+    results = []
+    for run_id in [_spooled_run(text) for text in run_ids]:
+        folder = root() / run_id
+        with holding(folder, wait=False) as held:
+            if not held:
+                results.append(Discarded(run_id, None))
+                continue
+            delivery = Delivery(folder, None)  # type: ignore[arg-type]  # counts what waits; delivers nothing
+            results.append(Discarded(run_id, delivery.pending()))
+            delivery.remove()
+    return results

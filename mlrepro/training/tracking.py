@@ -28,7 +28,7 @@ from mlrepro.capture.own_run import recording_own_run
 from mlrepro.capture.seeding import seed_everything, seed_generators
 from mlrepro.capture.spec import BaseSpec, DistributedSpec
 from mlrepro.errors import MlreproError, SpecError, redacted_uri
-from mlrepro.store import failures, opening, record
+from mlrepro.store import failures, opening, record, resume_links
 from mlrepro.store.delivery import Pending
 from mlrepro.store.spool import (
     DeliveryPendingError,
@@ -133,7 +133,7 @@ def _open(spec: BaseSpec, device: torch.device, world: distributed.World | None,
         if world is not None:
             distributed.share_from_rank_0((run_id, ready.resume))
         if ready.resumed_from is not None and ready.resume is not None:
-            record.write_resume_links(ready.client, run_id, ready.resumed_from, ready.resume.step)
+            resume_links.write_resume_links(ready.client, run_id, ready.resumed_from, ready.resume.step)
             tracked.resumed_from, tracked.resumed_losses = ready.resumed_from, ready.resumed_losses
     except BaseException:
         with contextlib.suppress(Exception):  # the store's failure is the error being raised already
