@@ -28,11 +28,15 @@ from mlrepro.cli.formatting import format_comparison, side_by_side
 @click.argument("run_id")
 @click.option("--project", metavar="DIR",
               help="The folder to start the job in; default: the project folder the run recorded.")
-def reproduce(run_id: str, project: str | None) -> None:
+@click.option("--trust-record", is_flag=True,
+              help="Run the job the record names even where the record does not fit the code on disk.")
+def reproduce(run_id: str, project: str | None, trust_record: bool) -> None:
     """Run a logged run's job again as a new run, compare bit for bit, record the verdict on both.
 
     The job starts as the run was started: its MLproject entry point and parameters,
-    or its module or script. Exits like compare: 0 identical, 1 different, 2 error.
+    or its module or script, and the command is shown before it runs. A record whose
+    entry, sources or folder do not fit the code on disk runs nothing (exit 2) unless
+    --trust-record. Exits like compare: 0 identical, 1 different, 2 error.
     Warns first when the code (sources, git) or the software and hardware differ
     from when the run was logged.
     """
@@ -40,7 +44,8 @@ def reproduce(run_id: str, project: str | None) -> None:
     from mlrepro.replay.reproduce import reproduce_run
 
     with user_errors():
-        result = reproduce_run(run_id, project, on_drift=_warn_drift)
+        result = reproduce_run(run_id, project, on_drift=_warn_drift, trust_record=trust_record,
+                               on_command=lambda launch: click.echo(f"mlrepro: runs {launch.describe()}", err=True))
     click.echo(f"repeated run {result.original.run_id} as run {result.new_run_id}")
     click.echo(format_comparison(result.comparison))
     sys.exit(exit_code(result.comparison))
@@ -57,19 +62,23 @@ def _warn_drift(drift: list[Difference]) -> None:
 @click.argument("run_b")
 @click.option("--project", metavar="DIR", help="The folder to start the jobs in; default: the one each run recorded.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
-def bisect(run_a: str, run_b: str, project: str | None, as_json: bool) -> None:
-    """Replay two runs from the last checkpoint both logged before they part, each in a fresh process with
-    every module traced, and name the first module (and op, and line) whose output or gradient differs.
+@click.option("--trust-record", is_flag=True,
+              help="Replay the jobs the records name even where a record does not fit the code on disk.")
+def bisect(run_a: str, run_b: str, project: str | None, as_json: bool, trust_record: bool) -> None:
+    """Replay two runs from the last checkpoint both logged before they part (or from the start), each in a
+    fresh process with every module traced, and name the first module (and op, and line) whose output or
+    gradient differs. Each replay's command is shown on stderr before it runs; a record that does not fit
+    the code on disk runs nothing unless --trust-record.
 
     Exit 1 when a difference is named, 0 when the replays agree (it did not recur), 2 when there is
-    nothing to replay from.
+    nothing to replay from or a record does not fit.
     """
     # MLflow and the replay layer only when the command runs
     from mlrepro.replay.bisect import bisect_runs, describe
 
     with user_errors(), interrupted_in_one_line("bisect"):
-        result = bisect_runs(run_a, run_b, project=project,
-                             on_replay=None if as_json else lambda text: click.echo(f"  {text} ...", err=True))
+        result = bisect_runs(run_a, run_b, project=project, trust_record=trust_record,
+                             on_replay=lambda text: click.echo(f"  {text} ...", err=True))
     click.echo(result.model_dump_json(indent=2) if as_json else describe(result))
     sys.exit(EXIT_OK if result.difference is None else EXIT_DIFFERENT)
 

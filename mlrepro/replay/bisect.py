@@ -27,6 +27,7 @@ from mlrepro.analysis.compare import RunComparison, compare_logged_runs
 from mlrepro.capture.logged import LoggedRun
 from mlrepro.errors import BisectError
 from mlrepro.replay.reproduce import hash_seed_of, replay_command
+from mlrepro.replay.trust import Launch
 from mlrepro.store import checkpoints, opening, record
 from mlrepro.training.orders import JobCommand, Leg, Orders, Scratch
 
@@ -109,9 +110,10 @@ def _start_step(comparison: RunComparison) -> int:
 
 
 def bisect_runs(run_a: str, run_b: str, client: MlflowClient | None = None, project: str | Path | None = None,
-                on_replay: Callable[[str], None] | None = None) -> BisectResult:
+                on_replay: Callable[[str], None] | None = None, trust_record: bool = False) -> BisectResult:
     """Replay both runs from their last common checkpoint to where they part, in two fresh processes;
-    ``on_replay`` hears of each replay as it starts."""
+    ``on_replay`` hears of each replay as it starts, with its command. Both records are checked against
+    the code on disk (``mlrepro.replay.trust``) before either replay starts, unless ``trust_record``."""
     client = client or opening.existing_store()
     a, b = record.read_run(client, run_a), record.read_run(client, run_b)
     comparison = compare_logged_runs(a, b)
@@ -130,12 +132,16 @@ def bisect_runs(run_a: str, run_b: str, client: MlflowClient | None = None, proj
                          parting=f"runs {a.run_id[:8]} and {b.run_id[:8]} part at step {divergent}")
     scratch = Scratch()
     try:
+        spec_files = {name: _spec_file(scratch, run, name) for name, run in (("A", a), ("B", b))}
+        commands = {name: replay_command(run, spec_files[name], project, trust_record)  # both, before either runs
+                    for name, run in (("A", a), ("B", b))}
         traces = []
         for name, run in (("A", a), ("B", b)):
             if on_replay is not None:
                 origin = f"from its checkpoint at step {start}" if start is not None else "from the start"
-                on_replay(f"replaying run {name} ({run.run_id[:8]}) {origin} to step {divergent}, every module traced")
-            traces.append(_replay(client, scratch, run, name, start, divergent, project))
+                on_replay(f"replaying run {name} ({run.run_id[:8]}) {origin} to step {divergent}, every module "
+                          f"traced: {Launch(*commands[name][:2]).describe()}")
+            traces.append(_replay(client, scratch, run, name, start, divergent, commands[name]))
     finally:
         scratch.close()
     for name, events in zip("AB", traces):
@@ -175,16 +181,21 @@ def refuse_unless_traced(events: list[dict[str, Any]], name: str, step: int) -> 
                       f"{seen}); call run.watch(model) so that the replay follows the model the job trains")
 
 
-def _replay(client: MlflowClient, scratch: Scratch, run: LoggedRun, name: str, start: int | None, until: int,
-            project: str | Path | None) -> list[dict[str, Any]]:
-    """Run ``run``'s job from its checkpoint at ``start`` (None: from its start) to step ``until``,
-    traced; the trace's events."""
-    checkpoint = None if start is None else \
-        checkpoints.download_checkpoint(client, run.run_id, start, scratch.folder / "checkpoints")
+def _spec_file(scratch: Scratch, run: LoggedRun, name: str) -> Path:
+    """The run's spec for its replay: no checkpoints, no resume."""
     fields = {**run.spec.model_dump(mode="json"), "checkpoint_every": 0, "resume_from": ""}  # type: ignore[union-attr]
     spec_file = scratch.folder / f"spec-{name}.json"
     spec_file.write_text(json.dumps(fields))
-    command, cwd, folder = replay_command(run, spec_file, project)
+    return spec_file
+
+
+def _replay(client: MlflowClient, scratch: Scratch, run: LoggedRun, name: str, start: int | None, until: int,
+            launch: tuple[list[str], Path, Path]) -> list[dict[str, Any]]:
+    """Run ``run``'s job (``launch``: its command, folder and project) from its checkpoint at ``start``
+    (None: from its start) to step ``until``, traced; the trace's events."""
+    checkpoint = None if start is None else \
+        checkpoints.download_checkpoint(client, run.run_id, start, scratch.folder / "checkpoints")
+    command, cwd, folder = launch
     trace = scratch.folder / f"trace-{name}.json"
     hash_seed = hash_seed_of(run)
     leg = Leg(name=f"replay of run {name}", words=[],

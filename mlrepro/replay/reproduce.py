@@ -26,6 +26,7 @@ from mlrepro.capture.code import CodeRecord, facts_now
 from mlrepro.capture.facts import fact_of
 from mlrepro.capture.logged import LoggedRun
 from mlrepro.errors import ReproductionError
+from mlrepro.replay.trust import Launch, refuse_unless_fits
 from mlrepro.review.verdicts import record_comparison
 from mlrepro.store import keys, opening, record
 from mlrepro.store.record import MLFLOW_ENTRY_POINT_TAG
@@ -56,12 +57,15 @@ def reproduce_run(
     project: str | Path | None = None,
     client: MlflowClient | None = None,
     on_drift: Callable[[list[Difference]], None] | None = None,
+    on_command: Callable[[Launch], None] | None = None,
+    trust_record: bool = False,
 ) -> Reproduction:
     """Repeat ``run_id`` in a new run of the same experiment, compare and record the verdict on both.
 
     ``project`` is the folder to start the job in; by default the run's own project
     folder. ``on_drift`` hears, before the job starts, what differs in code, versions
-    or hardware from when the run was logged.
+    or hardware from when the run was logged; ``on_command``, the command about to run. A record that
+    does not fit the code on disk (``mlrepro.replay.trust``) runs nothing unless ``trust_record``.
     """
     # torch (through the collectors) only when a run is repeated
     from mlrepro.capture.environment import (
@@ -74,6 +78,13 @@ def reproduce_run(
         raise ReproductionError(f"run {original.run_id} was not logged by an mlrepro job: it has no spec to repeat")
     code = original.code
     folder = _project_folder(original, project)
+    started_in = _started_in(original, project, folder)
+    # Checked before anything runs or a run is made: a refused record leaves nothing behind.
+    planned, planned_cwd = _restart_command(code, folder, started_in, Path("SPEC.json"), "NEW_RUN_ID",
+                                            original.experiment_id or "0")
+    refuse_unless_fits(original.run_id, code, folder, project is None,  # type: ignore[arg-type]
+                       code.mlproject_entry_point if _uses_mlproject(code, folder) else None,  # type: ignore[union-attr]
+                       Launch(planned, planned_cwd), trust_record)
     current = capture_environment(extra=facts_now(code, folder) if code else None).facts
     drift = environment_drift(original.environment, current)
     if on_drift is not None and drift:
@@ -83,11 +94,23 @@ def reproduce_run(
     if _uses_mlproject(code, folder):  # as `mlflow run` tags the runs it creates, so a repeat repeats the same way
         tags[MLFLOW_ENTRY_POINT_TAG] = code.mlproject_entry_point  # type: ignore[union-attr]
     new_run_id = record.create_run(client, original.experiment_id or "0", tags)
+    _run_repeat(client, original, folder, started_in, new_run_id, on_command)
+    repeat = record.read_run(client, new_run_id)
+    comparison = compare_logged_runs(original, repeat)
+    record_comparison(comparison, original, repeat, client)
+    return Reproduction(original=original, new_run_id=new_run_id, drift=drift, comparison=comparison)
+
+
+def _run_repeat(client: MlflowClient, original: LoggedRun, folder: Path, started_in: Path, new_run_id: str,
+                on_command: Callable[[Launch], None] | None) -> None:
+    """Start the job again as run ``new_run_id`` and wait for it; a job that fails ends that run FAILED."""
     with tempfile.TemporaryDirectory() as temporary:
         spec_file = Path(temporary) / "spec.json"
-        spec_file.write_text(json.dumps(original.spec.model_dump(mode="json")))
-        command, cwd = _restart_command(code, folder, _started_in(original, project, folder), spec_file,
-                                        new_run_id, original.experiment_id or "0")
+        spec_file.write_text(json.dumps(original.spec.model_dump(mode="json")))  # type: ignore[union-attr]
+        command, cwd = _restart_command(original.code, folder, started_in, spec_file, new_run_id,
+                                        original.experiment_id or "0")
+        if on_command is not None:
+            on_command(Launch(command, cwd))
         env = dict(os.environ, MLFLOW_RUN_ID=new_run_id, MLFLOW_TRACKING_URI=client.tracking_uri,
                    PYTHONPATH=os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")])))
         # String hashing as the original process had it: fixed where it was fixed, random where it was not.
@@ -104,11 +127,6 @@ def reproduce_run(
     if job.returncode != 0:
         record.end_run(client, new_run_id, "FAILED")
         raise ReproductionError(f"the repeat of run {original.run_id} failed (exit {job.returncode}); see run {new_run_id}")
-
-    repeat = record.read_run(client, new_run_id)
-    comparison = compare_logged_runs(original, repeat)
-    record_comparison(comparison, original, repeat, client)
-    return Reproduction(original=original, new_run_id=new_run_id, drift=drift, comparison=comparison)
 
 
 def _uses_mlproject(code: CodeRecord | None, folder: Path) -> bool:
@@ -151,12 +169,16 @@ def _restart_command(
                             "run its code as a module or script to make it repeatable")
 
 
-def replay_command(original: LoggedRun, spec_file: Path, project: str | Path | None = None) -> tuple[list[str], Path, Path]:
+def replay_command(original: LoggedRun, spec_file: Path, project: str | Path | None = None,
+                   trust_record: bool = False) -> tuple[list[str], Path, Path]:
     """How to start a logged run's job again in a process of one's own, with the spec in ``spec_file``:
-    the command, the folder to start it in, and the project folder (for PYTHONPATH)."""
+    the command, the folder to start it in, and the project folder (for PYTHONPATH). A record that does
+    not fit the code on disk is refused, with the command, unless ``trust_record``."""
     folder = _project_folder(original, project)
     command, cwd = _restart_command(original.code, folder, _started_in(original, project, folder), spec_file,
                                     original.run_id, original.experiment_id or "0", through_mlproject=False)
+    refuse_unless_fits(original.run_id, original.code, folder, project is None, None,  # type: ignore[arg-type]
+                       Launch(command, cwd), trust_record)
     return command, cwd, folder
 
 
