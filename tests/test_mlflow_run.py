@@ -68,7 +68,7 @@ def test_a_bad_or_mistyped_parameter_fails_the_launched_run_and_says_why(tmp_pat
     result = mlflow_run(store, tmp_path, "lr=-1", "sed=4")
     assert result.returncode != 0
     message = ("invalid linefit spec: lr: must be greater than 0 (got '-1'); sed: unknown field; did you mean seed? (allowed: "
-               "checkpoint_every, deterministic, device, fingerprint_every, hidden, job, lr, metric, resume_from, seed, steps, threads)")
+               "checkpoint_every, deterministic, device, fingerprint_every, hidden, job, keep_checkpoints, lr, metric, resume_from, seed, steps, threads)")
     assert f"mlrepro: error: {message}" in result.stderr.splitlines()
     assert "Traceback" not in result.stderr and "No such option" not in result.stderr
     run = mlflow.MlflowClient().get_run(only_run_id(store))

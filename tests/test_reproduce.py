@@ -44,7 +44,7 @@ def test_a_built_in_job_reproduces_and_both_runs_say_so(tmp_path: Path, store: s
 
 
 @pytest.mark.e2e
-def test_it_warns_when_the_job_s_code_changed_since_the_run(tmp_path: Path, store: str) -> None:
+def test_changed_code_runs_only_in_a_folder_the_user_names_and_with_a_warning(tmp_path: Path, store: str) -> None:
     project = Path(shutil.copytree(REPO / "examples" / "own_job", tmp_path / "noisy"))
 
     def git(*args: str) -> None:
@@ -58,7 +58,10 @@ def test_it_warns_when_the_job_s_code_changed_since_the_run(tmp_path: Path, stor
     original = only_run_id(store)
     train = project / "train.py"
     train.write_text(train.read_text() + "# a comment: the sources differ, the numbers do not\n")
-    result = run_here(main, "reproduce", original)
+    # The record's own folder no longer holds the code that ran: nothing runs unless the user names it.
+    assert_one_line_error_here(run_here(main, "reproduce", original), f"the code in {project} is not the code it ran",
+                               "train.py differ", "nothing was run")
+    result = run_here(main, "reproduce", original, "--project", str(project))
     assert result.exit_code == 0, result.stdout + result.stderr[-2000:]
     assert "mlrepro: warning: this is not the code or environment the run was logged with" in result.stderr
     warned = [line.split()[1] for line in result.stderr.splitlines() if line.startswith("  env ")]
