@@ -20,8 +20,8 @@ from mlrepro.capture.spec import (
     parse_spec,
     read_spec_file,
 )
-from mlrepro.errors import MAX_MESSAGE, SpecError
-from mlrepro.store.record import _read_loss_record
+from mlrepro.errors import MAX_MESSAGE, MlreproError, SpecError
+from mlrepro.store.loss_record import read_loss_record
 from projects.cifar10.spec import Cifar10Spec
 from projects.linefit.spec import LineFitSpec
 
@@ -55,7 +55,7 @@ def read_or_one_line(reader: Callable[[Path], Any], folder: Path, name: str, dat
     path.write_bytes(data)
     try:
         return reader(path)
-    except SpecError as err:
+    except MlreproError as err:  # SpecError for a spec, DamagedRecordError for a record
         assert_one_line(err)
         return None
 
@@ -78,7 +78,7 @@ def test_yaml_shaped_text_with_anchors_and_aliases_is_bounded(tmp_path_factory, 
 
 @given(st.binary(max_size=3000))
 def test_any_bytes_as_the_loss_record_give_losses_or_one_line(tmp_path_factory, data: bytes) -> None:
-    losses = read_or_one_line(_read_loss_record, tmp_path_factory.mktemp("losses"), "losses.npz", data)
+    losses = read_or_one_line(read_loss_record, tmp_path_factory.mktemp("losses"), "losses.npz", data)
     if losses is not None:
         assert len(losses.steps) == len(losses.values)
 

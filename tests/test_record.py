@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from mlrepro import load_run, start_run
-from mlrepro.errors import CheckpointError, RunNotFoundError, SpecError
+from mlrepro.errors import CheckpointError, MlreproError, RunNotFoundError, SpecError
 from mlrepro.store import keys
 from mlrepro.store.opening import resolve_run_id
 from mlrepro.store.record import environment_from_tags
@@ -72,10 +72,12 @@ def artifact_folder(run_id: str) -> Path:
     [
         ("losses.npz", lambda data: data[: len(data) // 2], "the run's mlrepro/losses.npz is damaged"),
         ("losses.npz", lambda data: b"garbage" * 10, "the run's mlrepro/losses.npz is damaged"),
-        ("losses.npz", None, "the run's mlrepro/losses.npz is damaged"),  # a record without its values
+        ("losses.npz", None, "the run's mlrepro/losses.npz is damaged: it holds no 'values'"),
         ("spec.json", lambda data: data[:-5], "the run's mlrepro/spec.json is damaged: not JSON"),
         ("spec.json", lambda data: b'["not", "a", "spec"]', "the logged spec is damaged"),
         ("environment.json", lambda data: b"\xff\xfe{", "the run's mlrepro/environment.json is damaged: not JSON"),
+        ("environment.json", lambda data: b'["a", "list"]', "the run's mlrepro/environment.json is damaged: not a mapping"),
+        ("environment.json", lambda data: b'{"cpu.count": 2}', "the run's mlrepro/environment.json is damaged: not a mapping"),
     ],
 )
 def test_a_damaged_record_is_one_clear_error_never_a_traceback(store: str, artifact: str, damage, message: str) -> None:
@@ -87,7 +89,7 @@ def test_a_damaged_record_is_one_clear_error_never_a_traceback(store: str, artif
         np.savez(path, steps=np.arange(2))
     else:
         path.write_bytes(damage(path.read_bytes()))
-    with pytest.raises(SpecError) as caught:
+    with pytest.raises(MlreproError) as caught:  # SpecError for a spec, DamagedRecordError for a record
         load_run(run.run_id)
     assert str(caught.value).startswith(message) and "\n" not in str(caught.value)
 

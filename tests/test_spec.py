@@ -98,6 +98,8 @@ def test_spec_files_in_yaml_and_json(tmp_path: Path) -> None:
         # Every job whose spec class this process loaded is named: the tests load more than two.
         ("job: resnet\n", "job: must be one of cifar10, "),
         ("job: linefit\nsteps: -5\n", "invalid linefit spec: steps: must be from 1"),
+        ("job: linefit\nseed: " + "[" * 100_000 + "]" * 100_000 + "\n", "nests lists or mappings more than 20 deep"),
+        ("job: linefit\n? [1, 2]\n: 3\n", "has a key that is a list, not a name (line 2)"),
     ],
 )
 def test_bad_spec_files_give_one_line(tmp_path: Path, content: str | None, message: str) -> None:

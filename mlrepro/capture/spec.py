@@ -338,27 +338,39 @@ def read_logged_spec(values: Any, spec_class: str | None = None, logged_hash: st
 # expands 389 bytes into gigabytes) long before it costs memory or time.
 MAX_SPEC_FILE_BYTES = 1_000_000
 MAX_YAML_ALIASES = 20
+# Lists and mappings inside each other: a spec's values are a few levels deep at most; 100,000
+# brackets in a row would take the parser past Python's recursion limit.
+MAX_SPEC_DEPTH = 20
 
 
 class _SpecLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, with duplicate keys refused and aliases counted."""
+    """PyYAML's safe loader, with duplicate keys refused, aliases counted and nesting bounded."""
 
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
         self.aliases = 0
+        self.depth = 0
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
             self.aliases += 1
             if self.aliases > MAX_YAML_ALIASES:
                 raise SpecError(f"uses more than {MAX_YAML_ALIASES} YAML aliases; a spec needs none")
-        return super().compose_node(parent, index)
+        self.depth += 1
+        try:
+            if self.depth > MAX_SPEC_DEPTH:
+                raise SpecError(f"nests lists or mappings more than {MAX_SPEC_DEPTH} deep; a spec needs a few")
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
-            if isinstance(key, (str, int, float, bool)) and key in seen:
+            if not isinstance(key, (str, int, float, bool)):
+                raise SpecError(f"has a key that is a {type(key).__name__}, not a name (line {key_node.start_mark.line + 1})")
+            if key in seen:
                 raise SpecError(f"names {str(key)[:80]!r} twice (line {key_node.start_mark.line + 1})")
             seen.add(key)
         return super().construct_mapping(node, deep=deep)

@@ -26,7 +26,6 @@ import contextlib
 import json
 import tempfile
 import time
-import zipfile
 from array import array
 from collections.abc import Mapping
 from pathlib import Path
@@ -44,6 +43,7 @@ from mlrepro.capture.logged import LoggedRun
 from mlrepro.capture.losses import LossSeries
 from mlrepro.capture.spec import AnySpec, BaseSpec, class_path, read_logged_spec
 from mlrepro.errors import (
+    DamagedRecordError,
     NoLossesError,
     SpecError,
     one_line,
@@ -52,6 +52,7 @@ from mlrepro.errors import (
 from mlrepro.store import keys
 from mlrepro.store.artifacts import download
 from mlrepro.store.failures import store_errors, store_failures
+from mlrepro.store.loss_record import read_loss_record
 from mlrepro.store.opening import resolve_run_id
 from mlrepro.store.process import identity, liveness
 from mlrepro.store.resume_links import check_resume_chain, resumed_at_step
@@ -311,12 +312,11 @@ def read_run(client: MlflowClient, run_id: str, _chain_checked: bool = False) ->
         files = _download_records(client, run_id, Path(folder))
         tags = run.data.tags
         spec = _read_spec(files, tags) if keys.SPEC_ARTIFACT in files else None
-        environment = _read_json(files, keys.ENVIRONMENT_ARTIFACT) if keys.ENVIRONMENT_ARTIFACT in files \
-            else environment_from_tags(tags)
+        environment = _read_environment(files) if keys.ENVIRONMENT_ARTIFACT in files else environment_from_tags(tags)
         metric = spec.metric if spec is not None else keys.DEFAULT_LOSS_METRIC
         fingerprints = None
         if keys.LOSSES_ARTIFACT in files:
-            losses, fingerprints = _read_loss_record(files[keys.LOSSES_ARTIFACT])
+            losses, fingerprints = read_loss_record(files[keys.LOSSES_ARTIFACT])
             source = "artifact"
             if keys.TAG_LOSS_DIGEST not in tags:
                 # The run never finished (killed, or still going): its exact record ends at its
@@ -385,24 +385,18 @@ def _read_json(files: Mapping[str, Path], artifact: str) -> Any:
         raise SpecError(f"the run's {artifact} is damaged: not JSON ({err.__class__.__name__})") from err
 
 
+def _read_environment(files: Mapping[str, Path]) -> dict[str, str]:
+    """The environment record: one text a fact, as mlrepro writes it."""
+    content = _read_json(files, keys.ENVIRONMENT_ARTIFACT)
+    if not isinstance(content, dict) or not all(isinstance(key, str) and isinstance(value, str)
+                                                for key, value in content.items()):
+        raise DamagedRecordError(f"the run's {keys.ENVIRONMENT_ARTIFACT} is damaged: not a mapping of fact: text")
+    return content
+
+
 def _read_spec(files: Mapping[str, Path], tags: Mapping[str, str]) -> AnySpec:
     return read_logged_spec(_read_json(files, keys.SPEC_ARTIFACT), tags.get(keys.TAG_SPEC_CLASS),
                             tags.get(keys.TAG_SPEC_HASH))
-
-
-def _read_loss_record(path: Path) -> tuple[LossSeries, FingerprintRecord | None]:
-    """The exact losses, and the fingerprints where the run took them."""
-    try:
-        with np.load(path, allow_pickle=False) as exact:
-            losses = LossSeries.from_steps_and_values(exact["steps"], exact["values"])
-            if "fingerprints" not in exact.files:
-                return losses, None
-            return losses, FingerprintRecord(
-                steps=exact["fingerprint_steps"].astype(np.int64), values=exact["fingerprints"].astype(np.uint32),
-                names=tuple(exact["fingerprint_names"].tolist()), kinds=tuple(exact["fingerprint_kinds"].tolist()),
-                module_order=tuple(exact["module_order"].tolist()))
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as err:
-        raise SpecError(f"the run's {keys.LOSSES_ARTIFACT} is damaged ({err.__class__.__name__})") from err
 
 
 def _metric_history(client: MlflowClient, run_id: str, metric: str) -> LossSeries:
