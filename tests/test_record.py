@@ -128,6 +128,28 @@ with start_run(LineFitSpec(steps=3)) as run:
 """
 
 
+READS_AT_ONCE = """
+import sys, time
+from mlrepro.cli.main import main
+while time.time() < float(sys.argv[1]):
+    time.sleep(0.001)
+main(sys.argv[2:])
+"""
+
+
+@pytest.mark.e2e
+def test_eight_read_commands_at_once_on_a_new_sqlite_file_all_succeed(tmp_path: Path) -> None:
+    (tmp_path / "new.db").touch()  # made by a job a moment ago, its schema not yet there
+    start_at = time.time() + 8  # every process imported and waiting, then all open the store at once
+    reads = [subprocess.Popen([sys.executable, "-c", READS_AT_ONCE, str(start_at), *command], cwd=tmp_path,
+                              env=job_env(f"sqlite:///{tmp_path / 'new.db'}"), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+             for command in [["find"], ["find", "--job", "linefit", "seed=3"]] * 4]
+    results = [(read.wait(timeout=300), read.stdout.read(), read.stderr.read()) for read in reads]
+    assert [code for code, _, _ in results] == [0] * 8, [err[-1500:] for _, _, err in results]
+    assert all(out.strip() == "no matching runs" for _, out, _ in results)
+
+
 @pytest.mark.e2e
 def test_jobs_that_start_at_once_on_a_new_sqlite_file_all_succeed(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'new.db'}"

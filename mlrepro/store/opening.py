@@ -110,7 +110,8 @@ def existing_store(uri: str | None = None) -> MlflowClient:
     if path is not None and not path.exists():
         raise TrackingError(f"no tracking store at {path.resolve()}: set MLFLOW_TRACKING_URI to the store "
                             "that holds the runs, or run from the folder whose mlflow.db does")
-    return MlflowClient(uri)
+    # A SQLite file a job has only just made may have no schema yet: reads wait for it, under the same lock.
+    return ready_store(uri)
 
 
 def resolve_run_id(client: MlflowClient, text: str, context: str = "") -> str:
