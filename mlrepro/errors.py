@@ -50,6 +50,10 @@ class ExperimentNotFoundError(MlreproError, LookupError):
     """No experiment with that name or id exists in the tracking store."""
 
 
+class SameRunError(MlreproError, ValueError):
+    """Two runs were asked for, and both ids name one run: a run compared with itself proves nothing."""
+
+
 class NoLossesError(MlreproError):
     """The run exists but logged no per-step loss to compare."""
 

@@ -37,7 +37,9 @@ def test_a_unique_prefix_of_eight_or_more_digits_names_a_run(tmp_path: Path, sto
         resolve_run_id(client, a[:8])
     with pytest.raises(RunNotFoundError, match="no run 'ffffffff0'"):
         resolve_run_id(client, "ffffffff0")
-    assert resolve_run_id(client, "abc") == "abc"  # too short to be a prefix: the store says it is no run
+    with pytest.raises(RunNotFoundError, match="'abc' is too short to name a run: give at least 8 digits"):
+        resolve_run_id(client, "abc")
+    assert resolve_run_id(client, "not-hex") == "not-hex"  # no prefix at all: the store says it is no run
 
 
 def test_environment_facts_have_a_tag_prefix_of_their_own_and_old_runs_still_read(store: str) -> None:

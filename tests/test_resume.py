@@ -114,7 +114,7 @@ def test_resuming_needs_the_same_spec_and_a_checkpoint_and_creates_nothing_other
         (LineFitSpec(steps=40, seed=4, resume_from=with_checkpoints),
          f"resume_from: run {with_checkpoints} ran another spec (seed 3 there, 4 here)"),
         (LineFitSpec(steps=40, resume_from=without), f"resume_from: run {without} logged no checkpoint"),
-        (LineFitSpec(resume_from="abc123"), "resume_from: no run 'abc123'"),
+        (LineFitSpec(resume_from="abc123"), "resume_from: 'abc123' is too short to name a run: give at least 8 digits"),
     ]
     for spec, message in refusals:
         with pytest.raises(MlreproError) as caught:

@@ -12,10 +12,16 @@ import numpy as np
 import pytest
 
 from mlrepro import compare_runs, load_run, start_run
+from mlrepro.cli.main import main
 from mlrepro.errors import NoLossesError, RunNotFoundError, TrackingError
 from mlrepro.store import keys
 from projects.linefit.spec import LineFitSpec
-from tests.conftest import only_run_id, run_command
+from tests.conftest import (
+    assert_one_line_error_here,
+    only_run_id,
+    run_command,
+    run_here,
+)
 
 
 def logged_run(seed: int, losses: list[float]) -> str:
@@ -56,6 +62,14 @@ def test_compare_runs_takes_ids_or_records(store: str) -> None:
 def test_an_unknown_run_is_named(store: str) -> None:
     with pytest.raises(RunNotFoundError, match="no run 'deadbeef'"):
         load_run("deadbeef")
+    with pytest.raises(RunNotFoundError, match="'3bc4067' is too short to name a run: give at least 8 digits"):
+        load_run("3bc4067")
+
+
+def test_a_run_compared_with_itself_is_refused_not_called_identical(store: str) -> None:
+    run_id = logged_run(1, [1.0, 2.0])
+    for words in (["compare", run_id, run_id[:8]], ["compare", "--log", run_id, run_id]):
+        assert_one_line_error_here(run_here(main, *words), f"both ids name run {run_id}", "give two runs")
 
 
 def test_a_run_without_losses_is_refused(store: str) -> None:
@@ -69,7 +83,7 @@ def test_an_unreachable_server_is_a_tracking_error(monkeypatch) -> None:
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
     with pytest.raises(TrackingError, match="cannot reach the tracking server"):
-        load_run("abc", client=mlflow.MlflowClient("http://127.0.0.1:9"))
+        load_run("abcdef0123", client=mlflow.MlflowClient("http://127.0.0.1:9"))
 
 
 KILLED_AFTER_A_FLUSH = """

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict
 from mlrepro.analysis.compare import RunComparison, compare_logged_runs
 from mlrepro.capture.logged import LoggedRun
 from mlrepro.capture.spec import AnySpec
-from mlrepro.errors import SpecError
+from mlrepro.errors import SameRunError, SpecError
 from mlrepro.store import keys, opening, record, search
 
 
@@ -35,6 +35,9 @@ def compare_runs(a: str | LoggedRun, b: str | LoggedRun, client: MlflowClient | 
         client = opening.existing_store()  # only where a run is still to be read
     run_a = a if isinstance(a, LoggedRun) else load_run(a, client)
     run_b = b if isinstance(b, LoggedRun) else load_run(b, client)
+    if run_a.run_id == run_b.run_id:
+        raise SameRunError(f"both ids name run {run_a.run_id}: a run compared with itself is identical by "
+                           "definition; give two runs")
     return compare_logged_runs(run_a, run_b)
 
 

@@ -117,6 +117,8 @@ def existing_store(uri: str | None = None) -> MlflowClient:
 def resolve_run_id(client: MlflowClient, text: str, context: str = "") -> str:
     """A full run id for ``text``: a run id, or a unique prefix of 8 or more hex digits
     (the form ``find`` and ``show`` print)."""
+    if re.fullmatch(r"[0-9a-f]{1,7}", text):
+        raise RunNotFoundError(f"{context}{text!r} is too short to name a run: give at least 8 digits of its id")
     if _RUN_ID.match(text) or not _RUN_ID_PREFIX.match(text):
         return text  # a full id, or not a prefix: the store says whether such a run exists
     with store_errors(client):
