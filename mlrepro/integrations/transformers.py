@@ -141,7 +141,10 @@ class MlreproCallback(TrainerCallback):
             self._bars_to_restore = False
         folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
         files = {name: (folder / name).read_bytes() for name in KEPT_FILES if (folder / name).is_file()}
-        steps_in_epoch = len(train_dataloader) if train_dataloader is not None else 0
+        try:
+            steps_in_epoch = len(train_dataloader)
+        except TypeError:  # an iterable dataset, of no known length: where in the epoch is not said
+            steps_in_epoch = 0
         epoch = int(state.epoch or 0)
         self.run.save_checkpoint(Checkpoint(
             step=state.global_step, epoch=epoch, batch_in_epoch=round(((state.epoch or 0) - epoch) * steps_in_epoch),
