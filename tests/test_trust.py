@@ -15,7 +15,13 @@ from mlrepro.capture.code import CodeRecord
 from mlrepro.cli.main import main
 from mlrepro.replay.trust import misfit
 from mlrepro.store import keys
-from tests.conftest import REPO, LineFitRuns, assert_one_line_error_here, run_command, run_here
+from tests.conftest import (
+    REPO,
+    LineFitRuns,
+    assert_one_line_error_here,
+    run_command,
+    run_here,
+)
 
 
 def digest(path: Path) -> str:
