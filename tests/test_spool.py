@@ -344,3 +344,20 @@ def test_discard_lets_go_only_the_spools_it_is_told(store: str) -> None:
     refused = CliRunner().invoke(main, ["sync", "--discard"])
     assert refused.exit_code == 2 and "name the runs whose spools to let go" in refused.output
     assert spooled_runs() == [kept_id]
+
+
+@pytest.mark.parametrize(("line", "delivered"), [
+    ({"method": "delete_checkpoint", "args": [], "kwargs": {}}, [10]),
+    ({"method": "log_artifact", "args": ["r"], "kwargs": {}}, [10]),
+    (["not", "a", "write"], []),  # refused as the journal is read, before any of it is delivered
+])
+def test_a_forged_line_after_a_checkpoint_stops_delivery_there_in_one_line(store: str, tmp_path: Path,
+                                                                           line: object, delivered: list[int]) -> None:
+    client = mlflow.MlflowClient(store)
+    run_id = client.create_run("0").info.run_id
+    spool = Spool.create(run_id, store, "loss", 0)
+    checkpoint_in_spool(spool, run_id, tmp_path, 10)
+    forged(spool, line)  # read while deciding whether the checkpoint before it is still wanted
+    with pytest.raises(SpoolError, match="damaged: a journal line is not"):
+        Delivery(spool.folder, client).deliver_available()
+    assert checkpoint_steps(client, run_id) == delivered  # what came before the forged line

@@ -129,7 +129,7 @@ class Delivery:
             position = self.writes_delivered - self._lines_start
             _checked_entry(self._lines[position], self.folder)  # before anything reads its fields
             batch = self._next_writes(position)
-            if not _superseded(batch[0], self._lines[position + 1:]):
+            if not _superseded(batch[0], self._lines[position + 1:], self.folder):
                 self._call(lambda: self._replay(batch))
             self.writes_delivered += len(batch)
             self._save_state()
@@ -305,18 +305,26 @@ def _checked_entry(entry: Any, folder: Path) -> tuple[str, list[Any], dict[str, 
                          "nothing after it is delivered, and nothing is removed") from err
 
 
-def _superseded(entry: dict[str, Any], later: list[dict[str, Any]]) -> bool:
+def _superseded(entry: dict[str, Any], later: list[dict[str, Any]], folder: Path) -> bool:
     """A file a later line makes moot, after an outage: an exact loss record that a later one
-    replaces (a run's record is rewritten at each flush), or a checkpoint a later line removes."""
-    if entry["method"] != "log_artifact":
+    replaces (a run's record is rewritten at each flush), or a checkpoint a later line removes.
+    Only later lines as the spool writes them count; any other is refused when delivery reaches it."""
+    method, args, kwargs = _checked_entry(entry, folder)
+    if method != "log_artifact":
         return False
-    name, folder = Path(entry["args"][1]).name, entry["kwargs"].get("artifact_path")
-    removed = {keys.checkpoint_file(other["args"][-1]) + suffix for other in later
-               if other.get("method") == "delete_checkpoint" and type(other.get("args", [None])[-1]) is int
-               for suffix in ("", keys.CHECKSUM_SUFFIX)}
-    return (folder == keys.CHECKPOINT_ARTIFACT_DIR and name in removed) or any(
-        other.get("method") == "log_artifact" and Path(other["args"][1]).name == name
-        and other["kwargs"].get("artifact_path") == folder for other in later)
+    name, artifact_folder = Path(args[0]).name, kwargs.get("artifact_path")
+    for other in later:
+        try:
+            other_method, other_args, other_kwargs = _checked_entry(other, folder)
+        except SpoolError:
+            continue
+        if other_method == "delete_checkpoint" and artifact_folder == keys.CHECKPOINT_ARTIFACT_DIR and \
+                name in (keys.checkpoint_file(other_args[0]), keys.checkpoint_file(other_args[0]) + keys.CHECKSUM_SUFFIX):
+            return True
+        if other_method == "log_artifact" and Path(other_args[0]).name == name and \
+                other_kwargs.get("artifact_path") == artifact_folder:
+            return True
+    return False
 
 
 def _size(path: Path) -> int:
