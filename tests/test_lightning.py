@@ -5,9 +5,6 @@ from mid-epoch, and Lightning's own MLflow logging in the same run, with no clas
 from __future__ import annotations
 
 import copy
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -18,19 +15,18 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from mlrepro import load_run, start_run
-from mlrepro.cli.main import main
 from mlrepro.lightning import MlreproCallback, resumable
 from mlrepro.training.watch import Watch
 from projects.linefit.spec import LineFitSpec
 from tests.conftest import (
     REPO,
-    job_env,
-    jobs_two_at_once,
-    kill_after_checkpoints,
-    run_command,
-    run_here,
 )
-from tests.helpers.planting import planted_copy, planted_line
+from tests.helpers.framework_guarantees import (
+    assert_bisect_names_the_planted_op,
+    assert_check_passes,
+    assert_resumes_and_repeats,
+)
+from tests.helpers.planting import planted_copy
 
 LIGHTNING = REPO / "examples" / "lightning" / "train.py"
 
@@ -101,29 +97,11 @@ def test_the_loss_of_an_accumulated_optimizer_step_is_the_mean_of_its_micro_batc
     assert load_run(run.run_id).losses.values.tolist() == expected
 
 
-def lightning_runs(store: str, cwd: Path, *words_of_each: list[str], script: Path = LIGHTNING, **env: str) -> list[str]:
-    """The example (or ``script``) in a process a run, two at once; their run ids."""
-    return jobs_two_at_once(store, cwd, [[sys.executable, str(script), *words] for words in words_of_each], **env)
-
-
 @pytest.mark.e2e
 def test_a_lightning_job_gets_every_guarantee(tmp_path: Path, store: str) -> None:
-    words = ["epochs=5", "accumulate=2", "num_workers=2", "checkpoint_every=5"]  # 8 steps an epoch
-    # SIGKILL mid-epoch (after a checkpoint: one every 5 steps), then resume: the whole run, bit for bit.
-    # First, while the killed job's run is the store's only one.
-    job = subprocess.Popen([sys.executable, str(LIGHTNING), *words], cwd=tmp_path,
-                           env=job_env(store, PYTHONHASHSEED="0"), stdout=subprocess.DEVNULL,
-                           stderr=subprocess.PIPE, text=True)
-    killed = kill_after_checkpoints(store, job, at_least=1)
-    resumed, whole = lightning_runs(store, tmp_path, [*words, f"resume_from={killed}"], words)
-    verdict = run_here(main, "compare", resumed, whole)
-    assert verdict.exit_code == 0 and "logged the same 40 losses, bit for bit" in verdict.stdout, verdict.stdout
-
-    # Two fresh runs compare identical, bit for bit; another seed is named as the cause.
-    again, other_seed = lightning_runs(store, tmp_path, words, [*words, "seed=4"])
-    assert "logged the same 40 losses, bit for bit" in run_here(main, "compare", whole, again).stdout
-    different = json.loads(run_here(main, "compare", "--json", whole, other_seed).stdout)
-    assert different["diagnosis"].startswith("most likely cause: seed (3 | 4)")
+    # 8 steps an epoch; SIGKILL mid-epoch (after a checkpoint: one every 5 steps), then resume.
+    words = ["epochs=5", "accumulate=2", "num_workers=2", "checkpoint_every=5"]
+    whole = assert_resumes_and_repeats(store, tmp_path, LIGHTNING, words, steps=40)
 
     # One MLflow run holds mlrepro's record and Lightning's own logging: one series a metric.
     client = mlflow.MlflowClient()
@@ -133,22 +111,10 @@ def test_a_lightning_job_gets_every_guarantee(tmp_path: Path, store: str) -> Non
     assert run.data.params["lr"] == "0.05" and run.data.params["accumulate"] == "2"
     assert run.data.tags["mlrepro.environment.determinism.deterministic_algorithms"] == "true"
 
-    # bisect names the step and the line of an unseeded op planted from step 7.
+    # bisect names the step and the line of an unseeded op planted from step 7, replayed from
+    # Lightning's own checkpoint at step 5 (every checkpoint kept).
     script = planted_copy(LIGHTNING, tmp_path / "planted", "import mlrepro\n", [
         ("self.net(inputs), targets)", "planted(self.global_step, self.net(inputs)), targets)")])
-    noisy = {"PLANT_NOISE_FROM": "7"}
-    # Every checkpoint kept: the replays start from Lightning's own checkpoint at step 5.
-    planted_words = [*words[:2], *words[3:], "keep_checkpoints=0"]
-    a, b = lightning_runs(store, tmp_path, planted_words, planted_words, script=script, **noisy)
-    bisected = run_command([sys.executable, "-m", "mlrepro", "bisect", "--json", a, b], store, tmp_path, **noisy)
-    assert bisected.returncode == 1, bisected.stderr[-3000:]
-    found = json.loads(bisected.stdout)
-    assert (found["first_divergent_step"], found["checkpoint_step"]) == (7, 5)
-    assert found["difference"]["phase"] == "op"
-    assert found["difference"]["location"] == f"{script}:{planted_line(script)} in planted"
+    assert_bisect_names_the_planted_op(store, tmp_path, script, [*words[:2], *words[3:], "keep_checkpoints=0"])
 
-    # mlrepro check: fresh runs agree, a resume mid-epoch agrees, a broken one is caught.
-    checked = run_command([sys.executable, "-m", "mlrepro", "check", "--json", str(LIGHTNING), "accumulate=2",
-                           "--steps", "12", "--resume-at", "5"], store, tmp_path)
-    assert checked.returncode == 0, checked.stdout + checked.stderr[-3000:]
-    assert json.loads(checked.stdout)["passed"] is True
+    assert_check_passes(store, tmp_path, LIGHTNING)

@@ -5,8 +5,6 @@ the Trainer itself resumes from mid-epoch, and its own MLflow logging in the sam
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
@@ -16,7 +14,6 @@ from transformers import Trainer, TrainingArguments
 
 from examples.huggingface.train import BertSpec, Sequences, tiny_bert
 from mlrepro import load_run, start_run
-from mlrepro.cli.main import main
 from mlrepro.errors import CheckpointError, SpecError
 from mlrepro.integrations.transformers import (
     KEPT_FILES,
@@ -28,13 +25,13 @@ from mlrepro.training.checkpoint import Checkpoint, capture_rng_state
 from mlrepro.transformers import MlreproCallback
 from tests.conftest import (
     REPO,
-    job_env,
-    jobs_two_at_once,
-    kill_after_checkpoints,
-    run_command,
-    run_here,
 )
-from tests.helpers.planting import planted_copy, planted_line
+from tests.helpers.framework_guarantees import (
+    assert_bisect_names_the_planted_op,
+    assert_check_passes,
+    assert_resumes_and_repeats,
+)
+from tests.helpers.planting import planted_copy
 
 EXAMPLE = REPO / "examples" / "huggingface" / "train.py"
 
@@ -121,29 +118,12 @@ def test_a_checkpoint_of_another_kind_of_job_is_refused() -> None:
         MlreproCallback(Resumed(other)).resume_from_checkpoint  # noqa: B018
 
 
-def example_runs(store: str, cwd: Path, *words_of_each: list[str], script: Path = EXAMPLE, **env: str) -> list[str]:
-    """The example (or ``script``) in a process a run, two at once; their run ids."""
-    return jobs_two_at_once(store, cwd, [[sys.executable, str(script), *words] for words in words_of_each], **env)
-
-
 @pytest.mark.e2e
 def test_a_hugging_face_job_gets_every_guarantee(tmp_path: Path, store: str) -> None:
     # 8 optimizer steps an epoch, with 2 loader workers; a checkpoint every 5 steps, mostly mid-epoch.
+    # SIGKILL after a checkpoint, then resume.
     words = ["epochs=30", "accumulate=2", "num_workers=2", "checkpoint_every=5"]
-    # SIGKILL after a checkpoint, then resume: the whole run, bit for bit.
-    job = subprocess.Popen([sys.executable, str(EXAMPLE), *words], cwd=tmp_path,
-                           env=job_env(store, PYTHONHASHSEED="0"), stdout=subprocess.DEVNULL,
-                           stderr=subprocess.PIPE, text=True)
-    killed = kill_after_checkpoints(store, job, at_least=1)
-    resumed, whole = example_runs(store, tmp_path, [*words, f"resume_from={killed}"], words)
-    verdict = run_here(main, "compare", resumed, whole)
-    assert verdict.exit_code == 0 and "logged the same 240 losses, bit for bit" in verdict.stdout, verdict.stdout
-
-    # Two fresh runs compare identical; another seed is named as the cause.
-    again, other_seed = example_runs(store, tmp_path, words, [*words, "seed=4"])
-    assert "logged the same 240 losses, bit for bit" in run_here(main, "compare", whole, again).stdout
-    different = json.loads(run_here(main, "compare", "--json", whole, other_seed).stdout)
-    assert different["diagnosis"].startswith("most likely cause: seed (3 | 4)")
+    whole = assert_resumes_and_repeats(store, tmp_path, EXAMPLE, words, steps=240)
 
     # One MLflow run holds mlrepro's record and the Trainer's own logging: one series a metric.
     client = mlflow.MlflowClient()
@@ -154,23 +134,12 @@ def test_a_hugging_face_job_gets_every_guarantee(tmp_path: Path, store: str) -> 
     # full_determinism set the Trainer's switches after the run opened: the record says what held.
     assert "env.CUDA_LAUNCH_BLOCKING: unset -> 1" in run.data.tags["mlrepro.environment_changed"]
 
-    # bisect names the step and the line of an unseeded op planted from step 7.
+    # bisect names the step and the line of an unseeded op planted from step 7, replayed from the
+    # Trainer's own checkpoint at step 5 (every checkpoint kept).
     script = planted_copy(EXAMPLE, tmp_path / "planted", "import mlrepro\n", [(
         "    model = tiny_bert()\n",
         "    model = tiny_bert()\n    model.classifier.register_forward_hook("
         "lambda module, inputs, out: planted(trainer.state.global_step, out))\n")])
-    # Every checkpoint kept: the replays start from the Trainer's own checkpoint at step 5.
-    short, noisy = ["epochs=2", "checkpoint_every=5", "keep_checkpoints=0"], {"PLANT_NOISE_FROM": "7"}
-    a, b = example_runs(store, tmp_path, short, short, script=script, **noisy)
-    bisected = run_command([sys.executable, "-m", "mlrepro", "bisect", "--json", a, b], store, tmp_path, **noisy)
-    assert bisected.returncode == 1, bisected.stderr[-3000:]
-    found = json.loads(bisected.stdout)
-    assert (found["first_divergent_step"], found["checkpoint_step"]) == (7, 5)
-    assert found["difference"]["phase"] == "op"
-    assert found["difference"]["location"] == f"{script}:{planted_line(script)} in planted"
+    assert_bisect_names_the_planted_op(store, tmp_path, script, ["epochs=2", "checkpoint_every=5", "keep_checkpoints=0"])
 
-    # mlrepro check: fresh runs agree, a resume mid-epoch agrees, a broken one is caught.
-    checked = run_command([sys.executable, "-m", "mlrepro", "check", "--json", str(EXAMPLE), "accumulate=2",
-                           "--steps", "12", "--resume-at", "5"], store, tmp_path)
-    assert checked.returncode == 0, checked.stdout + checked.stderr[-3000:]
-    assert json.loads(checked.stdout)["passed"] is True
+    assert_check_passes(store, tmp_path, EXAMPLE)
