@@ -108,16 +108,21 @@ def capture_code() -> CodeRecord:
     )
 
 
-def facts_now(logged: CodeRecord, project: Path) -> dict[str, str]:
-    """The code facts of ``project`` as it is now, for the files ``logged`` ran: whether the same
-    sources and commit are there before a repeat starts."""
+def sources_now(logged: CodeRecord, project: Path) -> dict[str, str]:
+    """The digest of each file ``logged`` ran, as it is in ``project`` now ("missing" where it is not)."""
     sources = {}
     for relative in logged.sources:
         try:
             sources[relative] = hashlib.sha256((project / relative).read_bytes()).hexdigest()[:16]
         except OSError:
             sources[relative] = "missing"
-    now = logged.model_copy(update={"sources": sources, **git_facts(project.resolve())})
+    return sources
+
+
+def facts_now(logged: CodeRecord, project: Path) -> dict[str, str]:
+    """The code facts of ``project`` as it is now, for the files ``logged`` ran: whether the same
+    sources and commit are there before a repeat starts."""
+    now = logged.model_copy(update={"sources": sources_now(logged, project), **git_facts(project.resolve())})
     return now.facts()
 
 

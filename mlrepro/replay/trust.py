@@ -18,14 +18,13 @@ shell or to ``python -c``: the words become the argv of the checked entry.
 
 from __future__ import annotations
 
-import hashlib
 import shlex
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import yaml
 
-from mlrepro.capture.code import CodeRecord
+from mlrepro.capture.code import CodeRecord, sources_now
 from mlrepro.errors import ReproductionError
 
 
@@ -54,8 +53,7 @@ def misfit(code: CodeRecord, folder: Path, recorded_folder: bool, mlproject_entr
     if relative not in code.sources:
         return f"it holds no digest of its entry {relative}, so nothing says that file is what ran"
     if recorded_folder:
-        now = CodeRecord(entry=code.entry, entry_kind=code.entry_kind, project_dir=code.project_dir,
-                         sources={path: _digest(folder / path) for path in code.sources})
+        now = code.model_copy(update={"sources": sources_now(code, folder)})
         if now.source_digest != code.source_digest:
             changed = sorted(path for path in code.sources if now.sources[path] != code.sources[path])
             return (f"the code in {folder} is not the code it ran (source digest {now.source_digest} here, "
@@ -95,13 +93,6 @@ def _entry_file(code: CodeRecord, folder: Path) -> Path | None:
         if candidate.is_file() and candidate.resolve().is_relative_to(folder):
             return candidate.resolve()
     return None
-
-
-def _digest(path: Path) -> str:
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-    except OSError:
-        return "missing"
 
 
 def _declared_entry_points(folder: Path) -> set[str]:

@@ -127,9 +127,9 @@ class Delivery:
                 self.on_progress(end, total)
         while self.writes_delivered - self._lines_start < len(self._lines):
             position = self.writes_delivered - self._lines_start
-            _checked_entry(self._lines[position], self.folder)  # before anything reads its fields
+            first = _checked_entry(self._lines[position], self.folder)  # before anything reads its fields
             batch = self._next_writes(position)
-            if not _superseded(batch[0], self._lines[position + 1:], self.folder):
+            if not _superseded(first, self._lines[position + 1:], self.folder):
                 self._call(lambda: self._replay(batch))
             self.writes_delivered += len(batch)
             self._save_state()
@@ -305,11 +305,12 @@ def _checked_entry(entry: Any, folder: Path) -> tuple[str, list[Any], dict[str, 
                          "nothing after it is delivered, and nothing is removed") from err
 
 
-def _superseded(entry: dict[str, Any], later: list[dict[str, Any]], folder: Path) -> bool:
-    """A file a later line makes moot, after an outage: an exact loss record that a later one
-    replaces (a run's record is rewritten at each flush), or a checkpoint a later line removes.
-    Only later lines as the spool writes them count; any other is refused when delivery reaches it."""
-    method, args, kwargs = _checked_entry(entry, folder)
+def _superseded(entry: tuple[str, list[Any], dict[str, Any]], later: list[dict[str, Any]], folder: Path) -> bool:
+    """Whether the write ``entry`` (checked) is of a file a later line makes moot, after an outage: an
+    exact loss record that a later one replaces (a run's record is rewritten at each flush), or a
+    checkpoint a later line removes. Only later lines as the spool writes them count; any other is
+    refused when delivery reaches it."""
+    method, args, kwargs = entry
     if method != "log_artifact":
         return False
     name, artifact_folder = Path(args[0]).name, kwargs.get("artifact_path")
