@@ -30,13 +30,15 @@ _EXPORTS = {
     "mlrepro.capture.losses": ["LossSeries"],
     "mlrepro.capture.environment": ["EnvironmentRecord", "capture_environment"],
     "mlrepro.errors": [
-        "CheckpointError", "DatasetError", "DeviceError", "ExperimentNotFoundError", "MlreproError", "NoLossesError",
-        "ReproductionError", "RunNotFoundError", "SpecError", "TrackingError",
+        "CheckpointError", "DamagedRecordError", "DatasetError", "DeviceError", "ExperimentNotFoundError",
+        "MlreproError", "NoLossesError", "ReproductionError", "RunNotFoundError", "SameRunError", "SpecError",
+        "TrackingError",
     ],
     "mlrepro.review.runs": ["RunSummary", "compare_runs", "find_runs", "load_run"],
     "mlrepro.review.verdicts": ["record_comparison"],
     "mlrepro.replay.reproduce": ["Reproduction", "reproduce_run"],
-    "mlrepro.capture.seeding": ["DeterminismState", "SeedRecord", "make_generator", "seed_everything", "seed_worker"],
+    "mlrepro.capture.seed_record": ["DeterminismState", "SeedRecord"],
+    "mlrepro.capture.seeding": ["make_generator", "seed_everything", "seed_worker"],
     "mlrepro.capture.spec": [
         "BaseSpec", "DistributedSpec", "LoggedSpec", "Role", "build_spec", "parse_spec", "read_spec_file",
         "register_job", "registered_jobs",
@@ -73,13 +75,8 @@ if TYPE_CHECKING:
     from mlrepro.capture.environment import EnvironmentRecord, capture_environment
     from mlrepro.capture.logged import LoggedRun
     from mlrepro.capture.losses import LossSeries
-    from mlrepro.capture.seeding import (
-        DeterminismState,
-        SeedRecord,
-        make_generator,
-        seed_everything,
-        seed_worker,
-    )
+    from mlrepro.capture.seed_record import DeterminismState, SeedRecord
+    from mlrepro.capture.seeding import make_generator, seed_everything, seed_worker
     from mlrepro.capture.spec import (
         BaseSpec,
         DistributedSpec,
@@ -94,6 +91,7 @@ if TYPE_CHECKING:
     from mlrepro.cli.job import job_main
     from mlrepro.errors import (
         CheckpointError,
+        DamagedRecordError,
         DatasetError,
         DeviceError,
         ExperimentNotFoundError,
@@ -101,6 +99,7 @@ if TYPE_CHECKING:
         NoLossesError,
         ReproductionError,
         RunNotFoundError,
+        SameRunError,
         SpecError,
         TrackingError,
     )

@@ -45,4 +45,4 @@ def test_a_record_whose_arrays_make_no_record_is_named_damaged(linefit_store: Li
     with record.open("wb") as file:
         np.savez(file, **damage(arrays))
     result = run_here(main, "compare", linefit_store.same_a, linefit_store.same_b)
-    assert_one_line_error_here(result, f"the run's {keys.LOSSES_ARTIFACT} is damaged: {fragment}")
+    assert_one_line_error_here(result, f"{keys.LOSSES_ARTIFACT} is damaged: {fragment}")

@@ -13,7 +13,12 @@ import numpy as np
 import pytest
 
 from mlrepro import load_run, start_run
-from mlrepro.errors import CheckpointError, MlreproError, RunNotFoundError, SpecError
+from mlrepro.errors import (
+    CheckpointError,
+    DamagedRecordError,
+    RunNotFoundError,
+    SpecError,
+)
 from mlrepro.store import keys
 from mlrepro.store.opening import resolve_run_id
 from mlrepro.store.record import environment_from_tags
@@ -72,17 +77,25 @@ def artifact_folder(run_id: str) -> Path:
 @pytest.mark.parametrize(
     ("artifact", "damage", "message"),
     [
-        ("losses.npz", lambda data: data[: len(data) // 2], "the run's mlrepro/losses.npz is damaged"),
-        ("losses.npz", lambda data: b"garbage" * 10, "the run's mlrepro/losses.npz is damaged"),
-        ("losses.npz", None, "the run's mlrepro/losses.npz is damaged: it holds no 'values'"),
-        ("spec.json", lambda data: data[:-5], "the run's mlrepro/spec.json is damaged: not JSON"),
+        ("losses.npz", lambda data: data[: len(data) // 2], "mlrepro/losses.npz is damaged"),
+        ("losses.npz", lambda data: b"garbage" * 10, "mlrepro/losses.npz is damaged"),
+        ("losses.npz", None, "mlrepro/losses.npz is damaged: it holds no 'values'"),
+        ("spec.json", lambda data: data[:-5], "mlrepro/spec.json is damaged: not JSON"),
         ("spec.json", lambda data: b'["not", "a", "spec"]', "the logged spec is damaged"),
-        ("environment.json", lambda data: b"\xff\xfe{", "the run's mlrepro/environment.json is damaged: not JSON"),
-        ("environment.json", lambda data: b'["a", "list"]', "the run's mlrepro/environment.json is damaged: not a mapping"),
-        ("environment.json", lambda data: b'{"cpu.count": 2}', "the run's mlrepro/environment.json is damaged: not a mapping"),
+        ("spec.json", lambda data: data.replace(b'"seed": 3', b'"seed": "x"'), "the logged spec is damaged: seed"),
+        ("spec.json", lambda data: b"[" * 100_000, "mlrepro/spec.json is damaged: not JSON (RecursionError)"),
+        ("environment.json", lambda data: b"\xff\xfe{", "mlrepro/environment.json is damaged: not JSON"),
+        ("environment.json", lambda data: b'["a", "list"]', "mlrepro/environment.json is damaged: not a mapping"),
+        ("environment.json", lambda data: b'{"cpu.count": 2}', "mlrepro/environment.json is damaged: not a mapping"),
+        ("seeding.json", lambda data: b'{"garbage": true}', "mlrepro/seeding.json is damaged: seed"),
+        ("seeding.json", lambda data: data.replace(b'"seed": 3', b'"seed": 4'),
+         "mlrepro/seeding.json is damaged: it seeded with 4, the spec says seed=3"),
+        ("code.json", lambda data: b'{"entry_kind": 7}', "mlrepro/code.json is damaged: "),
     ],
 )
-def test_a_damaged_record_is_one_clear_error_never_a_traceback(store: str, artifact: str, damage, message: str) -> None:
+def test_a_damaged_record_is_one_clear_error_naming_the_run_never_a_traceback(
+    store: str, artifact: str, damage, message: str,
+) -> None:
     with start_run(LineFitSpec(steps=2)) as run:
         run.log_loss(1.0)
         run.log_loss(0.5)
@@ -90,10 +103,12 @@ def test_a_damaged_record_is_one_clear_error_never_a_traceback(store: str, artif
     if damage is None:
         np.savez(path, steps=np.arange(2))
     else:
-        path.write_bytes(damage(path.read_bytes()))
-    with pytest.raises(MlreproError) as caught:  # SpecError for a spec, DamagedRecordError for a record
+        damaged = damage(path.read_bytes())
+        assert damaged != path.read_bytes(), "the damage must change the record"
+        path.write_bytes(damaged)
+    with pytest.raises(DamagedRecordError) as caught:
         load_run(run.run_id)
-    assert str(caught.value).startswith(message) and "\n" not in str(caught.value)
+    assert str(caught.value).startswith(f"run {run.run_id}: {message}") and "\n" not in str(caught.value)
 
 
 def test_resuming_refuses_a_deleted_run_and_a_checkpoint_without_its_checksum_before_any_run_exists(

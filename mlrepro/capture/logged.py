@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from mlrepro.capture.code import CodeRecord
 from mlrepro.capture.fingerprints import FingerprintRecord
 from mlrepro.capture.losses import LossSeries
+from mlrepro.capture.seed_record import SeedRecord
 from mlrepro.capture.spec import AnySpec
 
 # MLflow's statuses of a run that did not run to its end (SCHEDULED: not started yet).
@@ -32,6 +33,7 @@ class LoggedRun:
     tags: dict[str, str] = field(default_factory=dict)
     code: CodeRecord | None = None  # the code that ran and how to start it again; None before mlrepro 0.2
     fingerprints: FingerprintRecord | None = None  # per-tensor fingerprints, where the run took them
+    seeding: SeedRecord | None = None  # what seeding did, where mlrepro seeded the run
     experiment_id: str | None = None
     deleted: bool = False  # in the store's trash (MLflow's lifecycle stage "deleted")
     process: str = "unknown"  # for a RUNNING run: "alive", "gone" (killed, never ended) or "unknown"

@@ -13,8 +13,8 @@ import sys
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict
 
+from mlrepro.capture.seed_record import DeterminismState, SeedRecord
 from mlrepro.capture.spec import MAX_SEED
 from mlrepro.errors import SpecError
 
@@ -24,36 +24,6 @@ from mlrepro.errors import SpecError
 # creates its handles, so it must be in the environment before the first CUDA
 # call: setting it afterwards may have no effect, which the record says.
 CUBLAS_DETERMINISTIC_CONFIGS = (":4096:8", ":16:8")
-
-
-class DeterminismState(BaseModel):
-    """The switches that decide whether the same inputs give the same bits, as torch reports them."""
-
-    model_config = ConfigDict(frozen=True)
-
-    deterministic_algorithms: bool
-    deterministic_warn_only: bool
-    cudnn_deterministic: bool
-    cudnn_benchmark: bool
-    cudnn_allow_tf32: bool
-    cuda_matmul_allow_tf32: bool
-    float32_matmul_precision: str
-    intra_op_threads: int
-    interop_threads: int
-    cublas_workspace_config: str | None
-    hash_randomization: bool
-    python_hash_seed: str | None
-
-
-class SeedRecord(BaseModel):
-    """What ``seed_everything`` did: the seed, the request, and the effective state afterwards."""
-
-    model_config = ConfigDict(frozen=True)
-
-    seed: int
-    deterministic_requested: bool
-    cuda_initialized_before_cublas_config: bool
-    state: DeterminismState
 
 
 def read_determinism_state() -> DeterminismState:

@@ -45,7 +45,7 @@ from mlrepro.capture.facts import (
     WORLD_EXPLAINED,
     Category,
 )
-from mlrepro.errors import SpecError, describe_validation_error
+from mlrepro.errors import DamagedRecordError, SpecError, describe_validation_error
 
 # NumPy's legacy global seeding and PYTHONHASHSEED both take 0 .. 2**32 - 1; torch
 # takes more. A seed outside this range would be truncated or rejected by one of
@@ -324,7 +324,14 @@ def read_logged_spec(values: Any, spec_class: str | None = None, logged_hash: st
     """A spec as a run logged it: typed where its job is registered here and the fields still
     validate, else a ``LoggedSpec``. Never imports code; a record without a job name is damaged."""
     if not isinstance(values, dict) or not isinstance(values.get("job"), str) or not values["job"]:
-        raise SpecError("the logged spec is damaged: it is not a mapping with a job name")
+        raise DamagedRecordError("the logged spec is damaged: it is not a mapping with a job name")
+    shared = {name: value for name, value in values.items() if name in BaseSpec.model_fields}
+    try:
+        # The fields every job shares mean the same in every version: a seed that is not a
+        # count is a damaged or forged record, never "another version of the class".
+        BaseSpec.model_validate(shared)
+    except ValidationError as err:
+        raise DamagedRecordError(f"the logged spec is damaged: {describe_validation_error(err)}") from err
     spec_type = _JOBS.get(values["job"])
     if spec_type is not None:
         try:

@@ -16,8 +16,9 @@ from mlrepro.errors import (
 from mlrepro.store import keys
 from mlrepro.store.artifacts import download
 from mlrepro.store.failures import store_errors
+from mlrepro.store.json_records import damage_named, read_spec
 from mlrepro.store.opening import resolve_run_id
-from mlrepro.store.record import RunWriter, _download_records, _read_spec
+from mlrepro.store.record import RunWriter, download_records
 
 
 def write_checkpoint(client: RunWriter, run_id: str, path: Path) -> None:
@@ -66,8 +67,9 @@ def download_newest_checkpoint(client: MlflowClient, spec: BaseSpec, folder: Pat
         run = client.get_run(run_id)
         if run.info.lifecycle_stage == "deleted":
             raise SpecError(f"resume_from: run {run_id} is deleted; restore it first (mlflow runs restore --run-id {run_id})")
-        files = _download_records(client, run_id, Path(folder))
-        logged = _read_spec(files, run.data.tags) if keys.SPEC_ARTIFACT in files else None
+        files = download_records(client, run_id, Path(folder))
+        with damage_named(run_id):
+            logged = read_spec(files, run.data.tags) if keys.SPEC_ARTIFACT in files else None
     if logged is None:
         raise SpecError(f"resume_from: run {run_id} was not logged by an mlrepro job")
     if logged.job != spec.job or logged.hash != spec.hash:

@@ -22,7 +22,7 @@ def read_loss_record(path: Path) -> tuple[LossSeries, FingerprintRecord | None]:
         with np.load(path, allow_pickle=False) as exact:
             arrays = {name: exact[name] for name in exact.files}
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as err:
-        raise DamagedRecordError(f"the run's {keys.LOSSES_ARTIFACT} is damaged ({err.__class__.__name__})") from err
+        raise DamagedRecordError(f"{keys.LOSSES_ARTIFACT} is damaged ({err.__class__.__name__})") from err
     try:
         steps, values = _steps(arrays["steps"], "steps"), arrays["values"]
         if values.dtype.kind != "f" or values.shape != steps.shape:
@@ -39,9 +39,9 @@ def read_loss_record(path: Path) -> tuple[LossSeries, FingerprintRecord | None]:
         return losses, FingerprintRecord(steps=fingerprint_steps, values=table.astype(np.uint32), names=names,
                                          kinds=kinds, module_order=_texts(arrays.get("module_order", np.array([]))))
     except KeyError as err:
-        raise DamagedRecordError(f"the run's {keys.LOSSES_ARTIFACT} is damaged: it holds no {err.args[0]!r}") from err
+        raise DamagedRecordError(f"{keys.LOSSES_ARTIFACT} is damaged: it holds no {err.args[0]!r}") from err
     except ValueError as err:
-        raise DamagedRecordError(f"the run's {keys.LOSSES_ARTIFACT} is damaged: {one_line(str(err))}") from err
+        raise DamagedRecordError(f"{keys.LOSSES_ARTIFACT} is damaged: {one_line(str(err))}") from err
 
 
 def _steps(array: np.ndarray, what: str) -> np.ndarray:

@@ -29,21 +29,22 @@ import time
 from array import array
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.environment_variables import MLFLOW_RUN_ID
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
+from pydantic import BaseModel
 
 from mlrepro.capture.code import CodeRecord
 from mlrepro.capture.fingerprints import FingerprintRecord
 from mlrepro.capture.logged import LoggedRun
 from mlrepro.capture.losses import LossSeries
-from mlrepro.capture.spec import AnySpec, BaseSpec, class_path, read_logged_spec
+from mlrepro.capture.seed_record import SeedRecord
+from mlrepro.capture.spec import BaseSpec, class_path
 from mlrepro.errors import (
-    DamagedRecordError,
     NoLossesError,
     SpecError,
     one_line,
@@ -52,6 +53,13 @@ from mlrepro.errors import (
 from mlrepro.store import keys
 from mlrepro.store.artifacts import download
 from mlrepro.store.failures import store_errors, store_failures
+from mlrepro.store.json_records import (
+    damage_named,
+    read_environment,
+    read_model,
+    read_seeding,
+    read_spec,
+)
 from mlrepro.store.loss_record import read_loss_record
 from mlrepro.store.opening import resolve_run_id
 from mlrepro.store.process import identity, liveness
@@ -59,7 +67,8 @@ from mlrepro.store.resume_links import check_resume_chain, resumed_at_step
 
 if TYPE_CHECKING:
     from mlrepro.capture.environment import EnvironmentRecord
-    from mlrepro.capture.seeding import SeedRecord
+
+_Record = TypeVar("_Record", bound=BaseModel)
 
 # MLflow accepts at most 1,000 metrics, and 100 params and tags, in one log_batch call.
 MAX_METRICS_PER_BATCH = 1000
@@ -298,7 +307,7 @@ def environment_from_tags(tags: Mapping[str, str]) -> dict[str, str]:
     }
 
 
-_RECORDS = (keys.SPEC_ARTIFACT, keys.ENVIRONMENT_ARTIFACT, keys.LOSSES_ARTIFACT, keys.CODE_ARTIFACT)
+_RECORDS = (keys.SPEC_ARTIFACT, keys.SEED_ARTIFACT, keys.ENVIRONMENT_ARTIFACT, keys.LOSSES_ARTIFACT, keys.CODE_ARTIFACT)
 
 
 def read_run(client: MlflowClient, run_id: str, _chain_checked: bool = False) -> LoggedRun:
@@ -309,26 +318,15 @@ def read_run(client: MlflowClient, run_id: str, _chain_checked: bool = False) ->
         run = client.get_run(run_id)
         if not _chain_checked:
             check_resume_chain(client, run_id, run.data.tags)
-        files = _download_records(client, run_id, Path(folder))
+        files = download_records(client, run_id, Path(folder))
         tags = run.data.tags
-        spec = _read_spec(files, tags) if keys.SPEC_ARTIFACT in files else None
-        environment = _read_environment(files) if keys.ENVIRONMENT_ARTIFACT in files else environment_from_tags(tags)
-        metric = spec.metric if spec is not None else keys.DEFAULT_LOSS_METRIC
-        fingerprints = None
-        if keys.LOSSES_ARTIFACT in files:
-            losses, fingerprints = read_loss_record(files[keys.LOSSES_ARTIFACT])
-            source = "artifact"
-            if keys.TAG_LOSS_DIGEST not in tags:
-                # The run never finished (killed, or still going): its exact record ends at its
-                # last flush, and the steps after that are only in the metric history.
-                after_exact = int(losses.steps[-1]) + 1 if len(losses) else 0
-                spliced = losses.spliced(_metric_history(client, run_id, metric), after_exact)
-                if len(spliced) > len(losses):
-                    losses, source = spliced, f"artifact to step {after_exact - 1}, metric history after"
-        else:
-            losses = _metric_history(client, run_id, metric)
-            source = "metric history"
-        code = CodeRecord.model_validate(_read_json(files, keys.CODE_ARTIFACT)) if keys.CODE_ARTIFACT in files else None
+        with damage_named(run_id):
+            spec = read_spec(files, tags) if keys.SPEC_ARTIFACT in files else None
+            seeding = read_seeding(files, spec) if keys.SEED_ARTIFACT in files else None
+            environment = read_environment(files) if keys.ENVIRONMENT_ARTIFACT in files else environment_from_tags(tags)
+            metric = spec.metric if spec is not None else keys.DEFAULT_LOSS_METRIC
+            losses, fingerprints, source = _read_losses(client, run_id, files, tags, metric)
+            code = read_model(files, keys.CODE_ARTIFACT, CodeRecord) if keys.CODE_ARTIFACT in files else None
 
     resumed_from = tags.get(keys.TAG_RESUMED_FROM)
     if resumed_from:
@@ -355,6 +353,7 @@ def read_run(client: MlflowClient, run_id: str, _chain_checked: bool = False) ->
         tags=dict(tags),
         code=code,
         fingerprints=fingerprints,
+        seeding=seeding,
         experiment_id=run.info.experiment_id,
         deleted=run.info.lifecycle_stage == "deleted",
         process=liveness(tags.get(keys.TAG_PROCESS)) if run.info.status == "RUNNING" else "unknown",
@@ -372,31 +371,26 @@ def write_ended_by_signal(client: RunWriter, run_id: str, signal_name: str) -> N
         client.set_tag(run_id, keys.TAG_ENDED, f"KILLED by {signal_name}")
 
 
-def _download_records(client: MlflowClient, run_id: str, folder: Path) -> dict[str, Path]:
+def download_records(client: MlflowClient, run_id: str, folder: Path) -> dict[str, Path]:
     """The records compare needs, downloaded (not the plots beside them); none for a run logged without mlrepro."""
     listed = {entry.path for entry in client.list_artifacts(run_id, keys.ARTIFACT_DIR)}
     return {path: download(client, run_id, path, folder) for path in _RECORDS if path in listed}
 
 
-def _read_json(files: Mapping[str, Path], artifact: str) -> Any:
-    try:
-        return json.loads(files[artifact].read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise SpecError(f"the run's {artifact} is damaged: not JSON ({err.__class__.__name__})") from err
-
-
-def _read_environment(files: Mapping[str, Path]) -> dict[str, str]:
-    """The environment record: one text a fact, as mlrepro writes it."""
-    content = _read_json(files, keys.ENVIRONMENT_ARTIFACT)
-    if not isinstance(content, dict) or not all(isinstance(key, str) and isinstance(value, str)
-                                                for key, value in content.items()):
-        raise DamagedRecordError(f"the run's {keys.ENVIRONMENT_ARTIFACT} is damaged: not a mapping of fact: text")
-    return content
-
-
-def _read_spec(files: Mapping[str, Path], tags: Mapping[str, str]) -> AnySpec:
-    return read_logged_spec(_read_json(files, keys.SPEC_ARTIFACT), tags.get(keys.TAG_SPEC_CLASS),
-                            tags.get(keys.TAG_SPEC_HASH))
+def _read_losses(client: MlflowClient, run_id: str, files: Mapping[str, Path], tags: Mapping[str, str],
+                 metric: str) -> tuple[LossSeries, FingerprintRecord | None, str]:
+    """The losses (from the exact record where there is one), the fingerprints, and where the losses came from."""
+    if keys.LOSSES_ARTIFACT not in files:
+        return _metric_history(client, run_id, metric), None, "metric history"
+    losses, fingerprints = read_loss_record(files[keys.LOSSES_ARTIFACT])
+    if keys.TAG_LOSS_DIGEST not in tags:
+        # The run never finished (killed, or still going): its exact record ends at its
+        # last flush, and the steps after that are only in the metric history.
+        after_exact = int(losses.steps[-1]) + 1 if len(losses) else 0
+        spliced = losses.spliced(_metric_history(client, run_id, metric), after_exact)
+        if len(spliced) > len(losses):
+            return spliced, fingerprints, f"artifact to step {after_exact - 1}, metric history after"
+    return losses, fingerprints, "artifact"
 
 
 def _metric_history(client: MlflowClient, run_id: str, metric: str) -> LossSeries:

@@ -24,7 +24,7 @@ from mlrepro.capture.environment import (
 )
 from mlrepro.capture.fingerprints import FingerprintRecord
 from mlrepro.capture.losses import LossSeries
-from mlrepro.capture.seeding import SeedRecord
+from mlrepro.capture.seed_record import SeedRecord
 from mlrepro.capture.spec import BaseSpec
 from mlrepro.errors import SpecError
 from mlrepro.store import checkpoints, keys, record
