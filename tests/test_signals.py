@@ -84,6 +84,31 @@ def test_a_process_forked_while_a_run_trains_gets_the_default_handlers_back() ->
     assert said == "(True, True)"
 
 
+def test_a_signal_once_every_step_is_saved_ends_the_job_as_asked_and_leaves_the_run_finished(store: str) -> None:
+    """SIGTERM after the loop's last step, while the store takes the spool: the run is whole, so it
+    stays FINISHED (compare reads it as complete, which it is), and the job still exits 143."""
+
+    def train_then_term_while_saving(spec: LineFitSpec, run) -> None:
+        train(spec, run)
+        finish = run.finish
+
+        def term_then_finish(status: str):
+            os.kill(os.getpid(), signal.SIGTERM)  # handled in this thread at once: the run is saving
+            return finish(status)
+
+        run.finish = term_then_finish
+
+    result = run_here(job_command(LineFitSpec, train_then_term_while_saving), "steps=20")
+    assert result.exit_code == 128 + signal.SIGTERM, result.stderr
+    run_id = only_run_id(store)
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"mlrepro: run {run_id} stopped by SIGTERM once it had trained and saved all 20 steps; "
+        "every step is recorded, and the run is FINISHED")
+    run = load_run(run_id)
+    assert run.status == "FINISHED" and len(run.losses) == 20 and run.loss_source == "artifact"
+    assert "mlrepro.ended" not in run.tags
+
+
 @pytest.mark.e2e
 def test_sigterm_to_the_job_ends_it_killed_with_every_step_and_the_steps_are_the_runs_own(
     tmp_path: Path, store: str

@@ -74,9 +74,11 @@ def run_job(spec: BaseSpec, train: TrainFunction) -> None:
         distributed.leave()  # the job is over on this rank; a user's own script may keep its group
     except RunInterrupted as interrupted:
         pending = interrupted.pending
-        kept = "every step is recorded, and the run is KILLED" if pending is None or pending.nothing \
-            else f"the run is KILLED; {pending.describe_for_user()}"
-        click.echo(f"mlrepro: run {interrupted.run_id} stopped by {interrupted.signal_name} after "
+        status = interrupted.status
+        kept = f"every step is recorded, and the run is {status}" if pending is None or pending.nothing \
+            else f"the run is {status}; {pending.describe_for_user()}"
+        when = "after" if status == "KILLED" else "once it had trained and saved all"
+        click.echo(f"mlrepro: run {interrupted.run_id} stopped by {interrupted.signal_name} {when} "
                    f"{interrupted.steps} steps; {one_line(redacted(kept))}", err=True)
         sys.exit(interrupted.exit_code)
 

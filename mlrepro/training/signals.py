@@ -5,7 +5,10 @@ main thread, wherever the loop is; the run then delivers its steps, writes the e
 record and ends KILLED. A second signal during that saving (``mlflow run`` answers
 Ctrl-C by sending SIGTERM to the job it started) is noted and does not cut it short.
 A signal that arrives while the run is being saved at its normal end is raised once
-the saving is done, so the run still ends KILLED and nothing is half-written.
+the saving is done, so the run still ends KILLED and nothing is half-written. One that
+arrives after the loop's last step was spooled, while the store takes the spool, finds the
+run complete: it stays FINISHED (compare reads it whole, which it is), and the signal is
+raised once delivery is done, so the process still ends as the signal asks.
 
 Python runs signal handlers in the main thread only; a run opened in another thread
 leaves the process's handlers as they are.
@@ -36,6 +39,7 @@ class RunInterrupted(KeyboardInterrupt):
         self.run_id: str | None = None  # set by start_run: which run it ended, after how many steps
         self.steps = 0
         self.pending: Pending | None = None  # what of it still waits in the spool (mlrepro.store.spool.Pending), if anything
+        self.status = "KILLED"  # FINISHED where the signal came after the run's last step was saved
         super().__init__(signal.Signals(signum).name)
 
     @property

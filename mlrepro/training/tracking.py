@@ -178,9 +178,10 @@ def _train(tracked: TrackedRun, orders: Orders | None) -> Iterator[TrackedRun]:
             raise failure from (None if isinstance(err, RunInterrupted) else err)
         finally:
             ended_by, pending = _save(tracked, orders, interruption, status, failure, loop_started)
-    if ended_by is not None:  # arrived while the run was being saved
-        interrupted = _interrupted(ended_by, tracked)
-        interrupted.pending = pending
+    if ended_by is not None or interruption.signum is not None:
+        # Arrived while the run was being saved (KILLED), or once its end was spooled (FINISHED).
+        interrupted = _interrupted(ended_by or interruption.signum, tracked)  # type: ignore[arg-type]
+        interrupted.pending, interrupted.status = pending, "KILLED" if ended_by is not None else "FINISHED"
         raise interrupted
     if not pending.nothing:
         raise DeliveryPendingError(pending.describe_for_user())
