@@ -115,12 +115,13 @@ def test_resuming_refuses_a_deleted_run_and_a_checkpoint_without_its_checksum_be
     store: str,
 ) -> None:
     client = mlflow.MlflowClient()
-    with start_run(LineFitSpec(steps=2, checkpoint_every=1)) as run:
+    with pytest.raises(RuntimeError), start_run(LineFitSpec(steps=2, checkpoint_every=1)) as run:
         from mlrepro import Checkpoint, capture_rng_state
 
         run.log_loss(1.0)
         run.save_checkpoint(Checkpoint(step=1, epoch=0, batch_in_epoch=1, model={}, optimizer=None,
                                        rng=capture_rng_state(), extra={}))
+        raise RuntimeError("stopped after step 0")  # FAILED: a run that may be resumed
     (artifact_folder(run.run_id) / "checkpoints" / "step-000000001.pt.sha256").unlink()
     before = len(client.search_runs(["0"]))
     with pytest.raises(CheckpointError, match="has no checksum beside it; it was not loaded"):

@@ -83,11 +83,10 @@ def test_on_a_team_server_a_cifar10_run_resumes_from_its_served_checkpoint_bit_f
     assert "logged the same 200 losses, bit for bit" in verdict.stdout
 
 
-def test_a_tampered_checkpoint_stops_the_resume_with_one_line(store: str) -> None:
+def test_a_tampered_checkpoint_stops_the_resume_with_one_line(store: str, tmp_path: Path) -> None:
     linefit = job_command(LineFitSpec, train)
-    spec = ["steps=40", "checkpoint_every=20"]
-    assert run_here(linefit, *spec).exit_code == 0
-    original = only_run_id(store)
+    spec = ["steps=60", "checkpoint_every=20"]
+    original = stopped_here(linefit, *spec, after=50, folder=tmp_path)  # its newest checkpoint: step 40
     artifacts = Path(mlflow.MlflowClient().get_run(original).info.artifact_uri.removeprefix("file://"))
     newest = artifacts / "mlrepro" / "checkpoints" / "step-000000040.pt"
     data = bytearray(newest.read_bytes())
@@ -107,10 +106,20 @@ def test_resuming_needs_the_same_spec_and_a_checkpoint_and_creates_nothing_other
             train(spec, run)
         return run.run_id
 
-    with_checkpoints = run_line_fit(LineFitSpec(steps=40, checkpoint_every=20))
-    without = run_line_fit(LineFitSpec(steps=40))
+    def stopped_at_step_30(spec: LineFitSpec) -> str:
+        with pytest.raises(RuntimeError), start_run(spec) as run:
+            train(spec.model_copy(update={"steps": 30}), run)
+            raise RuntimeError("stopped")  # the run ends FAILED, short of its 40 steps
+        return run.run_id
+
+    with_checkpoints = stopped_at_step_30(LineFitSpec(steps=40, checkpoint_every=20))
+    without = stopped_at_step_30(LineFitSpec(steps=40))
+    finished = run_line_fit(LineFitSpec(steps=40, checkpoint_every=20))
     count = len(mlflow.MlflowClient().search_runs(["0"]))
     refusals = [
+        (LineFitSpec(steps=40, checkpoint_every=20, resume_from=finished),
+         f"resume_from: run {finished} FINISHED, so nothing of it is left to train; resume a run that was stopped "
+         f"(KILLED or FAILED), or run it again with: mlrepro reproduce {finished}"),
         (LineFitSpec(steps=40, seed=4, resume_from=with_checkpoints),
          f"resume_from: run {with_checkpoints} ran another spec (seed 3 there, 4 here)"),
         (LineFitSpec(steps=40, resume_from=without), f"resume_from: run {without} logged no checkpoint"),

@@ -67,6 +67,11 @@ def download_newest_checkpoint(client: MlflowClient, spec: BaseSpec, folder: Pat
         run = client.get_run(run_id)
         if run.info.lifecycle_stage == "deleted":
             raise SpecError(f"resume_from: run {run_id} is deleted; restore it first (mlflow runs restore --run-id {run_id})")
+        if run.info.status == "FINISHED" and not run.data.tags.get(keys.TAG_ENDED, "").startswith(keys.ENDED_ON_ORDERS):
+            # Its newest checkpoint is at or near its end: a resume would train nothing, or train
+            # its last steps again, as a new run that looks like a continuation.
+            raise SpecError(f"resume_from: run {run_id} FINISHED, so nothing of it is left to train; resume a run "
+                            f"that was stopped (KILLED or FAILED), or run it again with: mlrepro reproduce {run_id}")
         files = download_records(client, run_id, Path(folder))
         with damage_named(run_id):
             logged = read_spec(files, run.data.tags) if keys.SPEC_ARTIFACT in files else None

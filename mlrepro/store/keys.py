@@ -15,8 +15,10 @@ TAG_LOSS_DIGEST = "mlrepro.loss_digest"
 # On a resumed run, whose loss_digest covers the stitched losses: the digest of its own steps.
 TAG_OWN_LOSS_DIGEST = "mlrepro.own_loss_digest"
 # How the run ended when a signal stopped it ("KILLED by SIGINT"). `mlflow run` marks an interrupted
-# run FAILED even after the job has ended it KILLED; this tag keeps the truth.
+# run FAILED even after the job has ended it KILLED; this tag keeps the truth. A run stopped early on
+# orders (a leg of check, a test's kill) is FINISHED short of its end: "stopped on orders after N steps".
 TAG_ENDED = "mlrepro.ended"
+ENDED_ON_ORDERS = "stopped on orders"
 # The process that runs the run, "host/boot id/pid/start ticks": a RUNNING run whose process is gone was killed.
 TAG_PROCESS = "mlrepro.process"
 # mlrepro.verdict.<other run id> = the verdict of `mlrepro compare --log` against that run.

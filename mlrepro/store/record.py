@@ -371,6 +371,12 @@ def write_ended_by_signal(client: RunWriter, run_id: str, signal_name: str) -> N
         client.set_tag(run_id, keys.TAG_ENDED, f"KILLED by {signal_name}")
 
 
+def write_ended_on_orders(client: RunWriter, run_id: str, steps: int) -> None:
+    """Say on the run that its orders stopped it short of its end: it is FINISHED, and may be resumed."""
+    with store_errors(client, run_id):
+        client.set_tag(run_id, keys.TAG_ENDED, f"{keys.ENDED_ON_ORDERS} after {steps} steps")
+
+
 def download_records(client: MlflowClient, run_id: str, folder: Path) -> dict[str, Path]:
     """The records compare needs, downloaded (not the plots beside them); none for a run logged without mlrepro."""
     listed = {entry.path for entry in client.list_artifacts(run_id, keys.ARTIFACT_DIR)}

@@ -160,8 +160,8 @@ def _train(tracked: TrackedRun, orders: Orders | None) -> Iterator[TrackedRun]:
             with tracing(orders, tracked.first_step, lambda: tracked.first_step + tracked.steps_logged,
                          tracked.watched_model):
                 yield tracked
-        except StopRequested:
-            pass  # the orders' last step is done: the run ends FINISHED
+        except StopRequested:  # the orders' last step is done: the run ends FINISHED, short of its end
+            record.write_ended_on_orders(tracked.spool, tracked.run_id, tracked.first_step + tracked.steps_logged)
         except MlreproError as err:
             status, failure = "FAILED", err
             record.write_error(tracked.spool, tracked.run_id, str(err))
