@@ -113,6 +113,30 @@ def test_an_unreachable_server_is_a_tracking_error(monkeypatch) -> None:
         mlflow.set_tracking_uri(None)
 
 
+def test_once_the_run_is_delivered_its_end_asks_the_store_nothing(store: str, monkeypatch) -> None:
+    """A tracking server that goes away once it holds the whole run must not keep the job waiting
+    on MLflow's retries: leaving the run is done in this process, as every store call is pointed
+    at a port nothing listens on the moment the run is delivered."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    with start_run(LineFitSpec(steps=3)) as run:
+        for step in range(3):
+            run.log_loss(float(step))
+        finish = run.finish
+
+        def finish_then_lose_the_store(status: str):
+            pending = finish(status)
+            mlflow.set_tracking_uri("http://127.0.0.1:9")
+            return pending
+
+        run.finish = finish_then_lose_the_store
+    try:
+        assert mlflow.active_run() is None
+        assert mlflow.tracking.fluent._last_active_run_id.get() == run.run_id
+    finally:
+        mlflow.set_tracking_uri(store)
+    assert mlflow.MlflowClient().get_run(run.run_id).info.status == "FINISHED"
+
+
 def test_a_switch_changed_after_the_run_opened_is_recorded_as_training_found_it(store: str) -> None:
     # As Lightning's Trainer(deterministic=False) or a script's own line would, once start_run has set it.
     try:

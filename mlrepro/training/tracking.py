@@ -199,7 +199,7 @@ def _save(tracked: TrackedRun, orders: Orders | None, interruption: Interruption
         record.write_ended_by_signal(tracked.spool, tracked.run_id, signal.Signals(ended_by).name)
     loop_seconds = time.perf_counter() - loop_started
     pending = tracked.finish(status)
-    _leave_fluent_run(status, delivered=pending.nothing)
+    _leave_fluent_run(status)
     if orders is not None:
         write_report(orders, LegReport(run_id=tracked.run_id, first_step=tracked.first_step,
                                        steps=tracked.steps_logged, loop_seconds=loop_seconds))
@@ -226,14 +226,12 @@ def _follow_rank_0(spec: BaseSpec, device: torch.device, world: distributed.Worl
     follower.flush()  # the last gather, which rank 0 makes as it finishes
 
 
-def _leave_fluent_run(status: str, delivered: bool) -> None:
-    """Leave the run as MLflow's active run. Its end is already in the spool (and in the store,
-    if ``delivered``); a store that does not answer must not be asked again, for minutes, by
-    ``mlflow.end_run``: the run is then only taken off this thread's stack of active runs."""
-    if delivered:
-        mlflow.end_run(status)
-        return
-    # MLflow's private stack of active runs, only where a store stopped answering
+def _leave_fluent_run(status: str) -> None:
+    """Leave the run as MLflow's active run without asking the store anything. The run's end is in
+    the spool, and in the store once delivered: ``mlflow.end_run`` would end it again, and first
+    read it back to print its URL, with MLflow's retries: minutes, then a traceback, against a
+    server that went away once it had everything."""
+    # MLflow's private stack of active runs: it has no public way to leave a run without ending it
     from mlflow.tracking import fluent
 
     stack = getattr(fluent, "_active_run_stack", None)
@@ -241,8 +239,15 @@ def _leave_fluent_run(status: str, delivered: bool) -> None:
         mlflow.end_run(status)
         return
     MLFLOW_RUN_ID.unset()
-    if stack.get():
-        stack.get().pop()
+    if not stack.get():
+        return
+    run_id = stack.get().pop().info.run_id
+    last_active = getattr(fluent, "_last_active_run_id", None)
+    if last_active is not None:
+        last_active.set(run_id)  # mlflow.last_active_run() still finds it
+    monitor = getattr(fluent, "run_id_to_system_metrics_monitor", {}).pop(run_id, None)
+    if monitor is not None:  # system metrics the user asked for: their thread ends with the run
+        monitor.finish()
 
 
 def _interrupted(signum: int, tracked: TrackedRun) -> RunInterrupted:
