@@ -118,6 +118,27 @@ def test_waiting_for_the_writer_reaps_it_or_says_it_is_still_running() -> None:
         hung.wait()
 
 
+@pytest.mark.e2e
+def test_the_zygote_ends_quietly_when_the_job_is_gone_before_its_writers_pid_is_read() -> None:
+    """A signal during a job's start-up kills it while the zygote forks its writer: the zygote's answer
+    then meets a closed socket, and it ends without a word on the job's stderr (a BrokenPipeError
+    traceback before)."""
+    import socket
+
+    ours, theirs = socket.socketpair()
+    zygote = subprocess.Popen([sys.executable, "-m", "mlrepro.store.zygote", str(theirs.fileno())],
+                              pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+    theirs.close()
+    read_end, write_end = os.pipe()
+    socket.send_fds(ours, [b"w"], [read_end])  # a writer's request, as a job makes it
+    os.close(read_end)
+    os.close(write_end)  # the writer meets the end of its run at once
+    ours.close()  # the job is gone before the zygote answers
+    _, stderr = zygote.communicate(timeout=60)
+    assert zygote.returncode == 0 and stderr == ""
+
+
 def _parent_of(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 

@@ -19,10 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
-
-if TYPE_CHECKING:
-    pass
+from typing import IO
 
 from mlrepro.store.writer_process import deliver_run, ignore_in_helper_process
 
@@ -244,7 +241,10 @@ def zygote(descriptor: int) -> int:
                 os._exit(status)
         for received in descriptors:
             os.close(received)
-        channel.sendall(f"{pid}\n".encode())
+        try:
+            channel.sendall(f"{pid}\n".encode())
+        except OSError:  # the job is gone (a signal during its start-up): the writer ends on its pipe's EOF
+            return 0
 
 
 if hasattr(os, "register_at_fork"):
