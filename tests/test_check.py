@@ -50,9 +50,9 @@ def test_the_line_fit_passes_every_leg_and_the_verdict_is_recorded_beside_its_ru
     assert run.info.status == "FINISHED"
     # The legs logged into a scratch store: the user's holds only the verdict's run.
     assert len(mlflow.MlflowClient(store).search_runs(["0"])) == 1
-    # A leg whose job refuses its words says which leg, in one line.
+    # Words the job refuses are its one line, asked of the job before any store or leg is made.
     assert_one_line_error(mlrepro_cli(store, tmp_path, "check", "projects.linefit", "lr=-1", "--steps", "4"),
-                          "fresh run A", "lr: must be greater than 0")
+                          "-m projects.linefit lr=-1: invalid linefit spec: lr: must be greater than 0")
 
 
 @pytest.mark.e2e

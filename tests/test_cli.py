@@ -87,18 +87,19 @@ def test_in_a_process_of_its_own_compare_exits_as_documented_and_reading_never_i
     assert light.stdout.count("exit ") == 4 and "exit 1" in light.stdout, light.stdout + light.stderr[-2000:]
     assert "torch imported: False" in light.stdout
 
-    # A job's --help and a typo answer before its training code, and torch, are imported.
+    # A job's --help and a typo answer before its training code, torch and MLflow are imported.
     job = """
 import runpy, sys
 sys.argv = ["job", *sys.argv[1:]]
 try:
     runpy.run_module("projects.linefit", run_name="__main__")
 except SystemExit as exit:
-    print("exit", exit.code, "torch imported:", "torch" in sys.modules)
+    print("exit", exit.code, "torch imported:", "torch" in sys.modules, "mlflow imported:", "mlflow" in sys.modules)
 """
     for words, code in ((["--help"], 0), (["sed=4"], 2)):
         answered = run_command([sys.executable, "-c", job, *words], store, tmp_path)
-        assert f"exit {code} torch imported: False" in answered.stdout, answered.stdout + answered.stderr[-2000:]
+        assert f"exit {code} torch imported: False mlflow imported: False" in answered.stdout, \
+            answered.stdout + answered.stderr[-2000:]
     assert "did you mean seed?" in answered.stderr
 
 

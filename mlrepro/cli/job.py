@@ -4,6 +4,7 @@ then the tracked, seeded run handed to its training function."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from importlib import import_module
@@ -103,13 +104,24 @@ def job_command(spec_type: type[BaseSpec], train: Trainer) -> click.Command:
 def _start(spec_and_training: Callable[[], tuple[BaseSpec, Trainer]]) -> None:
     """Validate the words into a spec (and its job's training function), then run the job; bad input is
     one line and exit 2, noted on a launcher's run where `mlflow run` made one."""
-    # MLflow only when a job fails before it runs
-    from mlrepro.store.record import write_launcher_error
+    # the training layer's name for it, without torch
+    from mlrepro.training.orders import SPEC_ONLY_ENV
 
-    with user_errors(on_error=write_launcher_error):
+    with user_errors(on_error=_note_on_launchers_run):
         spec, train = spec_and_training()
+        if os.environ.get(SPEC_ONLY_ENV):
+            return  # a check asked only whether the words make a spec
         prestart()  # the writers' zygote imports MLflow while this process imports torch
         run_job(spec, _training_function(train))
+
+
+def _note_on_launchers_run(message: str) -> None:
+    """Say why on the run ``mlflow run`` opened, where it opened one (``MLFLOW_RUN_ID``)."""
+    if os.environ.get("MLFLOW_RUN_ID"):
+        # MLflow only when a launcher's run waits for the reason: a typo is answered without it
+        from mlrepro.store.record import write_launcher_error
+
+        write_launcher_error(message)
 
 
 def job_main(spec_type: type[BaseSpec] | argparse.ArgumentParser, train: Trainer, args: Sequence[str] | None = None,

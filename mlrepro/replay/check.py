@@ -81,6 +81,7 @@ def check_job(job: str, words: list[str], steps: int = 20, resume_at: int | None
     resume_at = _checked_request(given, steps, resume_at)
     # Checkpoints every resume_at steps, all kept; the resumed legs start from the one at resume_at, by its name.
     leg_words = [*words, f"checkpoint_every={resume_at}", "keep_checkpoints=0", "fingerprint_every=1", "resume_from="]
+    command.check_words(leg_words, words)  # a typo is said at once, not after a store and a leg are made
     deterministic = given.get("deterministic", "true").strip().lower() not in ("false", "f", "0", "no", "n", "off")
     flipped = [*[w for w in words if not w.startswith("deterministic=")], f"deterministic={str(not deterministic).lower()}",
                "checkpoint_every=0", "fingerprint_every=0", "resume_from="]

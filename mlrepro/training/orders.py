@@ -27,6 +27,9 @@ from mlrepro.errors import MlreproError, SpecError, one_line
 from mlrepro.training.leg_zygote import LEG_VARIABLES, LegZygote, servable
 
 ORDERS_ENV = "MLREPRO_ORDERS"
+# A job started with this variable set turns its words into a spec, and exits: 0 if they make one, else
+# 2 with its one line. What a check asks before its first leg, in well under a second: torch is not imported.
+SPEC_ONLY_ENV = "MLREPRO_SPEC_ONLY"
 
 _MODULE_NAME = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
@@ -87,6 +90,19 @@ class JobCommand:
 
     def describe(self) -> str:
         return " ".join(self.argv[1:])
+
+    def check_words(self, words: list[str], as_given: list[str]) -> None:
+        """Refuse words that make no spec of this job, said by the job itself, before any leg starts;
+        the message quotes the words ``as_given`` by the user."""
+        env = dict(os.environ, **{SPEC_ONLY_ENV: "1"})
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [*self.pythonpath, os.environ.get("PYTHONPATH")]))
+        env.pop(ORDERS_ENV, None)
+        done = subprocess.run([*self.argv, *words], cwd=self.cwd, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True, errors="replace", check=False)
+        if done.returncode != 0:
+            lines = [line for line in done.stderr.splitlines() if line.strip()]
+            why = one_line(lines[-1]).removeprefix("mlrepro: error: ") if lines else f"exit {done.returncode}"
+            raise SpecError(f"{' '.join([self.describe(), *as_given])}: {why}")
 
 
 @dataclass(frozen=True)
