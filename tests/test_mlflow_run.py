@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
 import pytest
 
 from mlrepro.cli.main import main
-from tests.conftest import experiment, mlflow_run, mlrepro_cli, only_run_id, run_here
+from tests.conftest import (
+    REPO,
+    assert_one_line_error,
+    experiment,
+    job_env,
+    mlflow_run,
+    mlrepro_cli,
+    only_run_id,
+    run_here,
+)
 
 
 def launched(store: str, cwd: Path, *params: str) -> str:
@@ -75,3 +86,14 @@ def test_a_bad_or_mistyped_parameter_fails_the_launched_run_and_says_why(tmp_pat
     assert run.info.status == "FAILED"
     assert run.data.tags["mlrepro.error"] == message
     assert mlflow.MlflowClient().get_metric_history(run.info.run_id, "loss") == []
+
+
+@pytest.mark.e2e
+def test_a_job_started_in_an_environment_without_mlrepro_says_which_flag_it_needs(tmp_path: Path, store: str) -> None:
+    """`mlflow run .` without `--env-manager local` runs the job in a new, empty virtualenv. `python -S`
+    (no site-packages) is such a Python: the job names what it lacks and the flag, in one line."""
+    env = dict(job_env(store), MLFLOW_RUN_ID="0" * 32)  # as the launcher starts it
+    result = subprocess.run([sys.executable, "-S", "-m", "projects.linefit", "steps=3"], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert_one_line_error(result, "lacks click, pydantic, yaml, mlflow, torch",
+                          "run with `mlflow run . --env-manager local`")
