@@ -35,6 +35,18 @@ def test_the_order_is_code_device_versions_switches_threads_seed_spec_repository
     ]
 
 
+def test_string_hashing_never_ranks_above_a_spec_field_that_changed() -> None:
+    """A `python -m` run (hashing random) against an `mlflow run` run (PYTHONHASHSEED=0) of another lr:
+    the lr is the cause; string hashing changes the numbers only where a job iterates a set of strings."""
+    found = differences({"seed": "3", "lr": "0.1"}, {"seed": "3", "lr": "0.2"},
+                        {"determinism.hash_randomization": "true"},
+                        {"determinism.hash_randomization": "false", "env.PYTHONHASHSEED": "0"})
+    assert keys(found) == ["lr", "determinism.hash_randomization", "env.PYTHONHASHSEED"]
+    assert diagnose(False, found, {}, {}).startswith("most likely cause: lr (0.1 | 0.2)")
+    (alone,) = differences({}, {}, {"determinism.hash_randomization": "true"}, {"determinism.hash_randomization": "false"})
+    assert alone.category == "hashing" and "only where the job iterates such a set" in alone.explanation
+
+
 def test_untracked_files_are_never_called_a_code_change() -> None:
     (untracked,) = differences({}, {}, {"git.untracked": "0"}, {"git.untracked": "1"})
     assert untracked.category == "other" and "did not run" in untracked.explanation

@@ -5,8 +5,8 @@ the order in which a person should look: other code (another script, or changed
 sources of the job) computes something else; a different device or GPU model makes
 equal bits unlikely on its own; so does another number of processes, another
 communication backend or DDP bucket size; another library version changes kernels; then
-the determinism switches, the thread count, the seed, the other spec fields,
-and last the rest.
+the determinism switches, the thread count, the seed, the other spec fields, string
+hashing (it matters only where a job iterates a set of strings), and last the rest.
 """
 
 from __future__ import annotations

@@ -29,8 +29,11 @@ class Category(IntEnum):
     THREADS = 5
     SEED = 6
     SPEC = 7
-    REPOSITORY = 8
-    OTHER = 9
+    # String hashing changes the numbers only where a job orders strings by their hash (a set of
+    # names, say): rarer than any spec field changing them, so never ranked above one.
+    HASHING = 8
+    REPOSITORY = 9
+    OTHER = 10
 
 
 class Source(Enum):
@@ -70,7 +73,8 @@ WORLD_EXPLAINED = ("another number of processes: each rank trains on another sha
           "gradients over another number of ranks")
 BUCKETS_EXPLAINED = ("DDP all-reduces gradients bucket by bucket: another bucket size groups them, and sums them, "
             "in another order (pytorch issue 30509)")
-_HASHING = "string hashing orders sets and dicts of strings, and what is built from them"
+_HASHING = ("string hashing orders sets of strings, and what is built from them; it changes the numbers only where "
+            "the job iterates such a set")
 _RECORDED = "recorded for completeness; rarely changes the numbers"
 
 C, K = Category, Source
@@ -125,8 +129,8 @@ FACTS: tuple[Fact, ...] = (
     Fact("env.OPENBLAS_NUM_THREADS", K.VARIABLE, C.THREADS, THREADS_EXPLAINED),
     Fact("determinism.interop_threads", K.SWITCH, C.THREADS,
          "inter-op threads run independent ops side by side; this rarely changes bits"),
-    Fact("env.PYTHONHASHSEED", K.VARIABLE, C.SEED, _HASHING),
-    Fact("determinism.hash_randomization", K.SWITCH, C.SEED, _HASHING),
+    Fact("env.PYTHONHASHSEED", K.VARIABLE, C.HASHING, _HASHING),
+    Fact("determinism.hash_randomization", K.SWITCH, C.HASHING, _HASHING),
     Fact("env.CUDA_LAUNCH_BLOCKING", K.VARIABLE, C.OTHER, _RECORDED),
     Fact("git.untracked", K.CODE, C.OTHER, "untracked files did not run; the job's sources are code.source_digest"),
     Fact("git.commit", K.CODE, C.REPOSITORY,
