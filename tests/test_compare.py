@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from mlrepro.analysis.compare import compare_logged_runs, compare_losses
+from mlrepro.capture.fingerprints import FingerprintRecord
 from mlrepro.capture.logged import LoggedRun
 from mlrepro.capture.losses import LossSeries
 
@@ -111,6 +112,20 @@ def test_a_live_run_is_identical_so_far_and_a_real_difference_still_counts_in_an
     assert compare_logged_runs(live, logged("b", [3.0, 2.0, 1.0])).verdict == "identical so far"
     differs = compare_logged_runs(logged("a", [3.0, 2.5], status="KILLED"), logged("b", [3.0, 2.0, 1.0]))
     assert differs.verdict == "different" and differs.first_divergent_step == 1
+
+def test_a_live_run_is_said_to_be_running_and_its_missing_fingerprints_not_yet_written() -> None:
+    fingerprinted = FingerprintRecord(steps=np.array([0]), values=np.array([[7]], dtype=np.uint32), names=("w",),
+                                      kinds=("parameter",), module_order=())
+    whole = logged("b", [3.0, 2.0, 1.0], fingerprints=fingerprinted)
+    verdict = compare_logged_runs(logged("a", [3.0, 2.0], status="RUNNING", process="alive"), whole)
+    assert verdict.diagnosis.startswith("identical so far: A is still running (step 1 so far); the 2 steps")
+    assert verdict.notes == ["run a (A) has written no fingerprints yet: they reach the store with its exact record, "
+                             "at run.flush() and at its end: compared by its losses only"]
+    elsewhere = compare_logged_runs(logged("a", [3.0, 2.0], status="RUNNING"), whole)  # its process: not checkable here
+    assert "A is still running on another host (step 1 so far)" in elsewhere.diagnosis
+    orphan = compare_logged_runs(logged("a", [3.0, 2.0], status="RUNNING", process="gone"), whole)
+    assert "A stopped at step 1 (RUNNING, its process gone" in orphan.diagnosis
+    assert orphan.notes[0].startswith("run a (A) left no fingerprints: it ended RUNNING, its process gone")
 
 
 def test_steps_from_the_metric_history_are_compared_as_the_store_keeps_them_and_the_verdict_says_so() -> None:

@@ -146,7 +146,7 @@ def compare_logged_runs(a: LoggedRun, b: LoggedRun) -> RunComparison:
     unfinished = [(name, run) for name, run in (("A", a), ("B", b)) if run.unfinished]
     if losses.divergent_steps == 0 and not tensors_differ and unfinished and len(a.losses) and len(b.losses):
         verdict = "identical so far"
-        stopped = "; ".join(f"{name} stopped at step {int(run.losses.steps[-1])} ({run.state})" for name, run in unfinished)
+        stopped = "; ".join(_how_far(name, run) for name, run in unfinished)
         diagnosis = (f"identical so far: {stopped}; the {losses.steps_in_both} steps both runs have are the same, "
                      "and what came after is unknown")
     else:
@@ -159,8 +159,7 @@ def compare_logged_runs(a: LoggedRun, b: LoggedRun) -> RunComparison:
              if run.deleted]
     for name, run, other in (("A", a, b), ("B", b, a)):
         if run.fingerprints is None and other.fingerprints is not None:
-            notes.append(f"run {run.run_id} ({name}) took no fingerprints (fingerprint_every=0, or logged before "
-                         "mlrepro took them): compared by its losses only")
+            notes.append(f"run {run.run_id} ({name}) {_why_no_fingerprints(run)}: compared by its losses only")
     if losses.steps_compared_as_stored:
         notes.append(f"{losses.steps_compared_as_stored} steps came from MLflow's metric history, which keeps neither "
                      "inf, nor NaN payloads, nor -0.0: they were compared as the store keeps them")
@@ -174,6 +173,26 @@ def compare_logged_runs(a: LoggedRun, b: LoggedRun) -> RunComparison:
         diagnosis=diagnosis,
         notes=notes,
     )
+
+
+def _how_far(name: str, run: LoggedRun) -> str:
+    """How far an unfinished run got: a run whose process still lives is running, not stopped."""
+    step = int(run.losses.steps[-1])
+    if run.status == "RUNNING" and run.process != "gone":
+        where = "" if run.process == "alive" else " on another host"
+        return f"{name} is still running{where} (step {step} so far)"
+    return f"{name} stopped at step {step} ({run.state})"
+
+
+def _why_no_fingerprints(run: LoggedRun) -> str:
+    """Why a run has no fingerprints to compare: not asked for, not written yet, or never written."""
+    if run.spec is not None and run.spec.model_dump().get("fingerprint_every") == 0:
+        return "took no fingerprints (fingerprint_every=0)"
+    if run.status == "RUNNING" and run.process != "gone":
+        return "has written no fingerprints yet: they reach the store with its exact record, at run.flush() and at its end"
+    if run.unfinished:
+        return f"left no fingerprints: it ended {run.state} before writing its exact record"
+    return "took no fingerprints (logged before mlrepro took them, or by a job that never fingerprinted)"
 
 
 def _where_tensors_part(tensors: TensorComparison, losses: LossComparison) -> str:
