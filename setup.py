@@ -2,7 +2,7 @@
 
 Optional: where no C compiler or Python headers are at hand the build goes on without it, says so
 here (``pip install -v`` shows it) and again, once a process, when a run first fingerprints on the
-CPU; mlrepro.training.watch then computes the same numbers with NumPy, about twice as slowly. The
+CPU; mlrepro.training.word_hash then computes the same numbers with NumPy, about twice as slowly. The
 kernel takes its tensors as buffers and checks every length itself, so nothing Python passes it can
 make it read past a buffer.
 """

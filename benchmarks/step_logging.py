@@ -370,7 +370,7 @@ def hash_alternatives(net: torch.nn.Module, backward: Callable[[], None], rounds
     compiled kernel and with NumPy (the same numbers), and xxhash's xxh3_64 over each tensor's bytes
     (a maintained library, another hash: it has no GPU kernel and would not match fingerprints logged
     before it), where xxhash is installed. Why the kernel stays is in the README (Benchmark)."""
-    from mlrepro.training.watch import Fingerprinter, _wordhash
+    from mlrepro.training.word_hash import Fingerprinter, _wordhash
 
     params = list(net.parameters())
     ways: dict[str, Callable[[], object]] = {}

@@ -45,7 +45,8 @@ _EXPORTS = {
     ],
     "mlrepro.training.tracking": ["start_run"],
     "mlrepro.store.zygote": ["prestart"],
-    "mlrepro.training.runs": ["RankRun", "RunHandle", "TrackedRun"],
+    "mlrepro.training.rank_run": ["RankRun"],
+    "mlrepro.training.runs": ["RunHandle", "TrackedRun"],
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
@@ -112,5 +113,6 @@ if TYPE_CHECKING:
         capture_rng_state,
         restore_rng_state,
     )
-    from mlrepro.training.runs import RankRun, RunHandle, TrackedRun
+    from mlrepro.training.rank_run import RankRun
+    from mlrepro.training.runs import RunHandle, TrackedRun
     from mlrepro.training.tracking import start_run

@@ -78,3 +78,15 @@ def test_identical_runs_are_said_to_be_identical_whatever_differs() -> None:
     assert diagnose(True, [], {}, {}) == "identical bit for bit"
     found = differences({"num_workers": "2"}, {"num_workers": "0"}, {}, {})
     assert diagnose(True, found, {}, {}).endswith("the differences listed did not change the losses")
+
+
+def test_a_dataset_whose_digest_changed_is_ranked_right_after_the_code() -> None:
+    found = differences({"seed": "3"}, {"seed": "4"}, {"code.entry": "a.py", "gpu.name": "A100"},
+                        {"code.entry": "b.py", "gpu.name": "H100"}, None, {"CIFAR10": "1f2e", "extra": "same"},
+                        {"CIFAR10": "9c0d", "extra": "same"})
+    assert keys(found) == ["code.entry", "data.CIFAR10", "gpu.name", "seed"]
+    assert (found[1].source, found[1].category) == ("data", "data")
+    assert diagnose(False, found[1:], {}, {}).startswith(
+        "most likely cause: data.CIFAR10 (1f2e | 9c0d): the dataset's content differs")
+    # A run that recorded no data (logged before mlrepro recorded it) says nothing about its data.
+    assert keys(differences({}, {}, {}, {}, None, {"CIFAR10": "1f2e"}, {})) == []

@@ -11,7 +11,7 @@ import mlflow
 import numpy as np
 
 from mlrepro.analysis.tensors import compare_fingerprints
-from mlrepro.capture.fingerprints import GRADIENT, PARAMETER, FingerprintRecord
+from mlrepro.capture.fingerprints import BATCH_INPUTS, DATA, GRADIENT, PARAMETER, FingerprintRecord
 from mlrepro.cli.main import main
 from tests.conftest import PlantedRuns, run_here
 
@@ -73,6 +73,32 @@ def test_a_resumed_runs_record_continues_the_one_it_resumed() -> None:
     spliced = before.spliced(after, 2)
     assert spliced.steps.tolist() == [0, 1, 2, 3, 4]
     assert spliced.values[2, 0] == 50 and spliced.values[1, 0] == before.values[1, 0]
+
+
+def batched(steps: list[int], changes: dict[tuple[int, int], int] | None = None) -> FingerprintRecord:
+    """``record``'s tensors after a batch column (column 0), as a run that watches its batches keeps them."""
+    plain = record(steps)
+    values = np.concatenate([np.full((len(steps), 1), 1000, dtype=np.uint32), plain.values], axis=1)
+    for (row, column), value in (changes or {}).items():
+        values[row, column] = value
+    return FingerprintRecord(plain.steps, values, (BATCH_INPUTS, *NAMES), (DATA, *KINDS), ORDER)
+
+
+def test_other_batches_with_equal_weights_are_the_data_ranked_before_the_gradients_they_make() -> None:
+    verdict = compare_fingerprints(batched([0, 1, 2]), batched([0, 1, 2], {(1, 0): 7, (1, 3): 99, (1, 4): 98}))
+    assert (verdict.first_divergent_step, verdict.tensor, verdict.kind, verdict.phase) == (1, "batch.inputs", "data", "data")
+    assert verdict.explanation.startswith("the batches differ from step 1: the data, its order or its augmentation")
+    assert verdict.differing_tensors[0] == "batch.inputs (data)"
+    # From the first step (a loader shuffled by an unseeded generator): still the data, not a gradient.
+    assert compare_fingerprints(batched([0, 1]), batched([0, 1], {(0, 0): 7, (0, 3): 9})).phase == "data"
+
+
+def test_weights_made_by_the_update_before_come_before_this_steps_batch() -> None:
+    """The weights a step starts from were made by the step before; its batch cannot have caused them."""
+    verdict = compare_fingerprints(batched([0, 1, 2]), batched([0, 1, 2], {(2, 0): 7, (2, 1): 99}))
+    assert (verdict.phase, verdict.tensor) == ("optimizer", "head.weight")
+    first = compare_fingerprints(batched([0, 1]), batched([0, 1], {(0, 0): 7, (0, 2): 9}))
+    assert first.phase == "initial weights" and first.explanation.endswith("the batches differ at step 0 as well")
 
 
 # --- on the session's planted runs -----------------------------------------------------------

@@ -12,9 +12,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mlrepro.capture.fingerprints import GRADIENT, PARAMETER
-from mlrepro.training import watch
-from mlrepro.training.watch import Fingerprinter, Watch, fingerprint_of
+from mlrepro.capture.fingerprints import DATA, GRADIENT, PARAMETER
+from mlrepro.training import word_hash
+from mlrepro.training.watch import Watch
+from mlrepro.training.word_hash import BatchHash, Fingerprinter, fingerprint_of
 
 CPU = torch.device("cpu")
 NOT_BUILT = "mlrepro.training._wordhash was not built (no C compiler at install)"
@@ -22,7 +23,7 @@ NOT_BUILT = "mlrepro.training._wordhash was not built (no C compiler at install)
 # (where the kernel was not built), and torch's block sums (a GPU's way).
 WAYS = {
     "compiled": pytest.param({"compiled": True}, id="compiled",
-                             marks=pytest.mark.skipif(watch._wordhash is None, reason=NOT_BUILT)),
+                             marks=pytest.mark.skipif(word_hash._wordhash is None, reason=NOT_BUILT)),
     "numpy": pytest.param({"compiled": False}, id="numpy"),
     "device": pytest.param({"on_host": False}, id="device"),
 }
@@ -36,7 +37,7 @@ def test_the_compiled_hash_was_built_where_ci_requires_it() -> None:
     """CI installs with gcc at hand: there the kernel must be built, or its tests would skip unseen."""
     if os.environ.get("MLREPRO_REQUIRE_COMPILED") != "1":
         pytest.skip("MLREPRO_REQUIRE_COMPILED is not 1")
-    assert watch._wordhash is not None, NOT_BUILT
+    assert word_hash._wordhash is not None, NOT_BUILT
     assert Fingerprinter([torch.zeros(3)], CPU).compiled
 
 
@@ -96,8 +97,8 @@ def test_an_install_without_the_kernel_says_so_once_and_computes_the_same_number
 ) -> None:
     tensors = [torch.randn(5), torch.randn(3, 4)]
     expected = Fingerprinter(tensors, CPU).hash(tensors).tolist()
-    monkeypatch.setattr(watch, "_wordhash", None)
-    monkeypatch.setattr(watch, "_said_missing", False)
+    monkeypatch.setattr(word_hash, "_wordhash", None)
+    monkeypatch.setattr(word_hash, "_said_missing", False)
     with pytest.warns(RuntimeWarning, match="compiled fingerprint hash was not built"):
         assert Fingerprinter(tensors, CPU).hash(tensors).tolist() == expected
     with warnings.catch_warnings():
@@ -105,7 +106,7 @@ def test_an_install_without_the_kernel_says_so_once_and_computes_the_same_number
         Fingerprinter(tensors, CPU)
 
 
-@pytest.mark.skipif(watch._wordhash is None, reason=NOT_BUILT)
+@pytest.mark.skipif(word_hash._wordhash is None, reason=NOT_BUILT)
 def test_the_kernel_reads_nothing_beyond_what_it_is_given() -> None:
     """It takes buffers, not addresses, and checks every length itself: a buffer longer than the
     weights, one not a whole number of words, one not contiguous, or an out of another length is
@@ -114,12 +115,12 @@ def test_the_kernel_reads_nothing_beyond_what_it_is_given() -> None:
     for buffers, error in [([words], ValueError), ([np.arange(5, dtype=np.int8)], ValueError),
                            ([words[:8:2]], ValueError), ([words[:4], None], ValueError), ([4096], TypeError)]:
         with pytest.raises(error):
-            watch._wordhash.hash_words(buffers, weights, out)
+            word_hash._wordhash.hash_words(buffers, weights, out)
     with pytest.raises(TypeError):
-        watch._wordhash.hash_words([words[:4]], weights.astype(np.int64), out)
-    watch._wordhash.hash_words([words[:4]], weights, out)
+        word_hash._wordhash.hash_words([words[:4]], weights.astype(np.int64), out)
+    word_hash._wordhash.hash_words([words[:4]], weights, out)
     assert out.tolist() == [0 + 1 + 2 + 3]
-    watch._wordhash.hash_words([None], weights, out)  # left as it was
+    word_hash._wordhash.hash_words([None], weights, out)  # left as it was
     assert out.tolist() == [6]
 
 
@@ -199,14 +200,63 @@ def test_watch_takes_every_nth_step_names_both_kinds_and_learns_the_forward_orde
         optimizer.step()
     record = watch.record()
     assert record.steps.tolist() == [6, 9]
-    assert record.values.shape == (2, 8) and record.values.dtype == np.uint32
-    assert record.names[:4] == ("last.weight", "last.bias", "first.weight", "first.bias") == record.names[4:]
-    assert record.kinds == (PARAMETER,) * 4 + (GRADIENT,) * 4
+    assert record.values.shape == (2, 9) and record.values.dtype == np.uint32
+    assert record.names[0] == "batch.inputs" and record.kinds[0] == DATA
+    assert record.names[1:5] == ("last.weight", "last.bias", "first.weight", "first.bias") == record.names[5:]
+    assert record.kinds[1:] == (PARAMETER,) * 4 + (GRADIENT,) * 4
     assert record.module_order == ("", "first", "last")
-    assert len(set(record.values[0])) == 8  # every tensor its own fingerprint
-    assert (record.values[0][:4] != record.values[1][:4]).all()  # SGD moved every weight
-    # The gradient of sum() for last.bias is the batch size at every step: the same bits, the same fingerprint.
-    assert record.values[0][5] == record.values[1][5]
+    assert len(set(record.values[0])) == 9  # every tensor its own fingerprint
+    assert (record.values[0][1:5] != record.values[1][1:5]).all()  # SGD moved every weight
+    # The same batch at both steps, and the gradient of sum() for last.bias is the batch size at every
+    # step: the same bits, the same fingerprint.
+    assert record.values[0][0] == record.values[1][0] == fingerprint_of(torch.ones(4, 2))
+    assert record.values[0][6] == record.values[1][6]
+
+
+def test_the_batch_is_fingerprinted_before_the_forward_in_order_and_only_in_training() -> None:
+    """Inputs and targets each fold every training forward of a fingerprinted step, micro-batches in
+    order; a test loop between steps (eval mode, no gradients) is not the training data."""
+    torch.manual_seed(0)
+    model, loss = torch.nn.Linear(3, 1), torch.nn.MSELoss()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    watch = Watch(model, every=1, first_step=0, loss=loss)
+    watch.follow(optimizer)
+    data = torch.arange(24, dtype=torch.float32).reshape(8, 3)
+    targets = torch.arange(8, dtype=torch.float32).reshape(8, 1)
+    for step in range(2):
+        optimizer.zero_grad()
+        for micro in range(2):  # gradient accumulation: two micro-batches a step
+            rows = slice(4 * step + 2 * micro, 4 * step + 2 * micro + 2)
+            loss(model(data[rows]), targets[rows]).backward()
+        model.eval()
+        with torch.no_grad():
+            model(torch.randn(5, 3))  # evaluated between steps: not part of any batch
+        model.train()
+        optimizer.step()
+    record = watch.record()
+    assert record.names[:2] == ("batch.inputs", "batch.targets") and record.kinds[:2] == (DATA, DATA)
+
+    def folded(*tensors: torch.Tensor) -> int:
+        value = 0
+        for tensor in tensors:
+            value = (value * 0x9E3779B1 + fingerprint_of(tensor)) % 2**32
+        return value
+
+    assert record.values[:, 0].tolist() == [folded(data[0:2], data[2:4]), folded(data[4:6], data[6:8])]
+    assert record.values[:, 1].tolist() == [folded(targets[0:2], targets[2:4]), folded(targets[4:6], targets[6:8])]
+    swapped = BatchHash(("batch.inputs",))
+    swapped.add(0, (data[2:4],))
+    swapped.add(0, (data[0:2],))
+    assert swapped.take()[0] != record.values[0, 0]  # another order of the same rows: another fingerprint
+
+
+def test_a_batch_hashed_on_a_device_equals_the_host_hash() -> None:
+    """The GPU's way (torch ops, left on the device) and the CPU's (the kernel or NumPy) give the same
+    numbers: here both run on the CPU, for float, integer and boolean batches."""
+    for tensor in (torch.randn(4, 3, 8, 8), torch.arange(100, dtype=torch.int64), torch.rand(33) > 0.5,
+                   torch.randn(6, 5).t()):
+        on_device = BatchHash(("batch.inputs",))._device_hash(tensor)
+        assert int(on_device) == fingerprint_of(tensor)
 
 
 def test_watching_again_replaces_the_old_watch_and_a_model_converted_after_watch_is_followed() -> None:
@@ -255,7 +305,9 @@ def _by_hand_and_watched(make_optimizer: Callable[[list[torch.nn.Parameter]], to
         watch.close()
     hand, watched = records
     assert hand.steps.tolist() == watched.steps.tolist() == list(range(steps))
-    return hand.values, watched.values
+    # The batch is the closure's forward, once a step however often a line search calls it again.
+    assert watched.names[0] == "batch.inputs" and set(watched.values[:, 0]) == {fingerprint_of(x)}
+    return hand.values[:, 1:], watched.values[:, 1:]
 
 
 @pytest.mark.parametrize("make_optimizer", [

@@ -1,8 +1,8 @@
 """Why two runs differ: rank what differs between them by how likely it is to break bitwise equality.
 
-Pure: two runs' spec fields and environment facts in, ranked and explained differences out. The order is
-the order in which a person should look: other code (another script, or changed
-sources of the job) computes something else; a different device or GPU model makes
+Pure: two runs' spec fields, environment facts and dataset digests in, ranked and explained differences
+out. The order is the order in which a person should look: other code (another script, or changed
+sources of the job) computes something else; other data trains something else; a different device or GPU model makes
 equal bits unlikely on its own; so does another number of processes, another
 communication backend or DDP bucket size; another library version changes kernels; then
 the determinism switches, the thread count, the seed, the other spec fields, string
@@ -25,7 +25,7 @@ class Difference(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    source: Literal["spec", "environment"]
+    source: Literal["spec", "environment", "data"]
     key: str
     value_a: str | None
     value_b: str | None
@@ -36,6 +36,7 @@ class Difference(BaseModel):
 def differences(
     spec_a: Mapping[str, str], spec_b: Mapping[str, str], environment_a: Mapping[str, str],
     environment_b: Mapping[str, str], spec_type: type[BaseModel] | None = None,
+    data_a: Mapping[str, str] | None = None, data_b: Mapping[str, str] | None = None,
 ) -> list[Difference]:
     """Every differing field and fact, most likely cause first: a spec field ranked and explained by
     its role in ``spec_type`` (the fields every job may have where the class is not known), a fact by
@@ -45,7 +46,11 @@ def differences(
     fact that records its effect: ``threads`` before ``determinism.intra_op_threads``.
     """
     found = []
-    for source, a, b in (("spec", spec_a, spec_b), ("environment", environment_a, environment_b)):
+    # A dataset is compared by its digest, under its name: data.<name>. Only where both runs recorded
+    # their data: a run logged before mlrepro recorded it says nothing about its data.
+    data = ({f"data.{name}": digest for name, digest in (data_a or {}).items()},
+            {f"data.{name}": digest for name, digest in (data_b or {}).items()}) if data_a and data_b else ({}, {})
+    for source, a, b in (("spec", spec_a, spec_b), ("environment", environment_a, environment_b), ("data", *data)):
         for key in sorted(set(a) | set(b)):
             if a.get(key) == b.get(key):
                 continue

@@ -22,18 +22,19 @@ class Category(IntEnum):
     """Lower is more likely to break bitwise equality: the order in which a person should look."""
 
     CODE = 0
-    DEVICE = 1
-    DISTRIBUTED = 2
-    VERSIONS = 3
-    DETERMINISM = 4
-    THREADS = 5
-    SEED = 6
-    SPEC = 7
+    DATA = 1  # other data trains something else, whatever the code and the seed
+    DEVICE = 2
+    DISTRIBUTED = 3
+    VERSIONS = 4
+    DETERMINISM = 5
+    THREADS = 6
+    SEED = 7
+    SPEC = 8
     # String hashing changes the numbers only where a job orders strings by their hash (a set of
     # names, say): rarer than any spec field changing them, so never ranked above one.
-    HASHING = 8
-    REPOSITORY = 9
-    OTHER = 10
+    HASHING = 9
+    REPOSITORY = 10
+    OTHER = 11
 
 
 class Source(Enum):
@@ -46,6 +47,7 @@ class Source(Enum):
     CODE = "the code record (mlrepro.capture.code)"
     RUN = "start_run: the device the run resolved"
     DISTRIBUTED = "the process group under torchrun (mlrepro.training.distributed)"
+    DATASET = "the run's datasets (run.log_dataset, in MLflow's dataset tracking)"  # key data.<name>
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,7 @@ C, K = Category, Source
 FACTS: tuple[Fact, ...] = (
     Fact("code.entry", K.CODE, C.CODE, "another module or script ran the job: the same spec, other code", drift=True),
     Fact("code.source_digest", K.CODE, C.CODE, "the job's own source files differ", drift=True),
+    Fact("data.", K.DATASET, C.DATA, "the dataset's content differs (its digest): other data trains something else"),
     Fact("run.device", K.RUN, C.DEVICE, "CPU and GPU kernels compute in different orders"),
     Fact("gpu.name", K.COLLECTOR, C.DEVICE, "another GPU model runs other kernels, and cuDNN chooses by model", drift=True),
     Fact("gpu.capability", K.COLLECTOR, C.DEVICE, "another GPU architecture runs other kernels", drift=True),

@@ -5,12 +5,14 @@ Pure: NumPy arrays; no torch, no MLflow. Where two runs' fingerprints part is
 fingerprints on the device is ``mlrepro.training.watch``'s job, storing them
 ``mlrepro.store.record``'s (beside the losses, in the exact record).
 
-At each fingerprinted step a run keeps one 32-bit fingerprint of every parameter and
-every gradient, taken after backward and before the optimizer step: the parameters the
-step's forward used, and the gradients it made. Comparing them says more than the
-losses can: which tensor parted first, whether the gradients parted (forward or
-backward computed otherwise) or only the weights (the update computed otherwise), and
-that the weights differ while the losses are still the same.
+At each fingerprinted step a run keeps one 32-bit fingerprint of the batch (the model's
+inputs, and the loss function's targets where it is watched), taken before the forward, and of
+every parameter and every gradient, taken after backward and before the optimizer step: the
+parameters the step's forward used, and the gradients it made. Comparing them says more than
+the losses can: whether the batches parted (the data, its order or its augmentation), which
+tensor parted first, whether the gradients parted (forward or backward computed otherwise) or
+only the weights (the update computed otherwise), and that the weights differ while the losses
+are still the same.
 """
 
 from __future__ import annotations
@@ -21,6 +23,11 @@ import numpy as np
 
 PARAMETER = "parameter"
 GRADIENT = "gradient"
+# The batch a step trains on, before its forward: the model's inputs (``batch.inputs``), and the
+# loss function's targets where it is watched (``batch.targets``).
+DATA = "data"
+BATCH_INPUTS, BATCH_TARGETS = "batch.inputs", "batch.targets"
+KINDS = (DATA, PARAMETER, GRADIENT)
 # At most this many differing tensors are named in a comparison; the count says the rest.
 NAMED_AT_MOST = 20
 
@@ -58,9 +65,11 @@ class FingerprintRecord:
                                  later.names, later.kinds, later.module_order or self.module_order)
 
     def forward_rank(self, column: int) -> tuple[int, int, int]:
-        """Where a tensor comes in the forward pass: its module's place in ``module_order``
-        (modules the forward never called last), then its place among the module's tensors,
-        parameters before gradients."""
+        """Where a tensor comes in the forward pass: the batch first, then its module's place in
+        ``module_order`` (modules the forward never called last), then its place among the module's
+        tensors, parameters before gradients."""
+        if self.kinds[column] == DATA:
+            return -1, column, 0
         module = self.names[column].rpartition(".")[0]
         order = {name: i for i, name in enumerate(self.module_order)}
         place = order.get(module, len(order))

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from mlrepro.capture.code import CodeRecord
+from mlrepro.capture.datasets import DatasetRecord
 from mlrepro.capture.fingerprints import FingerprintRecord
 from mlrepro.capture.losses import LossSeries
 from mlrepro.capture.seed_record import SeedRecord
@@ -34,6 +35,7 @@ class LoggedRun:
     code: CodeRecord | None = None  # the code that ran and how to start it again; None before mlrepro 0.2
     fingerprints: FingerprintRecord | None = None  # per-tensor fingerprints, where the run took them
     seeding: SeedRecord | None = None  # what seeding did, where mlrepro seeded the run
+    datasets: dict[str, DatasetRecord] = field(default_factory=dict)  # the data it trained on, by name
     experiment_id: str | None = None
     deleted: bool = False  # in the store's trash (MLflow's lifecycle stage "deleted")
     process: str = "unknown"  # for a RUNNING run: "alive", "gone" (killed, never ended) or "unknown"

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from mlrepro.errors import one_line
 from mlrepro.store import failures, keys
 from mlrepro.store.spool import (
+    DATASET_FIELDS,
     FIRST_BACKOFF_S,
     LOSSES_PER_DELIVERY,
     MAX_BACKOFF_S,
@@ -169,6 +170,8 @@ class Delivery:
             self.client.log_artifact(self.run_id, str(self.folder / args[0]), **kwargs)
         elif method == "delete_checkpoint":
             _checkpoints().delete_checkpoint(self.client, self.run_id, args[0])
+        elif method == "log_dataset":
+            _datasets().log_dataset(self.client, self.run_id, **kwargs)
         else:
             getattr(self.client, method)(self.run_id, *args, **kwargs)
 
@@ -249,6 +252,13 @@ def _checkpoints() -> Any:
     return checkpoints
 
 
+def _datasets() -> Any:
+    # the datasets' store module imports MLflow's entities: only where a spool is delivered
+    from mlrepro.store import datasets
+
+    return datasets
+
+
 def _record() -> Any:
     # the record imports MLflow: only where a spool is delivered
     from mlrepro.store import record
@@ -296,6 +306,9 @@ def _checked_entry(entry: Any, folder: Path) -> tuple[str, list[Any], dict[str, 
             return method, [rest[0]], {"artifact_path": artifact_path}
         if method == "delete_checkpoint" and len(rest) == 1 and type(rest[0]) is int and rest[0] >= 0 and not kwargs:
             return method, rest, {}
+        if method == "log_dataset" and not rest and set(kwargs) == set(DATASET_FIELDS) \
+                and all(isinstance(value, str) for value in kwargs.values()):
+            return method, [], kwargs
         if method == "set_terminated" and not rest and kwargs.get("status") in _STATUSES \
                 and isinstance(kwargs.get("end_time"), int) and set(kwargs) == {"status", "end_time"}:
             return method, [], kwargs

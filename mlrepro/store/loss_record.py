@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlrepro.capture.fingerprints import GRADIENT, PARAMETER, FingerprintRecord
+from mlrepro.capture.fingerprints import KINDS, FingerprintRecord
 from mlrepro.capture.losses import LossSeries
 from mlrepro.errors import DamagedRecordError, one_line
 from mlrepro.store import keys
@@ -34,7 +34,7 @@ def read_loss_record(path: Path) -> tuple[LossSeries, FingerprintRecord | None]:
         names, kinds = _texts(arrays["fingerprint_names"]), _texts(arrays["fingerprint_kinds"])
         if table.dtype.kind not in "iu" or table.shape != (len(fingerprint_steps), len(names)) or len(kinds) != len(names):
             raise ValueError("fingerprints are not one row a step and one column a named tensor")
-        if not set(kinds) <= {PARAMETER, GRADIENT}:
+        if not set(kinds) <= set(KINDS):
             raise ValueError("a fingerprint is of a kind mlrepro does not take")
         return losses, FingerprintRecord(steps=fingerprint_steps, values=table.astype(np.uint32), names=names,
                                          kinds=kinds, module_order=_texts(arrays.get("module_order", np.array([]))))

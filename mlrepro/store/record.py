@@ -29,14 +29,13 @@ import time
 from array import array
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.environment_variables import MLFLOW_RUN_ID
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
-from pydantic import BaseModel
 
 from mlrepro.capture.code import CodeRecord
 from mlrepro.capture.fingerprints import FingerprintRecord
@@ -52,6 +51,7 @@ from mlrepro.errors import (
 )
 from mlrepro.store import keys
 from mlrepro.store.artifacts import download
+from mlrepro.store.datasets import read_datasets
 from mlrepro.store.failures import store_errors, store_failures
 from mlrepro.store.json_records import (
     damage_named,
@@ -67,8 +67,6 @@ from mlrepro.store.resume_links import check_resume_chain, resumed_at_step
 
 if TYPE_CHECKING:
     from mlrepro.capture.environment import EnvironmentRecord
-
-_Record = TypeVar("_Record", bound=BaseModel)
 
 # MLflow accepts at most 1,000 metrics, and 100 params and tags, in one log_batch call.
 MAX_METRICS_PER_BATCH = 1000
@@ -327,6 +325,7 @@ def read_run(client: MlflowClient, run_id: str, _chain_checked: bool = False) ->
             metric = spec.metric if spec is not None else keys.DEFAULT_LOSS_METRIC
             losses, fingerprints, source = _read_losses(client, run_id, files, tags, metric)
             code = read_model(files, keys.CODE_ARTIFACT, CodeRecord) if keys.CODE_ARTIFACT in files else None
+        datasets = read_datasets(run)
 
     resumed_from = tags.get(keys.TAG_RESUMED_FROM)
     if resumed_from:
@@ -354,6 +353,7 @@ def read_run(client: MlflowClient, run_id: str, _chain_checked: bool = False) ->
         code=code,
         fingerprints=fingerprints,
         seeding=seeding,
+        datasets=datasets,
         experiment_id=run.info.experiment_id,
         deleted=run.info.lifecycle_stage == "deleted",
         process=liveness(tags.get(keys.TAG_PROCESS)) if run.info.status == "RUNNING" else "unknown",

@@ -57,7 +57,9 @@ MAX_BACKOFF_S = 5.0
 LOSSES_PER_DELIVERY = 1000
 # The writes a journal may replay: the MlflowClient methods mlrepro uses after a run starts, and the
 # removal of a checkpoint no longer kept.
-REPLAYED = {"set_tag", "log_metric", "log_artifact", "set_terminated", "delete_checkpoint"}
+REPLAYED = {"set_tag", "log_metric", "log_artifact", "set_terminated", "delete_checkpoint", "log_dataset"}
+# The fields of a log_dataset line: mlrepro.capture.datasets.DatasetRecord's, as text.
+DATASET_FIELDS = ("name", "digest", "source_type", "source", "context")
 
 
 class SpoolError(MlreproError):
@@ -174,6 +176,11 @@ class Spool:
         """The run's checkpoint at ``step`` is no longer kept (``keep_checkpoints``): its line names
         the step only; the writer makes the artifact's name (``mlrepro.store.checkpoints``)."""
         self._append("delete_checkpoint", run_id, step)
+
+    def log_dataset(self, run_id: str, **fields: str) -> None:
+        """A dataset the run trained on (``DatasetRecord``'s fields): the writer hands it to MLflow's
+        ``log_inputs``, which the UI shows."""
+        self._append("log_dataset", run_id, **fields)
 
     def delivered(self) -> tuple[int, int]:
         """How many losses and journal lines the store holds, as the writer last said."""

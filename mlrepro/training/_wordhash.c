@@ -1,8 +1,8 @@
 /* The fingerprints' hash on the CPU, for many tensors in one call.
  *
- * mlrepro.training.watch defines the hash: a tensor's bytes read as 32-bit words x_i, each
+ * mlrepro.training.word_hash defines the hash: a tensor's bytes read as 32-bit words x_i, each
  * multiplied by the i-th weight w_i, summed modulo 2**32. NumPy computes the same
- * (mlrepro.training.watch falls back to it where this module was not built), but only through a
+ * (mlrepro.training.word_hash falls back to it where this module was not built), but only through a
  * products buffer and a handful of calls per tensor; right after backward, with the
  * interpreter's code and the tensors out of the caches, those calls cost more than the
  * arithmetic. Here each tensor is read once, in place, and nothing is written but one
@@ -109,7 +109,7 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef wordhash_module = {
     PyModuleDef_HEAD_INIT, "mlrepro.training._wordhash",
-    "The fingerprints' hash, compiled: see mlrepro.training.watch.", -1, methods,
+    "The fingerprints' hash, compiled: see mlrepro.training.word_hash.", -1, methods,
 };
 
 PyMODINIT_FUNC

@@ -1,6 +1,6 @@
 """The training loop's handle on its run: ``TrackedRun`` on the process that owns the run (rank 0, or
-the only process), ``RankRun`` on every other rank under torchrun. Both answer ``RunHandle``, so a
-training function is written once for either."""
+the only process), ``RankRun`` (``mlrepro.training.rank_run``) on every other rank under torchrun. Both
+answer ``RunHandle``, so a training function is written once for either."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from mlflow.tracking import MlflowClient
 
+from mlrepro.capture.datasets import DatasetRecord, describe_dataset
 from mlrepro.capture.environment import (
     COLLECTORS,
     EnvironmentRecord,
@@ -61,9 +62,13 @@ class RunHandle(Protocol):
 
     def log_metric(self, key: str, value: float, step: int) -> None: ...
 
-    def watch(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None: ...
+    def watch(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
+              loss: torch.nn.Module | None = None) -> None: ...
 
     def fingerprint(self) -> None: ...
+
+    def log_dataset(self, source: Any, name: str | None = None, digest: str | None = None,
+                    context: str = "train") -> DatasetRecord | None: ...
 
     def save_checkpoint(self, checkpoint: Checkpoint) -> None: ...
 
@@ -179,16 +184,18 @@ class TrackedRun(_LoopMethods):
         """The store the run is in, for a framework's own MLflow logger to write to the same run."""
         return self._client.tracking_uri
 
-    def watch(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
-        """Fingerprint ``model``'s parameters and gradients every ``spec.fingerprint_every`` steps,
-        so that compare can say which tensor parted first, and when. One call, before the loop.
+    def watch(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
+              loss: torch.nn.Module | None = None) -> None:
+        """Fingerprint the batches ``model`` is handed (and the targets ``loss`` is, where it is given),
+        its parameters and its gradients every ``spec.fingerprint_every`` steps, so that compare can
+        say whether the data or which tensor parted first, and when. One call, before the loop.
 
         With ``optimizer``, a fingerprint is taken inside every ``optimizer.step()``, after backward
         and before it updates anything, a closure's backward included (LBFGS, Lightning); a loop that updates the weights itself calls ``run.fingerprint()`` once
         a step, after backward and before the update. Both count the steps from the run's first."""
         if self._watch is not None:  # watched again: the new model (and optimizer) replace the old
             self._watch.close()
-        self._watch = Watch(model, self.spec.fingerprint_every, self.first_step)
+        self._watch = Watch(model, self.spec.fingerprint_every, self.first_step, loss)
         if optimizer is not None:
             self._watch.follow(optimizer)
 
@@ -243,6 +250,16 @@ class TrackedRun(_LoopMethods):
             record.write_environment_change(self.spool, self.run_id, now, changed)
             self._writer.send_now()
         return changed
+
+    def log_dataset(self, source: Any, name: str | None = None, digest: str | None = None,
+                    context: str = "train") -> DatasetRecord:
+        """Record a dataset the run trains on (``mlrepro.capture.datasets``): a path, a torch or Hugging
+        Face ``Dataset``, or an ``mlflow.data`` dataset, with a digest of its content. MLflow's UI
+        shows it; compare names a changed digest right after the code."""
+        dataset = describe_dataset(source, name, digest, context)
+        self.spool.log_dataset(self.run_id, **dataset.model_dump())
+        self._writer.send_now()
+        return dataset
 
     def log_model(self, model: torch.nn.Module, name: str = "model") -> None:
         """The trained weights as artifacts under ``name/``: ``state_dict.pt`` (``model.state_dict()``,
@@ -386,48 +403,3 @@ class TrackedRun(_LoopMethods):
         values = np.frombuffer(self._losses, dtype=np.float64).copy() if self._losses else np.empty(0)
         steps = np.arange(self.first_step, self.first_step + len(values), dtype=np.int64)
         return LossSeries(steps=steps, values=values)
-
-
-class RankRun(_LoopMethods):
-    """What a training loop on a rank other than 0 holds under torchrun: the run's id, the spec, and
-    its own losses, which it hands to rank 0 as rank 0 gathers them. It creates no run and writes
-    nothing to the store: rank 0 owns the run."""
-
-    def __init__(self, run_id: str, spec: BaseSpec, device: torch.device, seed_record: SeedRecord,
-                 world: distributed.World, resume: Checkpoint | None = None) -> None:
-        self.run_id, self.spec, self.device, self.seed_record, self.world = run_id, spec, device, seed_record, world
-        self.resume = resume
-        self.first_step = resume.step if resume is not None else 0
-        self._pending: list[float] = []
-        self._steps = 0
-
-    def _steps_done(self) -> int:
-        return self.first_step + self._steps
-
-    def log_model(self, model: torch.nn.Module, name: str = "model") -> None:
-        """Rank 0 logs the model: after DDP's all-reduce every rank holds the same weights."""
-
-    def log_loss(self, loss: float | torch.Tensor) -> None:
-        self._steps += 1
-        self._pending.append(loss.item() if isinstance(loss, torch.Tensor) else float(loss))
-        if len(self._pending) == distributed.GATHER_EVERY:
-            self.flush()
-
-    def log_metric(self, key: str, value: float, step: int) -> None:
-        """Rank 0 logs the run's metrics."""
-
-    def watch(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
-        """Rank 0 fingerprints: after DDP's all-reduce every rank holds the same gradients and weights."""
-
-    def fingerprint(self) -> None:
-        """Rank 0 fingerprints."""
-
-    def save_checkpoint(self, checkpoint: Checkpoint) -> None:
-        """Rank 0 saves the checkpoint; this rank hands over its losses and its generators' states."""
-        self.flush()
-        distributed.gather_objects_on_rank_0(distributed.rank_state(checkpoint.rng, checkpoint.extra))
-
-    def flush(self) -> None:
-        if self._pending:
-            distributed.gather_on_rank_0(self._pending)
-            self._pending = []

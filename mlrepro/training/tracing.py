@@ -35,7 +35,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
 from mlrepro.training.orders import Orders, StopRequested
-from mlrepro.training.watch import fingerprint_of
+from mlrepro.training.word_hash import fingerprint_of
 
 # Frames in these folders are not the user's line of code: the location is the first frame outside them.
 _LIBRARY_DIRS = tuple(str(Path(module.__file__).resolve().parent) for module in (torch,)) + (

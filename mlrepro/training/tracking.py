@@ -49,7 +49,8 @@ from mlrepro.training.orders import (
     read_orders,
     write_report,
 )
-from mlrepro.training.runs import RankRun, TrackedRun
+from mlrepro.training.rank_run import RankRun
+from mlrepro.training.runs import TrackedRun
 from mlrepro.training.signals import Interruption, RunInterrupted, interruptible
 from mlrepro.training.tracing import tracing
 

@@ -1,315 +1,48 @@
-"""Fingerprints of a model's parameters and gradients, taken on their device at the steps a spec asks.
-
-A fingerprint is a 32-bit multilinear hash of a tensor's bytes: the bytes read as
-32-bit words ``x_i``, each multiplied by a fixed random odd word ``w_i`` for its
-position, summed modulo 2**32. It depends on the order of the bytes (moving a value
-changes it, unlike an XOR or a plain sum), and a difference in one word, a one-ulp change
-included, always changes it: ``w_i * d`` is never 0 modulo 2**32 for odd ``w_i`` and
-``0 < |d| < 2**32``. Many words differing at once collide with probability about 2**-32.
-
-The cost is what matters, so it is made of few, large operations. On the CPU a compiled
-kernel (``mlrepro/training/_wordhash.c``, built when mlrepro is installed where a C compiler is
-at hand) reads every tensor once, where it lies, in one call for all of them; it takes them as
-buffers and checks every length, so nothing passed to it makes it read past one. Without it
-NumPy computes the same numbers: each tensor is read through a NumPy view, its words
-times the weights go into one buffer (NumPy's int32 multiplication is vectorised; 64-bit
-multiplication is not), and one ``reduceat`` sums each tensor's part, wrapping in uint32.
-On a GPU every tensor is copied into a flat buffer of its dtype (one ``_foreach_copy_``),
-each padded to whole blocks of ``BLOCK_WORDS`` words, which are multiplied and summed block
-by block in 32-bit integer arithmetic; each tensor's blocks are then summed as the
-difference of two running sums. Integer sums are exact in any order, so all three ways give
-the same numbers (the tests run each of them on the CPU). On a GPU the results stay on the
-device and come to the host a block of steps at a time, like the losses: the loop is not
-synchronised every step.
-
-Measured (benchmarks/, ``--only costs``), for the CIFAR-10 CNN's 20 tensors (124,000 words) right
-after backward, on this project's 2-core machine: 0.07 ms with the compiled kernel, 0.12 ms with
-NumPy, and 0.10 ms for xxhash's xxh3_64 over each tensor's bytes, which is another hash (no GPU
-kernel, and not the fingerprints earlier runs logged). In the job, its loader's workers on the same
-cores, fingerprints at every step cost 4.2 % of the step.
+"""What a run watches: a model's batches, parameters and gradients, fingerprinted at the steps a spec
+asks, and the order its modules run in. The hash itself, and what it costs, is ``mlrepro.training.word_hash``.
 """
 
 from __future__ import annotations
 
-import warnings
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 
-from mlrepro.capture.fingerprints import GRADIENT, PARAMETER, FingerprintRecord
-
-try:
-    from mlrepro.training import _wordhash
-except ImportError:  # installed without a C compiler: NumPy computes the same numbers, more slowly
-    _wordhash = None
-
-BLOCK_WORDS = 64
-# Steps of fingerprints kept on a GPU before one copy to the host.
-DEVICE_BLOCK_STEPS = 256
-_WEIGHT_SEED = 0x6D6C7270  # "mlrp": the weights are the same in every process and on every device
-_WORDS_OF = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int32, 16: torch.int32}
-
-
-_CHUNK = 1 << 16
-_host_weights = np.empty(0, dtype=np.int32)
-
-
-def _weights(count: int, device: torch.device) -> torch.Tensor:
-    """The first ``count`` odd 32-bit weights, the same in every process and on every device: drawn on
-    the CPU in chunks of a fixed size, each from a seed of its own, so that every prefix agrees."""
-    global _host_weights
-    if len(_host_weights) < count:
-        chunks = [_host_weights]
-        for index in range(len(_host_weights) // _CHUNK, -(-count // _CHUNK)):
-            generator = torch.Generator().manual_seed(_WEIGHT_SEED + index)
-            words = torch.randint(-(2**31), 2**31, (_CHUNK,), dtype=torch.int64, generator=generator) | 1
-            chunks.append(words.to(torch.int32).numpy())
-        _host_weights = np.concatenate(chunks)
-    return torch.from_numpy(_host_weights[:count].copy()).to(device)
-
-
-def _host_words(tensor: torch.Tensor) -> np.ndarray:
-    """A CPU tensor's bytes as 32-bit words, a view where it can be (narrower types widened, as
-    on a device)."""
-    itemsize = tensor.element_size()
-    if itemsize in (4, 8):
-        try:  # (a tensor that is not contiguous is copied, in its logical order)
-            array = (tensor.detach() if tensor.requires_grad else tensor).numpy()
-            return np.ascontiguousarray(array).reshape(-1).view(np.int32)
-        except (TypeError, RuntimeError):  # a dtype NumPy does not have
-            pass
-    flat = tensor.detach().contiguous().reshape(-1)
-    words = flat.view(_WORDS_OF.get(itemsize, torch.uint8))
-    return (words.to(torch.int32) if itemsize < 4 or itemsize not in _WORDS_OF else words).numpy()
-
-
-def _own_words(tensor: torch.Tensor, shape: tuple[int, ...]) -> np.ndarray | None:
-    """A tensor's words shaped ``shape`` if they are a view of its own memory (updates in place show
-    through them), else None: a copy (a narrower dtype widened, say) must be made again each time."""
-    words = _host_words(tensor)
-    return words.reshape(shape) if words.ctypes.data == tensor.data_ptr() else None
-
-
-def fingerprint_of(tensor: torch.Tensor) -> int:
-    """One tensor's fingerprint, at once (on a GPU, a synchronisation): what a replay takes of every
-    op's output. Equal to what ``Fingerprinter`` takes of the same tensor."""
-    words = _host_words(tensor.detach().cpu())
-    products = np.multiply(words, _weights(len(words), torch.device("cpu")).numpy())
-    return int(np.add.reduce(products.view(np.uint32), dtype=np.uint32))
-
-
-@dataclass
-class _Group:
-    """Tensors of one dtype, copied together into one padded buffer."""
-
-    columns: list[int]
-    buffer: torch.Tensor  # the dtype's flat buffer, zero where padding
-    slots: list[torch.Tensor]  # one view of the buffer per tensor, shaped like it
-    words: torch.Tensor  # the buffer read as 32-bit words (widened where the dtype is narrower)
-    widen: bool
-
-
-_said_missing = False
-
-
-def _say_the_kernel_is_missing() -> None:
-    """Once a process: the install fell back to NumPy (no C compiler or Python headers at hand)."""
-    global _said_missing
-    if not _said_missing:
-        _said_missing = True
-        warnings.warn("mlrepro's compiled fingerprint hash was not built when it was installed (no C compiler or "
-                      "Python headers): NumPy computes the same fingerprints, about twice as slowly; reinstall "
-                      "mlrepro where gcc and python3-dev are at hand to build it", RuntimeWarning, stacklevel=3)
-
-
-class Fingerprinter:
-    """Hashes a fixed list of tensor shapes and dtypes (a model's parameters and their gradients)."""
-
-    def __init__(self, tensors: list[torch.Tensor], device: torch.device, on_host: bool | None = None,
-                 kept: int = 0, compiled: bool | None = None) -> None:
-        """``on_host``: sum on the host (the default for CPU tensors) or with torch, as on a GPU.
-        ``compiled``: on the host, with the compiled kernel (the default, where it was built) or
-        with NumPy. ``kept``: how many of the first tensors are passed again as the same objects
-        at every call, changed in place (a model's parameters): NumPy's views of them are made once."""
-        self.layout = [(tuple(t.shape), t.dtype) for t in tensors]
-        self.kept = kept
-        self.device = device
-        self.on_host = device.type == "cpu" if on_host is None else on_host
-        if compiled and _wordhash is None:
-            raise RuntimeError("mlrepro.training._wordhash was not built: mlrepro was installed without a C compiler")
-        self.compiled = self.on_host and _wordhash is not None and compiled is not False
-        if self.on_host and compiled is None and _wordhash is None:
-            _say_the_kernel_is_missing()
-        if self.on_host:
-            self._init_host(tensors)
-        else:
-            self._init_device(tensors, device)
-
-    def _init_host(self, tensors: list[torch.Tensor]) -> None:
-        """On the CPU the words are read where they lie, through NumPy views, without a copy: each
-        tensor's words times its weights into one buffer, then one ``reduceat`` sums each tensor's
-        part, wrapping in uint32 (NumPy multiplies int32 about twice as fast as torch here).
-
-        This runs every step for every parameter and gradient, right after backward, when the
-        interpreter's and NumPy's code and the tensors are out of the caches: there the CIFAR-10
-        CNN's 20 tensors took about 200 us, where a second hash at once takes 50, and 20 tensors
-        of ten elements took 85. So the calls are few: a 4-byte tensor (float32, the common case)
-        is read through one ``view`` in its own shape, its weights and products shaped alike
-        (elementwise, in its logical order, whatever its strides), and a parameter's view is made
-        once."""
-        words = [max(1, t.numel() * t.element_size() // 4 if t.element_size() >= 4 else t.numel()) for t in tensors]
-        weights = _weights(max(words, default=1), torch.device("cpu")).numpy()
-        self._products_np = np.zeros(sum(words), dtype=np.int32)  # an empty tensor's one word stays 0
-        self._starts = np.concatenate([[0], np.cumsum(words)[:-1]]).astype(np.intp)
-        # Per tensor: its weights and its part of the products, shaped like it where its elements
-        # are words (weights None for an empty tensor), and whether they are.
-        self._host_columns: list[tuple[np.ndarray | None, np.ndarray, bool]] = []
-        for tensor, start, count in zip(tensors, self._starts, words):
-            slot = self._products_np[start:start + count]
-            if not tensor.numel():
-                self._host_columns.append((None, slot, False))
-            elif tensor.element_size() == 4:
-                self._host_columns.append((weights[:count].reshape(tensor.shape), slot.reshape(tensor.shape), True))
-            else:
-                self._host_columns.append((weights[:count], slot, False))
-        # (tensor, its address, its words) of the kept tensors: made again only if it is another
-        # object or its storage moved (``p.data = ...``).
-        self._kept_views: list[tuple[torch.Tensor, int, np.ndarray | None] | None] = [None] * self.kept
-        self._weights_np = weights
-
-    def _init_device(self, tensors: list[torch.Tensor], device: torch.device) -> None:
-        by_dtype: dict[torch.dtype, list[int]] = {}
-        for column, tensor in enumerate(tensors):
-            by_dtype.setdefault(tensor.dtype, []).append(column)
-        self._groups: list[_Group] = []
-        start_of_column = [0] * len(tensors)  # where each tensor's words start among all words
-        words_of_column = [0] * len(tensors)
-        total = 0
-        for dtype, columns in by_dtype.items():
-            itemsize = torch.empty(0, dtype=dtype).element_size()
-            per_element = max(1, itemsize // 4)  # words an element takes (float64: 2)
-            elements_per_block = BLOCK_WORDS // per_element
-            sizes = [tensors[c].numel() for c in columns]
-            padded = [-(-max(size, 1) // elements_per_block) * elements_per_block for size in sizes]
-            buffer = torch.zeros(sum(padded), dtype=dtype, device=device)
-            slots, offset = [], 0
-            for column, size, room in zip(columns, sizes, padded):
-                slots.append(buffer[offset:offset + size].view(tensors[column].shape))
-                start_of_column[column] = total + offset * per_element
-                words_of_column[column] = room * per_element
-                offset += room
-            total += offset * per_element
-            widen = itemsize < 4 or itemsize not in _WORDS_OF
-            words = buffer.view(_WORDS_OF.get(itemsize, torch.uint8))
-            self._groups.append(_Group(columns, buffer, slots, words, widen))
-        # Each tensor's words are weighted from the first weight on: its fingerprint depends on its
-        # bytes alone, not on where it sits among the others.
-        weights = _weights(max(words_of_column, default=0), torch.device("cpu"))
-        in_order = sorted(range(len(tensors)), key=start_of_column.__getitem__)
-        self._weights = torch.cat([weights[:words_of_column[c]] for c in in_order]).to(device)
-        self._products = torch.empty(total, dtype=torch.int32, device=device)
-        # Block sums, then each tensor's blocks as the difference of two running sums (int64: exact
-        # modulo 2**64, in any order).
-        blocks = total // BLOCK_WORDS
-        self._first = torch.tensor([start_of_column[c] // BLOCK_WORDS for c in range(len(tensors))], device=device)
-        self._end = self._first + torch.tensor([w // BLOCK_WORDS for w in words_of_column], device=device)
-        self._block_sums = torch.empty(blocks, dtype=torch.int32, device=device)
-        self._running = torch.zeros(blocks + 1, dtype=torch.int64, device=device)
-
-    def _hash_compiled(self, tensors: list[torch.Tensor | None]) -> np.ndarray:
-        """Every tensor's words in one call of the kernel, which takes them as buffers and checks
-        every length itself: a tensor's own memory where its words lie there (a parameter's view
-        made once), else NumPy's copy of them (not contiguous, a narrower dtype widened)."""
-        kept = self._kept_views
-        buffers: list[np.ndarray | None] = []
-        for column, (tensor, (weights, _, _)) in enumerate(zip(tensors, self._host_columns)):
-            if weights is None or tensor is None:
-                buffers.append(None)  # empty, or missing: its fingerprint is 0
-            elif column < self.kept:
-                view = kept[column]
-                if view is None or view[0] is not tensor or view[1] != tensor.data_ptr():
-                    view = kept[column] = (tensor, tensor.data_ptr(), _own_words(tensor, weights.shape))
-                buffers.append(view[2] if view[2] is not None else _host_words(tensor))
-            elif tensor.element_size() % 4 == 0 and tensor.is_contiguous() and not tensor.requires_grad:
-                try:  # the common case in one call: a gradient's own memory, read as bytes by the kernel
-                    buffers.append(tensor.numpy())
-                except (RuntimeError, TypeError):  # a dtype NumPy lacks, a tensor not on the CPU
-                    buffers.append(_host_words(tensor))
-            else:
-                buffers.append(_host_words(tensor))
-        fingerprints = np.zeros(len(tensors), dtype=np.uint32)
-        _wordhash.hash_words(buffers, self._weights_np, fingerprints)
-        return fingerprints
-
-    def _hash_on_host(self, tensors: list[torch.Tensor | None]) -> np.ndarray:
-        kept = self._kept_views
-        for column, (tensor, (weights, slot, elements_are_words)) in enumerate(zip(tensors, self._host_columns)):
-            if weights is None:
-                continue  # empty
-            if column < self.kept:
-                view = kept[column]
-                if view is None or view[0] is not tensor or view[1] != tensor.data_ptr():
-                    view = kept[column] = (tensor, tensor.data_ptr(), _own_words(tensor, weights.shape))
-                if view[2] is not None:
-                    np.multiply(view[2], weights, out=slot)
-                    continue
-            elif elements_are_words and tensor is not None:
-                try:  # the common case in two calls: a float32 gradient
-                    np.multiply(tensor.numpy().view(np.int32), weights, out=slot)
-                    continue
-                except (RuntimeError, TypeError, ValueError):  # it requires grad; NumPy lacks its dtype; another shape
-                    pass
-            if tensor is None:
-                slot.fill(0)
-            else:
-                np.multiply(_host_words(tensor).reshape(weights.shape), weights, out=slot)
-        return np.add.reduceat(self._products_np.view(np.uint32), self._starts, dtype=np.uint32)
-
-    def hash(self, tensors: list[torch.Tensor | None]) -> np.ndarray | torch.Tensor:
-        """One fingerprint per tensor: uint32 on the host for CPU tensors, else int64 on the device
-        (brought home later, in blocks). A missing tensor (a gradient never computed) hashes as zeros."""
-        if not self.on_host:
-            return self._hash_on_device(tensors)
-        return self._hash_compiled(tensors) if self.compiled else self._hash_on_host(tensors)
-
-    @torch.no_grad()
-    def _hash_on_device(self, tensors: list[torch.Tensor | None]) -> torch.Tensor:
-        words = []
-        for group in self._groups:
-            sources = [tensors[c] for c in group.columns]
-            if any(t is None for t in sources):  # rare: a parameter the step did not reach
-                for slot, tensor in zip(group.slots, sources):
-                    if tensor is None:
-                        slot.zero_()
-                torch._foreach_copy_([s for s, t in zip(group.slots, sources) if t is not None],
-                                     [t for t in sources if t is not None])
-            else:
-                torch._foreach_copy_(group.slots, sources)
-            words.append(group.words.to(torch.int32) if group.widen else group.words)
-        # int32 products and sums wrap modulo 2**32, which is the hash's arithmetic.
-        torch.mul(words[0] if len(words) == 1 else torch.cat(words), self._weights, out=self._products)
-        torch.sum(self._products.view(-1, BLOCK_WORDS), dim=1, dtype=torch.int32, out=self._block_sums)
-        torch.cumsum(self._block_sums, 0, dtype=torch.int64, out=self._running[1:])
-        per_tensor = self._running.index_select(0, self._end) - self._running.index_select(0, self._first)
-        return per_tensor.bitwise_and_(0xFFFFFFFF)
+from mlrepro.capture.fingerprints import (
+    BATCH_INPUTS,
+    BATCH_TARGETS,
+    DATA,
+    GRADIENT,
+    PARAMETER,
+    FingerprintRecord,
+)
+from mlrepro.training.word_hash import DEVICE_BLOCK_STEPS, BatchHash, Fingerprinter
 
 
 class Watch:
-    """A model's parameters and gradients, fingerprinted every ``every`` steps, with the order its
-    modules run in. ``step()`` is called once a training step, after backward and before the update."""
+    """A model's batches, parameters and gradients, fingerprinted every ``every`` steps, with the order
+    its modules run in. ``step()`` is called once a training step, after backward and before the update.
 
-    def __init__(self, model: torch.nn.Module, every: int, first_step: int) -> None:
+    The batch is what the model's forward is handed (and the loss function's targets, where ``loss``
+    is given), every forward of a fingerprinted step in training mode, before it runs: gradient
+    accumulation's micro-batches are folded in order. Forwards in eval mode or without gradients
+    (a test loop between steps) are not the training data, and are left out."""
+
+    def __init__(self, model: torch.nn.Module, every: int, first_step: int, loss: torch.nn.Module | None = None) -> None:
         self.model = model
         self.every = every
         self.next_step = first_step  # the step the next call of step() belongs to
         named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
         self.parameters = [p for _, p in named]
-        self.names = tuple(name for name, _ in named) * 2
-        self.kinds = (PARAMETER,) * len(named) + (GRADIENT,) * len(named)
+        self.batch = BatchHash((BATCH_INPUTS, BATCH_TARGETS) if loss is not None else (BATCH_INPUTS,))
+        self.names = self.batch.names + tuple(name for name, _ in named) * 2
+        self.kinds = (DATA,) * len(self.batch.names) + (PARAMETER,) * len(named) + (GRADIENT,) * len(named)
         self.module_order: list[str] = []
         self._order_hooks = _record_forward_order(model, self.module_order)  # remove themselves after a forward
         self.hooks: list[torch.utils.hooks.RemovableHandle] = []  # the optimizer's, where one calls step()
+        self._stepping = False  # inside an optimizer step, its fingerprint taken
+        self.hooks.append(model.register_forward_pre_hook(self._saw_inputs, with_kwargs=True))
+        if loss is not None:
+            self.hooks.append(loss.register_forward_pre_hook(self._saw_targets, with_kwargs=True))
         self._fingerprinter = self._fingerprinter_for_now()
         self._steps: list[int] = []
         self._rows: list[np.ndarray] = []
@@ -321,8 +54,22 @@ class Watch:
             return None
         return Fingerprinter(self.parameters * 2, self.parameters[0].device, kept=len(self.parameters))
 
+    def _due(self) -> bool:
+        """Whether the step now under way is fingerprinted, and the forward one of its training ones."""
+        return bool(self.every) and self.next_step % self.every == 0 and not self._stepping \
+            and self.model.training and torch.is_grad_enabled()
+
+    def _saw_inputs(self, _module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        if self._due():
+            self.batch.add(0, (args, kwargs))
+
+    def _saw_targets(self, _module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        if self._due():  # the first argument is the model's output: computed, not data
+            self.batch.add(1, (args[1:], {key: value for key, value in kwargs.items() if key != "input"}))
+
     def step(self) -> None:
         step, self.next_step = self.next_step, self.next_step + 1
+        batch = self.batch.take()
         if self._fingerprinter is None or not self.every or step % self.every:
             return
         first = self.parameters[0]
@@ -332,10 +79,13 @@ class Watch:
             self._fingerprinter = self._fingerprinter_for_now()
         gradients = [p.grad for p in self.parameters]
         row = self._fingerprinter.hash([*self.parameters, *gradients])
-        if isinstance(row, np.ndarray):
+        if isinstance(row, np.ndarray) and not any(isinstance(part, torch.Tensor) for part in batch):
             self._steps.append(step)
-            self._rows.append(row)
+            self._rows.append(np.concatenate([np.array(batch, dtype=np.uint32), row]))
             return
+        device = row.device if isinstance(row, torch.Tensor) else self._fingerprinter.device
+        row = torch.cat([torch.stack([torch.as_tensor(part, dtype=torch.int64, device=device) for part in batch]),
+                         torch.as_tensor(row.astype(np.int64) if isinstance(row, np.ndarray) else row, device=device)])
         self._device_rows.append(row)
         self._device_steps.append(step)
         if len(self._device_rows) == DEVICE_BLOCK_STEPS:
@@ -366,6 +116,8 @@ class Watch:
                 if awaiting:  # the first evaluation: this step's gradients, at its starting weights
                     awaiting = False
                     self.step()
+                    # A line search's further evaluations are this step's data again, not the next one's.
+                    self._stepping = True
                 return result
 
             if "closure" in kwargs:
@@ -374,8 +126,10 @@ class Watch:
 
         def after(_optimizer: torch.optim.Optimizer, _args: tuple, _kwargs: dict) -> None:
             nonlocal awaiting
+            self._stepping = False
             if awaiting:
                 awaiting = False
+                self.batch.take()
                 self.next_step += 1
 
         self.hooks += [optimizer.register_step_pre_hook(before), optimizer.register_step_post_hook(after)]

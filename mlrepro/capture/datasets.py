@@ -1,0 +1,174 @@
+"""What data a run trained on: a dataset's name, where it came from, and a digest of its content.
+
+Other data, another order of the batches or other augmentations are among the commonest reasons
+two runs part. A run records each dataset it is given (``run.log_dataset``) through MLflow's own
+dataset tracking, which the UI shows, and compare ranks a changed digest right after the code.
+
+The digest must be cheap for large data. A file's content hash (SHA-256) is computed once and
+kept in a cache (``MLREPRO_CACHE_DIR``, else ``~/.cache/mlrepro``) under its path, size and
+modification time: a second run over the same files reads only their ``stat``. A user who has a
+digest already (a dataset version, a content address) passes it instead.
+
+No torch and no MLflow at import: a torch ``Dataset`` is recognised by the attributes it has.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from mlrepro.errors import DatasetError
+
+CACHE_DIR_ENV = "MLREPRO_CACHE_DIR"
+_READ_BYTES = 1 << 20
+# The fields of torchvision's FakeData that decide its images: it draws image i from random_offset + i.
+_FAKE_DATA_FIELDS = ("size", "image_size", "num_classes", "random_offset")
+# The attribute a torchvision dataset's files lie under, relative to its root (CIFAR-10, CIFAR-100).
+_TORCHVISION_FOLDER = "base_folder"
+
+
+class DatasetRecord(BaseModel):
+    """One dataset as a run records it: what MLflow's ``log_input`` keeps, and what compare compares."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(min_length=1, max_length=500)
+    digest: str = Field(min_length=1, max_length=64)
+    source_type: str = Field(min_length=1, max_length=40)  # "local" (a path), "code" (drawn by code), "hf", ...
+    source: str = Field(max_length=4000)  # a path, or what the code draws it from, as JSON
+    context: str = Field("train", min_length=1, max_length=40)  # MLflow's mlflow.data.context tag
+
+    @property
+    def path(self) -> Path | None:
+        """The file or folder on disk, for a dataset read from one."""
+        if self.source_type != "local":
+            return None
+        return Path(json.loads(self.source)["path"])
+
+
+def describe_dataset(source: Any, name: str | None = None, digest: str | None = None,
+                     context: str = "train") -> DatasetRecord:
+    """The record of ``source``: a path (a file or a folder), a torch ``Dataset``, a Hugging Face
+    ``Dataset``, or an ``mlflow.data`` dataset; ``digest`` where the user has one already."""
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source).resolve()
+        if not path.exists():
+            raise DatasetError(f"log_dataset: {path} does not exist")
+        return DatasetRecord(name=name or path.name, digest=digest or path_digest(path), source_type="local",
+                             source=json.dumps({"path": str(path)}), context=context)
+    inner = _unwrapped(source)
+    if _is_mlflow_dataset(inner):
+        return DatasetRecord(name=name or inner.name, digest=digest or inner.digest, source_type=inner.source._get_source_type(),
+                             source=inner.source.to_json(), context=context)
+    fingerprint = getattr(inner, "_fingerprint", None)
+    if isinstance(fingerprint, str) and fingerprint:  # a Hugging Face datasets.Dataset: its own content hash
+        return DatasetRecord(name=name or type(inner).__name__, digest=digest or fingerprint[:64], source_type="hf",
+                             source=json.dumps({"fingerprint": fingerprint, "rows": len(inner)}), context=context)
+    if type(inner).__name__ == "FakeData" and all(hasattr(inner, field) for field in _FAKE_DATA_FIELDS):
+        drawn = {field: _plain(getattr(inner, field)) for field in _FAKE_DATA_FIELDS}
+        return DatasetRecord(name=name or "FakeData", digest=digest or _digest_of_text(json.dumps(drawn, sort_keys=True)),
+                             source_type="code", source=json.dumps({"torchvision.datasets.FakeData": drawn}),
+                             context=context)
+    root, folder = getattr(inner, "root", None), getattr(inner, _TORCHVISION_FOLDER, None)
+    if isinstance(root, (str, os.PathLike)) and isinstance(folder, str):  # torchvision's CIFAR-10 and its kind
+        files = Path(root, folder)
+        if files.is_dir():
+            return describe_dataset(files, name=name or type(inner).__name__, digest=digest, context=context)
+    if digest is not None:
+        return DatasetRecord(name=name or type(source).__name__, digest=digest, source_type="code",
+                             source=json.dumps({"class": type(source).__qualname__}), context=context)
+    raise DatasetError(f"log_dataset: mlrepro cannot read a {type(source).__qualname__}'s content; pass the "
+                       "folder or file it reads (run.log_dataset(path)), or digest=, a digest you have of it")
+
+
+def _unwrapped(source: Any) -> Any:
+    """The dataset under torch's ``Subset`` (``dataset``): the data the indices pick from."""
+    seen = 0
+    while type(source).__name__ == "Subset" and hasattr(source, "dataset") and seen < 10:
+        source, seen = source.dataset, seen + 1
+    return source
+
+
+def _is_mlflow_dataset(source: Any) -> bool:
+    return all(hasattr(source, attribute) for attribute in ("name", "digest", "source")) and \
+        hasattr(getattr(source, "source", None), "to_json") and type(source).__module__.startswith("mlflow.")
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _digest_of_text(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def path_digest(path: Path) -> str:
+    """A digest of a file's or a folder's content: each file's relative path and content hash, in
+    order. Hidden files (``.DS_Store``, ``.cache``) are left out: they are not data."""
+    files = [path] if path.is_file() else sorted(
+        (file for file in path.rglob("*") if file.is_file() and not _hidden(file.relative_to(path).parts)),
+        key=lambda file: file.relative_to(path).as_posix())
+    cache = _DigestCache.load()
+    lines = [f"{(file.relative_to(path).as_posix() if path.is_dir() else file.name)} {cache.content_hash(file)}"
+             for file in files]
+    cache.save()
+    return _digest_of_text("\n".join(lines))
+
+
+def _hidden(parts: Iterable[str]) -> bool:
+    return any(part.startswith(".") for part in parts)
+
+
+class _DigestCache:
+    """Content hashes under (path, size, modification time): each file is read once, until it changes.
+
+    The cache is a convenience, never the truth: an entry that is not what this module writes is
+    ignored and the file read again."""
+
+    def __init__(self, path: Path, entries: dict[str, Any]) -> None:
+        self.path = path
+        self.entries = entries
+        self.changed = False
+
+    @classmethod
+    def load(cls) -> _DigestCache:
+        folder = Path(os.environ.get(CACHE_DIR_ENV) or Path.home() / ".cache" / "mlrepro")
+        path = folder / "file-digests.json"
+        try:
+            entries = json.loads(path.read_text())
+        except (OSError, ValueError):
+            entries = {}
+        return cls(path, entries if isinstance(entries, dict) else {})
+
+    def content_hash(self, file: Path) -> str:
+        stat = file.stat()
+        key = str(file.resolve())
+        known = self.entries.get(key)
+        if isinstance(known, list) and len(known) == 3 and known[:2] == [stat.st_size, stat.st_mtime_ns] \
+                and isinstance(known[2], str):
+            return known[2]
+        digest = hashlib.sha256()
+        with file.open("rb") as data:
+            while chunk := data.read(_READ_BYTES):
+                digest.update(chunk)
+        self.entries[key] = [stat.st_size, stat.st_mtime_ns, digest.hexdigest()]
+        self.changed = True
+        return digest.hexdigest()
+
+    def save(self) -> None:
+        """Written whole and renamed into place; a cache that cannot be written is only slower."""
+        if not self.changed:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+            temporary.write_text(json.dumps(self.entries))
+            os.replace(temporary, self.path)
+        except OSError:
+            pass
