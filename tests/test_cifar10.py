@@ -141,3 +141,37 @@ def test_fake_images_are_drawn_from_the_seed() -> None:
 def test_bad_cifar10_values_give_one_line(values: dict, message: str) -> None:
     with pytest.raises(SpecError, match=message.replace("(", r"\(").replace(")", r"\)")):
         build_spec(Cifar10Spec, values)
+
+
+def test_one_byte_of_one_training_image_changed_names_the_dataset_first_and_the_step_its_batch_is_used(
+    tmp_path: Path, store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pickle
+
+    from torch.utils.data import DataLoader
+
+    from mlrepro import make_generator
+
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *args, **kwargs: True)
+    folder = write_cifar10(tmp_path / "cifar", images_per_batch=24, test_images=40)  # 120 training images
+    words = ["dataset=cifar10", f"data_dir={tmp_path / 'cifar'}", "epochs=1", "train_limit=120", "test_limit=40",
+             "num_workers=0", "fingerprint_every=1"]
+    before = cifar10_here(*words)
+    changed_image = 30  # the 7th image of data_batch_2
+    with open(folder / "data_batch_2", "rb") as file:
+        batch = pickle.load(file)
+    batch["data"][changed_image - 24, 100] ^= 1  # one byte of one image
+    with open(folder / "data_batch_2", "wb") as file:
+        pickle.dump(batch, file, protocol=2)
+    after = cifar10_here(*words)
+
+    # The step whose batch first holds that image: the job's loader draws its order from the seed.
+    order = DataLoader(range(120), batch_size=4, shuffle=True, generator=make_generator(3))
+    used_at = next(step for step, indices in enumerate(order) if changed_image in indices.tolist())
+    code, verdict = compare_json(before, after)
+    assert code == 1
+    assert verdict["differences"][0]["key"] == "data.CIFAR10" and verdict["differences"][0]["source"] == "data"
+    assert [d["key"] for d in verdict["differences"]] == ["data.CIFAR10"]
+    assert (verdict["tensors"]["phase"], verdict["tensors"]["tensor"]) == ("data", "batch.inputs")
+    assert verdict["tensors"]["first_divergent_step"] == used_at == verdict["first_divergent_step"]
+    assert verdict["diagnosis"].startswith("most likely cause: data.CIFAR10")

@@ -11,7 +11,13 @@ import mlflow
 import numpy as np
 
 from mlrepro.analysis.tensors import compare_fingerprints
-from mlrepro.capture.fingerprints import BATCH_INPUTS, DATA, GRADIENT, PARAMETER, FingerprintRecord
+from mlrepro.capture.fingerprints import (
+    BATCH_INPUTS,
+    DATA,
+    GRADIENT,
+    PARAMETER,
+    FingerprintRecord,
+)
 from mlrepro.cli.main import main
 from tests.conftest import PlantedRuns, run_here
 

@@ -72,14 +72,17 @@ def test_gradient_fingerprints_under_lightning_equal_those_of_the_same_step_by_h
     watch = Watch(by_hand, every=1, first_step=0)
     for _ in range(2):
         for inputs, targets in DataLoader(data(), batch_size=4):
+            watch.see_batch((inputs, targets))  # as the callback hands Lightning's batch
             optimizer.zero_grad()
             torch.nn.functional.mse_loss(by_hand(inputs), targets).backward()
             watch.step()  # after backward, before the update
             optimizer.step()
     hand = watch.record()
     assert watched is not None and watched.steps.tolist() == hand.steps.tolist() == list(range(8))
-    # The LightningModule's parameters are its net's, under "net.": the same tensors, the same bits.
+    # The LightningModule's parameters are its net's, under "net.": the same tensors, the same bits;
+    # its batches are those Lightning handed training_step.
     assert [name.removeprefix("net.") for name in watched.names] == list(hand.names)
+    assert watched.names[0] == "batch.inputs" and len(set(watched.values[:, 0])) == 4  # four batches an epoch
     assert np.array_equal(watched.values, hand.values)
 
 

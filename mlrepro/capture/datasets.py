@@ -21,9 +21,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from mlrepro.errors import DatasetError
+from mlrepro.errors import DatasetError, describe_validation_error
 
 CACHE_DIR_ENV = "MLREPRO_CACHE_DIR"
 _READ_BYTES = 1 << 20
@@ -39,47 +39,65 @@ class DatasetRecord(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str = Field(min_length=1, max_length=500)
-    digest: str = Field(min_length=1, max_length=64)
-    source_type: str = Field(min_length=1, max_length=40)  # "local" (a path), "code" (drawn by code), "hf", ...
+    digest: str = Field(min_length=1, max_length=36)  # MLflow's column holds 36 characters
+    source_type: str = Field(min_length=1, max_length=36)  # "local" (a path), "code" (drawn by code), "hf", ...
     source: str = Field(max_length=4000)  # a path, or what the code draws it from, as JSON
     context: str = Field("train", min_length=1, max_length=40)  # MLflow's mlflow.data.context tag
 
     @property
     def path(self) -> Path | None:
-        """The file or folder on disk, for a dataset read from one."""
+        """The file or folder on disk, for a dataset read from one (MLflow's local source: {"uri": path})."""
         if self.source_type != "local":
             return None
-        return Path(json.loads(self.source)["path"])
+        try:
+            uri = json.loads(self.source).get("uri")
+        except (ValueError, AttributeError):
+            return None  # a record is input: a source that is not one is no path
+        return Path(uri.removeprefix("file://")) if isinstance(uri, str) and uri else None
 
 
 def describe_dataset(source: Any, name: str | None = None, digest: str | None = None,
                      context: str = "train") -> DatasetRecord:
     """The record of ``source``: a path (a file or a folder), a torch ``Dataset``, a Hugging Face
-    ``Dataset``, or an ``mlflow.data`` dataset; ``digest`` where the user has one already."""
+    ``Dataset``, or an ``mlflow.data`` dataset; ``digest`` where the user has one already. What
+    MLflow would refuse (a digest over 36 characters, an empty name) is one line here, before the run
+    spools it."""
+    try:
+        return _described(source, name, digest, context)
+    except ValidationError as err:
+        raise DatasetError(f"log_dataset: {describe_validation_error(err)}") from err
+
+
+def _described(source: Any, name: str | None, digest: str | None, context: str) -> DatasetRecord:
     if isinstance(source, (str, os.PathLike)):
         path = Path(source).resolve()
         if not path.exists():
             raise DatasetError(f"log_dataset: {path} does not exist")
         return DatasetRecord(name=name or path.name, digest=digest or path_digest(path), source_type="local",
-                             source=json.dumps({"path": str(path)}), context=context)
+                             source=json.dumps({"uri": str(path)}), context=context)
     inner = _unwrapped(source)
     if _is_mlflow_dataset(inner):
         return DatasetRecord(name=name or inner.name, digest=digest or inner.digest, source_type=inner.source._get_source_type(),
                              source=inner.source.to_json(), context=context)
     fingerprint = getattr(inner, "_fingerprint", None)
     if isinstance(fingerprint, str) and fingerprint:  # a Hugging Face datasets.Dataset: its own content hash
-        return DatasetRecord(name=name or type(inner).__name__, digest=digest or fingerprint[:64], source_type="hf",
+        return DatasetRecord(name=name or type(inner).__name__, digest=digest or fingerprint[:36], source_type="hf",
                              source=json.dumps({"fingerprint": fingerprint, "rows": len(inner)}), context=context)
     if type(inner).__name__ == "FakeData" and all(hasattr(inner, field) for field in _FAKE_DATA_FIELDS):
         drawn = {field: _plain(getattr(inner, field)) for field in _FAKE_DATA_FIELDS}
         return DatasetRecord(name=name or "FakeData", digest=digest or _digest_of_text(json.dumps(drawn, sort_keys=True)),
                              source_type="code", source=json.dumps({"torchvision.datasets.FakeData": drawn}),
                              context=context)
+    tensors = getattr(inner, "tensors", None)
+    if type(inner).__name__ == "TensorDataset" and isinstance(tensors, tuple):  # data made in memory by code
+        return DatasetRecord(name=name or "TensorDataset", digest=digest or _tensors_digest(tensors), source_type="code",
+                             source=json.dumps({"torch.utils.data.TensorDataset": [
+                                 {"shape": list(t.shape), "dtype": str(t.dtype)} for t in tensors]}), context=context)
     root, folder = getattr(inner, "root", None), getattr(inner, _TORCHVISION_FOLDER, None)
     if isinstance(root, (str, os.PathLike)) and isinstance(folder, str):  # torchvision's CIFAR-10 and its kind
         files = Path(root, folder)
         if files.is_dir():
-            return describe_dataset(files, name=name or type(inner).__name__, digest=digest, context=context)
+            return _described(files, name or type(inner).__name__, digest, context)
     if digest is not None:
         return DatasetRecord(name=name or type(source).__name__, digest=digest, source_type="code",
                              source=json.dumps({"class": type(source).__qualname__}), context=context)
@@ -102,6 +120,15 @@ def _is_mlflow_dataset(source: Any) -> bool:
 
 def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
+
+
+def _tensors_digest(tensors: tuple[Any, ...]) -> str:
+    """Each tensor's dtype, shape and bytes, in order (copied to the CPU: a dataset is read once)."""
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        digest.update(f"{tensor.dtype} {tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def _digest_of_text(text: str) -> str:

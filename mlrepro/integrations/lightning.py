@@ -145,6 +145,14 @@ class MlreproCallback(pl.Callback):
                 raise SpecError("checkpoint_every: Lightning resumes mid-epoch only from a stateful loader: pass "
                                 "mlrepro.lightning.resumable(train_loader) to trainer.fit")
 
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        """The batch Lightning hands ``training_step``, inputs and targets: a training step need not
+        call the module itself, so its forward is no place to see the data."""
+        hand_over = getattr(self.run, "fingerprint_batch", None)
+        if hand_over is not None:
+            hand_over(batch)
+
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs

@@ -199,6 +199,13 @@ class TrackedRun(_LoopMethods):
         if optimizer is not None:
             self._watch.follow(optimizer)
 
+    def fingerprint_batch(self, batch: Any) -> None:
+        """Hand the step's batch (tensors, in tuples, lists and dicts) to the fingerprints, for a loop
+        that does not call the watched model with it (Lightning's ``training_step``): from then on the
+        model's forward is not looked at for data, so nothing is counted twice."""
+        if self._watch is not None:
+            self._watch.see_batch(batch)
+
     def watched_model(self) -> torch.nn.Module | None:
         """The model ``watch`` was given, if it was: what a replay's trace counts steps on."""
         return self._watch.model if self._watch is not None else None

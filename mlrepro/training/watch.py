@@ -40,6 +40,7 @@ class Watch:
         self._order_hooks = _record_forward_order(model, self.module_order)  # remove themselves after a forward
         self.hooks: list[torch.utils.hooks.RemovableHandle] = []  # the optimizer's, where one calls step()
         self._stepping = False  # inside an optimizer step, its fingerprint taken
+        self._batches_handed = False  # the loop hands the batches (see_batch), not the model's forward
         self.hooks.append(model.register_forward_pre_hook(self._saw_inputs, with_kwargs=True))
         if loss is not None:
             self.hooks.append(loss.register_forward_pre_hook(self._saw_targets, with_kwargs=True))
@@ -60,8 +61,14 @@ class Watch:
             and self.model.training and torch.is_grad_enabled()
 
     def _saw_inputs(self, _module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-        if self._due():
+        if self._due() and not self._batches_handed:
             self.batch.add(0, (args, kwargs))
+
+    def see_batch(self, batch: object) -> None:
+        """The loop hands the step's batch itself; the model's forward is no longer looked at."""
+        self._batches_handed = True
+        if self._due():
+            self.batch.add(0, batch)
 
     def _saw_targets(self, _module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         if self._due():  # the first argument is the model's output: computed, not data

@@ -87,7 +87,9 @@ def train(spec: Cifar10Spec, run: TrackedRun) -> None:
     model = net.module if distributed else net  # its weights, as a checkpoint keeps them
     criterion = nn.CrossEntropyLoss()
     optimizer = optim.SGD(net.parameters(), lr=spec.lr, momentum=spec.momentum)
-    run.watch(model, optimizer)  # fingerprints inside optimizer.step(), before the update
+    run.log_dataset(trainset)  # CIFAR-10's files, or FakeData's size, offset and shape, by their digest
+    # the batch and its labels before the forward, the weights and gradients inside optimizer.step()
+    run.watch(model, optimizer, loss=criterion)
 
     step, start_epoch, skip, running_loss = 0, 0, 0, 0.0
     epoch_start_order = trainloader.generator.get_state()

@@ -9,6 +9,7 @@ manual gradient step.
 from __future__ import annotations
 
 import torch
+from torch.utils.data import TensorDataset
 
 from mlrepro.training.checkpoint import Checkpoint, capture_rng_state, restore_rng_state
 from mlrepro.training.runs import TrackedRun
@@ -30,7 +31,9 @@ def train(spec: LineFitSpec, run: TrackedRun) -> None:
     model.to(device)
     loss_fn = torch.nn.MSELoss(reduction="sum")
 
-    run.watch(model)  # fingerprints of the weights and gradients, every spec.fingerprint_every steps
+    run.log_dataset(TensorDataset(x, y), name="line")  # the points it fits, by their digest
+    # fingerprints of the targets, the weights and the gradients, every spec.fingerprint_every steps
+    run.watch(model, loss=loss_fn)
 
     start = 0
     if run.resume is not None:  # built as a fresh run would be, then put where the checkpoint was
