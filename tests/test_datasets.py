@@ -18,6 +18,7 @@ from mlrepro import load_run, start_run
 from mlrepro.analysis.compare import compare_logged_runs
 from mlrepro.capture.datasets import CACHE_DIR_ENV, describe_dataset
 from mlrepro.errors import DamagedRecordError, DatasetError
+from mlrepro.replay.reproduce import data_drift
 from mlrepro.store.datasets import log_dataset
 from projects.linefit.spec import LineFitSpec
 
@@ -138,3 +139,18 @@ def test_batches_shuffled_by_an_unseeded_generator_differ_from_step_0_in_the_dat
     assert (verdict.tensors.phase, verdict.tensors.tensor, verdict.tensors.first_divergent_step) == (
         "data", "batch.inputs", 0)
     assert "the batches differ from step 0: the data, its order or its augmentation changed" in verdict.diagnosis
+
+
+def test_reproduce_is_told_which_recorded_data_on_disk_changed_or_is_gone(tmp_path: Path) -> None:
+    data = folder_of_data(tmp_path / "data")
+    recorded = {"images": describe_dataset(data, name="images"),
+                "drawn": describe_dataset(TensorDataset(torch.ones(2)), name="drawn")}  # no path: not checked
+    assert data_drift(recorded) == []
+    (data / "labels.txt").write_text("cat\nowl\n")
+    (changed,) = data_drift(recorded)
+    assert (changed.key, changed.value_a, changed.source) == ("data.images", recorded["images"].digest, "data")
+    assert changed.value_b != changed.value_a
+    renamed = tmp_path / "moved"
+    data.rename(renamed)
+    (gone,) = data_drift(recorded)
+    assert gone.value_b == f"(not on disk at {data.resolve()})"

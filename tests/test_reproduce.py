@@ -63,7 +63,7 @@ def test_changed_code_runs_only_in_a_folder_the_user_names_and_with_a_warning(tm
                                "train.py differ", "nothing was run")
     result = run_here(main, "reproduce", original, "--project", str(project))
     assert result.exit_code == 0, result.stdout + result.stderr[-2000:]
-    assert "mlrepro: warning: this is not the code or environment the run was logged with" in result.stderr
+    assert "mlrepro: warning: this is not the code, data or environment the run was logged with" in result.stderr
     warned = [line.split()[1] for line in result.stderr.splitlines() if line.startswith("  env ")]
     assert warned[:2] == ["code.source_digest", "git.diff_digest"] and "git.dirty" in warned
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,8 @@ from mlrepro.errors import DatasetError, describe_validation_error
 
 CACHE_DIR_ENV = "MLREPRO_CACHE_DIR"
 _READ_BYTES = 1 << 20
+# A folder of more files than this is hashed only with the user's say (digest=): a record names its path.
+MAX_FILES = 1_000_000
 # The fields of torchvision's FakeData that decide its images: it draws image i from random_offset + i.
 _FAKE_DATA_FIELDS = ("size", "image_size", "num_classes", "random_offset")
 # The attribute a torchvision dataset's files lie under, relative to its root (CIFAR-10, CIFAR-100).
@@ -137,15 +139,45 @@ def _digest_of_text(text: str) -> str:
 
 def path_digest(path: Path) -> str:
     """A digest of a file's or a folder's content: each file's relative path and content hash, in
-    order. Hidden files (``.DS_Store``, ``.cache``) are left out: they are not data."""
-    files = [path] if path.is_file() else sorted(
-        (file for file in path.rglob("*") if file.is_file() and not _hidden(file.relative_to(path).parts)),
-        key=lambda file: file.relative_to(path).as_posix())
+    order. Hidden files and folders (``.DS_Store``, ``.cache``) are left out: they are not data.
+    Links are not followed, and only regular files are read (never a device such as /dev/zero)."""
+    if path.is_file():
+        files = [(path.name, path)]
+    else:
+        files = []
+        for folder, subfolders, names in os.walk(path):
+            subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+            for name in names:
+                file = Path(folder, name)
+                if not name.startswith(".") and file.is_file() and not file.is_symlink():
+                    files.append((file.relative_to(path).as_posix(), file))
+            if len(files) > MAX_FILES:
+                raise DatasetError(f"log_dataset: {path} holds more than {MAX_FILES:,} files; pass digest=, a digest "
+                                   "you have of it")
+        files.sort()
     cache = _DigestCache.load()
-    lines = [f"{(file.relative_to(path).as_posix() if path.is_dir() else file.name)} {cache.content_hash(file)}"
-             for file in files]
+    lines = [f"{relative} {cache.content_hash(file)}" for relative, file in files]
     cache.save()
     return _digest_of_text("\n".join(lines))
+
+
+def digests_now(datasets: Mapping[str, DatasetRecord]) -> dict[str, str]:
+    """The digests the recorded datasets read from disk have now, by name (files hashed only where
+    their size or modification time changed): what ``reproduce`` warns of before it runs. A dataset
+    that is gone, or too large to hash, says so in place of a digest."""
+    now = {}
+    for key, dataset in datasets.items():
+        path = dataset.path
+        if path is None:
+            continue
+        if not path.exists():
+            now[key] = f"(not on disk at {path})"
+            continue
+        try:
+            now[key] = path_digest(path)
+        except (DatasetError, OSError) as err:
+            now[key] = f"(not checked: {type(err).__name__})"
+    return now
 
 
 def _hidden(parts: Iterable[str]) -> bool:

@@ -52,7 +52,7 @@ def reproduce(run_id: str, project: str | None, trust_record: bool) -> None:
 
 
 def _warn_drift(drift: list[Difference]) -> None:
-    click.echo("mlrepro: warning: this is not the code or environment the run was logged with (then | now):", err=True)
+    click.echo("mlrepro: warning: this is not the code, data or environment the run was logged with (then | now):", err=True)
     for line in side_by_side(drift):
         click.echo(line, err=True)
 

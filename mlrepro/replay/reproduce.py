@@ -23,6 +23,7 @@ from mlflow.tracking import MlflowClient
 from mlrepro.analysis.compare import RunComparison, compare_logged_runs
 from mlrepro.analysis.diagnosis import Difference, differences
 from mlrepro.capture.code import CodeRecord, facts_now
+from mlrepro.capture.datasets import DatasetRecord, digests_now
 from mlrepro.capture.facts import fact_of
 from mlrepro.capture.logged import LoggedRun
 from mlrepro.errors import ReproductionError
@@ -38,7 +39,7 @@ _UNSET = ("unset", "unavailable")
 class Reproduction:
     original: LoggedRun
     new_run_id: str
-    drift: list[Difference]  # what differed before the job ran: code, versions, hardware
+    drift: list[Difference]  # what differed before the job ran: code, data, versions, hardware
     comparison: RunComparison
 
 
@@ -50,6 +51,12 @@ def environment_drift(logged: dict[str, str], current: dict[str, str]) -> list[D
         return {key: value for key, value in facts.items() if fact_of(key).drift}
 
     return differences({}, {}, comparable(logged), comparable(current))
+
+
+def data_drift(datasets: dict[str, DatasetRecord]) -> list[Difference]:
+    """The datasets read from disk whose content differs now from what the run recorded (or that are gone)."""
+    now = digests_now(datasets)
+    return differences({}, {}, {}, {}, None, {key: datasets[key].digest for key in now}, now)
 
 
 def reproduce_run(
@@ -86,7 +93,7 @@ def reproduce_run(
                        code.mlproject_entry_point if _uses_mlproject(code, folder) else None,  # type: ignore[union-attr]
                        Launch(planned, planned_cwd), trust_record)
     current = capture_environment(extra=facts_now(code, folder) if code else None).facts
-    drift = environment_drift(original.environment, current)
+    drift = environment_drift(original.environment, current) + data_drift(original.datasets)
     if on_drift is not None and drift:
         on_drift(drift)
 
