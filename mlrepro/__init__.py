@@ -40,7 +40,7 @@ _EXPORTS = {
     "mlrepro.capture.seed_record": ["DeterminismState", "SeedRecord"],
     "mlrepro.capture.seeding": ["make_generator", "seed_everything", "seed_worker"],
     "mlrepro.capture.spec": [
-        "BaseSpec", "DistributedSpec", "LoggedSpec", "Role", "build_spec", "parse_spec", "read_spec_file",
+        "BaseSpec", "DistributedSpec", "LoaderWorkers", "LoggedSpec", "Role", "build_spec", "parse_spec", "read_spec_file",
         "register_job", "registered_jobs",
     ],
     "mlrepro.training.tracking": ["start_run"],
@@ -81,6 +81,7 @@ if TYPE_CHECKING:
     from mlrepro.capture.spec import (
         BaseSpec,
         DistributedSpec,
+        LoaderWorkers,
         LoggedSpec,
         Role,
         build_spec,

@@ -66,7 +66,9 @@ def test_gradient_fingerprints_under_lightning_equal_those_of_the_same_step_by_h
     by_hand = copy.deepcopy(model.net)
     with start_run(LineFitSpec(fingerprint_every=1)) as run:
         fit(run, model)
-    watched = load_run(run.run_id).fingerprints
+    logged = load_run(run.run_id)
+    watched = logged.fingerprints
+    assert list(logged.datasets) == ["TensorDataset"]  # the callback records the data the Trainer loads
 
     optimizer = torch.optim.SGD(by_hand.parameters(), lr=0.05, momentum=0.9)
     watch = Watch(by_hand, every=1, first_step=0)

@@ -37,7 +37,7 @@ class BertSpec(mlrepro.BaseSpec):
     batch_size: int = Field(8, ge=1, description="sequences a micro-batch (per_device_train_batch_size)")
     accumulate: int = Field(1, ge=1, description="micro-batches an optimizer step (gradient_accumulation_steps)")
     lr: float = Field(5e-4, gt=0, description="AdamW learning rate, decayed linearly to 0")
-    num_workers: int = Field(0, ge=0, description="DataLoader worker processes (dataloader_num_workers)")
+    num_workers: mlrepro.LoaderWorkers = Field(0, ge=0, description="DataLoader worker processes (dataloader_num_workers)")
 
 
 class Sequences(Dataset):

@@ -30,7 +30,7 @@ class LitSpec(mlrepro.BaseSpec):
     batch_size: int = Field(16, ge=1, description="samples a micro-batch")
     accumulate: int = Field(1, ge=1, description="micro-batches an optimizer step (accumulate_grad_batches)")
     lr: float = Field(0.05, gt=0, description="SGD learning rate")
-    num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
+    num_workers: mlrepro.LoaderWorkers = Field(0, ge=0, description="DataLoader worker processes")
 
 
 class LitMLP(pl.LightningModule):

@@ -5,12 +5,13 @@
 #
 # plus field=value for the fields every job shares (seed, deterministic, checkpoint_every, resume_from, ...).
 import argparse
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.optim as optim
-from torchvision import datasets, transforms
 from torch.optim.lr_scheduler import StepLR
+from torchvision import datasets, transforms
 
 import mlrepro  # mlrepro
 

@@ -121,6 +121,12 @@ def carried_out_fields(spec_type: type[BaseModel]) -> list[str]:
 # A job that overrides checkpoint_every's default keeps its role with this type.
 CheckpointEvery = Annotated[Count, Role(Category.OTHER, "checkpoints only read the state; they do not change the numbers",
                                         carried_out=True)]
+# A DataLoader's worker processes: what another number of them changes, under plain PyTorch and under
+# the frameworks. A job's own num_workers field takes this type to be explained so in compare.
+LoaderWorkers = Annotated[Count, Role(Category.SPEC, (
+    "another number of loader processes: an order drawn from a seeded generator stays, but randomness drawn inside "
+    "workers (augmentation) does not, and a framework may draw or order batches otherwise (Lightning does); "
+    "the batch fingerprints (data) say whether the batches differed"))]
 
 
 # job name -> its spec type; filled as spec classes are defined.

@@ -25,6 +25,7 @@ done, which a resumed loader loads again (its workers stay in step) before it go
 from __future__ import annotations
 
 import atexit
+import contextlib
 import shutil
 import tempfile
 from pathlib import Path
@@ -35,7 +36,7 @@ import torch
 from lightning.pytorch.loggers import MLFlowLogger
 from torch.utils.data import DataLoader
 
-from mlrepro.errors import CheckpointError, SpecError
+from mlrepro.errors import CheckpointError, DatasetError, SpecError
 from mlrepro.training.checkpoint import Checkpoint, capture_rng_state
 from mlrepro.training.loop import EpochPosition, enter_epoch
 from mlrepro.training.runs import RunHandle
@@ -136,6 +137,10 @@ class MlreproCallback(pl.Callback):
             recapture()  # the Trainer has set its switches (deterministic=..., CUBLAS_WORKSPACE_CONFIG)
         optimizers = trainer.optimizers
         self.run.watch(pl_module, optimizers[0] if len(optimizers) == 1 else None)
+        dataset = getattr(trainer.train_dataloader, "dataset", None)
+        if dataset is not None:  # what mlrepro cannot read, the job records itself: run.log_dataset(path)
+            with contextlib.suppress(DatasetError):
+                self.run.log_dataset(dataset)
         self._steps_seen = trainer.global_step
         if self.run.spec.checkpoint_every:
             loaders = trainer.train_dataloader

@@ -31,6 +31,7 @@ first event it gets (``on_init_end`` when it is passed in ``Trainer(callbacks=[.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import shutil
 import sys
@@ -51,7 +52,7 @@ from transformers.integrations import MLflowCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging as hf_logging
 
-from mlrepro.errors import CheckpointError, SpecError
+from mlrepro.errors import CheckpointError, DatasetError, SpecError
 from mlrepro.training.checkpoint import Checkpoint, capture_rng_state
 from mlrepro.training.runs import RunHandle
 
@@ -111,6 +112,11 @@ class MlreproCallback(TrainerCallback):
         if model is not None:
             # The Trainer wraps the optimizer (accelerate's AcceleratedOptimizer); the step is the inner one's.
             self.run.watch(model, getattr(optimizer, "optimizer", optimizer))
+        dataset = getattr(kwargs.get("train_dataloader"), "dataset", None)
+        if dataset is not None:
+            # A Hugging Face Dataset by its own fingerprint; what mlrepro cannot read, the job records itself.
+            with contextlib.suppress(DatasetError):
+                self.run.log_dataset(dataset)
         if state.global_step != self.run.first_step:
             raise CheckpointError(f"the Trainer starts at step {state.global_step}, the run at step "
                                   f"{self.run.first_step}: pass resume_from_checkpoint=callback.resume_from_checkpoint")

@@ -3,12 +3,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import Field
 
-from mlrepro.capture.facts import Category
-from mlrepro.capture.spec import CheckpointEvery, Count, DistributedSpec, Role
+from mlrepro.capture.spec import CheckpointEvery, Count, DistributedSpec, LoaderWorkers
 
 
 class Cifar10Spec(DistributedSpec):
@@ -17,9 +16,7 @@ class Cifar10Spec(DistributedSpec):
     job: Literal["cifar10"] = "cifar10"
     epochs: Count = Field(2, ge=1, le=10_000, description="passes over the training set")
     batch_size: Count = Field(4, ge=1, le=65_536, description="images per step")
-    num_workers: Annotated[Count, Role(Category.SPEC, "the shuffle order does not depend on it, but randomness drawn "
-                                                      "inside workers does")] \
-        = Field(2, ge=0, le=256, description="DataLoader worker processes; the losses do not depend on it")
+    num_workers: LoaderWorkers = Field(2, ge=0, le=256, description="DataLoader worker processes")
     lr: float = Field(0.001, gt=0, allow_inf_nan=False, description="SGD learning rate")
     momentum: float = Field(0.9, ge=0, allow_inf_nan=False, description="SGD momentum")
     dataset: Literal["cifar10", "fake"] = Field("cifar10", description="cifar10, or fake: FakeData drawn from the seed")
