@@ -272,8 +272,8 @@ def check_time(folder: Path) -> dict[str, float]:
 
 
 def fingerprint_cost(rounds: int = 3, steps: int = 3000, block_steps: int = 25) -> dict[str, float]:
-    """Microseconds of a CIFAR-10 step on the CPU, without and with every parameter and gradient
-    fingerprinted: the CIFAR-10 job's own loop (batch 4, two loader workers, one thread), on files
+    """Microseconds of a CIFAR-10 step on the CPU, without and with its batch (images and labels), every
+    parameter and every gradient fingerprinted: the CIFAR-10 job's own loop (batch 4, two loader workers, one thread), on files
     in CIFAR-10's format, with fingerprint_every=1. Within each run the fingerprints are taken in
     alternate blocks of steps and left out in the others, so that both kinds of step share the
     loader, the process and the moment; a step is the time between two logged losses. (Whole runs
@@ -287,6 +287,7 @@ def fingerprint_cost(rounds: int = 3, steps: int = 3000, block_steps: int = 25) 
     import torchvision.datasets.cifar
 
     from mlrepro.training.watch import Watch
+    from mlrepro.training.word_hash import BatchHash
     from projects.cifar10.model import Net
     from projects.cifar10.spec import Cifar10Spec
     from projects.cifar10.train import train
@@ -296,36 +297,49 @@ def fingerprint_cost(rounds: int = 3, steps: int = 3000, block_steps: int = 25) 
     data = write_cifar10(Path(tempfile.mkdtemp()) / "data", images_per_batch=steps, test_images=10).parent
     spec = Cifar10Spec(data_dir=str(data), epochs=1, train_limit=4 * steps, test_limit=4, device="cpu",
                        checkpoint_every=0, fingerprint_every=1)
-    take = Watch.step
-    calls: list[int] = [0]
+    take, due, batch_take = Watch.step, Watch._due, BatchHash.take
     inside: list[float] = []
+    batch_inside: list[float] = []
+
+    def taken(step: int) -> bool:
+        return (step // block_steps) % 2 == 0
 
     def in_alternate_blocks(watch: Watch) -> None:
-        calls[0] += 1
-        if (calls[0] // block_steps) % 2 == 0:
+        if taken(watch.next_step):
             started = time.perf_counter()
             take(watch)
             inside.append(time.perf_counter() - started)
+        else:  # the step counts, without a fingerprint
+            watch.next_step += 1
+            watch.batch.drop()
+
+    def timed_take(batch: BatchHash) -> list:
+        started = time.perf_counter()
+        taken_now = batch_take(batch)
+        batch_inside.append(time.perf_counter() - started)
+        return taken_now
 
     plain, fingerprinted = [], []
-    Watch.step = in_alternate_blocks
+    Watch.step, BatchHash.take = in_alternate_blocks, timed_take
+    Watch._due = lambda watch: due(watch) and taken(watch.next_step)  # the batch, in the same blocks
     try:
         for _ in range(rounds):
-            calls[0] = 0
             logged_at: list[float] = []
             with mlrepro.start_run(spec) as run, contextlib.redirect_stdout(io.StringIO()):
                 log_loss = run.log_loss
                 run.log_loss = lambda value: (logged_at.append(time.perf_counter()), log_loss(value))
                 train(spec, run)
-            # The interval before step k's loss holds step k's fingerprints when its block takes them.
+            # The interval before step k's loss holds step k's fingerprints (its batch's, taken before
+            # its forward; its weights' and gradients', after backward) when its block takes them.
             seconds = np.diff(logged_at)
-            taken = (np.arange(2, len(logged_at) + 1) // block_steps) % 2 == 0
-            plain.append(float(np.median(seconds[~taken])) * 1e6)
-            fingerprinted.append(float(np.median(seconds[taken])) * 1e6)
+            taken_steps = (np.arange(1, len(logged_at)) // block_steps) % 2 == 0
+            plain.append(float(np.median(seconds[~taken_steps])) * 1e6)
+            fingerprinted.append(float(np.median(seconds[taken_steps])) * 1e6)
     finally:
-        Watch.step = take
+        Watch.step, Watch._due, BatchHash.take = take, due, batch_take
     job_step = statistics.median(plain)
     job_with = job_step + statistics.median(b - a for a, b in zip(plain, fingerprinted))
+    batch_hashing = statistics.median(batch_inside) * 1e6  # inside the step's fingerprint, already in `inside`
     hashing = statistics.median(inside) * 1e6
 
     torch.set_num_threads(1)
@@ -334,15 +348,15 @@ def fingerprint_cost(rounds: int = 3, steps: int = 3000, block_steps: int = 25) 
     optimizer = torch.optim.SGD(net.parameters(), lr=0.001, momentum=0.9)
     images, labels = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
     criterion = torch.nn.CrossEntropyLoss()
-    watch = Watch(net, every=1, first_step=0)
+    watch = Watch(net, every=1, first_step=0, loss=criterion)
 
     def block(fingerprinted: bool, block_steps: int = 300) -> float:
+        watch.every = 1 if fingerprinted else 0  # 0: neither the batch nor the tensors are hashed
         started = time.perf_counter()
         for _ in range(block_steps):
             optimizer.zero_grad()
             criterion(net(images), labels).backward()
-            if fingerprinted:
-                watch.step()
+            watch.step()
             optimizer.step()
         return (time.perf_counter() - started) / block_steps * 1e6
 
@@ -357,6 +371,7 @@ def fingerprint_cost(rounds: int = 3, steps: int = 3000, block_steps: int = 25) 
             "  with fingerprint_every=1 us": job_with,
             "  cost of the fingerprints, %": 100 * (job_with - job_step) / job_step,
             "  time inside the fingerprinting, us": hashing,
+            "  of which the batch (images and labels), us": batch_hashing,
             "  that time's share of the step, %": 100 * hashing / job_step,
             "the CNN's compute alone, us": compute,
             "  with fingerprint_every=1 us ": compute_with,

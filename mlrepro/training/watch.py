@@ -76,9 +76,10 @@ class Watch:
 
     def step(self) -> None:
         step, self.next_step = self.next_step, self.next_step + 1
-        batch = self.batch.take()
         if self._fingerprinter is None or not self.every or step % self.every:
+            self.batch.drop()
             return
+        batch = self.batch.take()
         first = self.parameters[0]
         if (first.device, first.dtype) != (self._fingerprinter.device, self._fingerprinter.layout[0][1]):
             # The model moved or was converted after watch() (model.to("cuda"), model.double()).
@@ -136,7 +137,7 @@ class Watch:
             self._stepping = False
             if awaiting:
                 awaiting = False
-                self.batch.take()
+                self.batch.drop()
                 self.next_step += 1
 
         self.hooks += [optimizer.register_step_pre_hook(before), optimizer.register_step_post_hook(after)]
