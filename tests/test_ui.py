@@ -14,6 +14,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
+from mlrepro import load_run
 from tests.conftest import experiment, mlrepro_cli, only_run_id, run_linefit
 from tests.helpers.server import MlflowServer
 
@@ -60,6 +61,7 @@ def test_the_run_comparison_view_shows_loss_seed_and_mlrepro_tags(tmp_path: Path
     run_b = only_run_id(server)
     assert mlrepro_cli(server, work, "compare", "--log", run_a, run_b).returncode == 1
     tags = {run_id: mlflow.MlflowClient(server).get_run(run_id).data.tags for run_id in (run_a, run_b)}
+    dataset = load_run(run_a, mlflow.MlflowClient(server)).datasets["line"]  # the points the line fit trains on
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
@@ -81,6 +83,11 @@ def test_the_run_comparison_view_shows_loss_seed_and_mlrepro_tags(tmp_path: Path
             page.set_viewport_size({"width": 1400, "height": 900})
             screenshot = tmp_path / "mlflow-compare.png"
             page.screenshot(path=str(screenshot))
+            # Each run's page lists the data it trained on: MLflow's dataset tracking, as the run logged it.
+            page.set_viewport_size({"width": 1400, "height": 1600})
+            page.goto(f"{server}/#/experiments/{experiment()}/runs/{run_a}")
+            page.get_by_text(f"{dataset.name} ({dataset.digest})").first.wait_for(timeout=60_000)
+            run_page = page.inner_text("body")
         finally:
             browser.close()
 
@@ -95,5 +102,7 @@ def test_the_run_comparison_view_shows_loss_seed_and_mlrepro_tags(tmp_path: Path
         shown = {value.strip() for value in rows[key]}
         assert {tags[run_id].get(key) for run_id in (run_a, run_b)} - {None} <= shown, key
     assert screenshot.stat().st_size > 20_000
+    # The run overview's "Datasets" row: the dataset, its digest and its context.
+    assert f"Datasets\n{dataset.name} ({dataset.digest})\nTrain" in run_page
     if os.environ.get("MLREPRO_SCREENSHOT"):
         shutil.copy(screenshot, os.environ["MLREPRO_SCREENSHOT"])

@@ -95,7 +95,7 @@ def side_by_side(differences: list[Difference]) -> list[str]:
     value_width = max(len(v) for v in values)
     lines, previous = [], None
     for difference, value in zip(differences, values):
-        source = "spec" if difference.source == "spec" else "env"
+        source = {"spec": "spec", "data": "data"}.get(difference.source, "env")
         explanation = "" if difference.explanation == previous else difference.explanation
         previous = difference.explanation
         lines.append(f"  {source:<4} {difference.key:<{key_width}}  {value:<{value_width}}  {explanation}".rstrip())
@@ -114,6 +114,8 @@ def format_run(run: LoggedRun) -> str:
         lines.append(f"code: {run.code.entry_kind} {run.code.entry} in {run.code.project_dir}, "
                      f"sources {run.code.source_digest}" + (f", MLproject entry point {run.code.mlproject_entry_point}"
                                                             if run.code.mlproject_entry_point else ""))
+    lines += [f"data: {key}, digest {dataset.digest} ({dataset.source_type}: {dataset.source[:200]})"
+              for key, dataset in sorted(run.datasets.items())] or ["data: none recorded (run.log_dataset records it)"]
     lines.append(f"{spec_title}:")
     lines += [f"  {key}: {value}" for key, value in sorted(run.spec_fields.items())]
     lines.append(f"environment (hash {run.tags.get(keys.TAG_ENV_HASH, 'not recorded')}):")
