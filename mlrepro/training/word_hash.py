@@ -316,8 +316,8 @@ class BatchHash:
         self._device_weights: dict[torch.device, torch.Tensor] = {}
 
     def add(self, column: int, handed: object) -> None:
-        if type(handed) is tuple and len(handed) == 2 and not handed[1] and type(handed[0]) is tuple \
-                and len(handed[0]) == 1 and isinstance(handed[0][0], torch.Tensor):
+        if type(handed) is tuple and len(handed) == 2 and type(handed[0]) is tuple and len(handed[0]) == 1 \
+                and isinstance(handed[0][0], torch.Tensor) and type(handed[1]) is dict and not handed[1]:
             self._held[column].append(handed[0][0])  # the common call, model(batch): no walk
         else:
             self._held[column].extend(_tensors_in(handed))
