@@ -82,11 +82,13 @@ def test_identical_runs_are_said_to_be_identical_whatever_differs() -> None:
 
 def test_a_dataset_whose_digest_changed_is_ranked_right_after_the_code() -> None:
     found = differences({"seed": "3"}, {"seed": "4"}, {"code.entry": "a.py", "gpu.name": "A100"},
-                        {"code.entry": "b.py", "gpu.name": "H100"}, None, {"CIFAR10": "1f2e", "extra": "same"},
-                        {"CIFAR10": "9c0d", "extra": "same"})
-    assert keys(found) == ["code.entry", "data.CIFAR10", "gpu.name", "seed"]
+                        {"code.entry": "b.py", "gpu.name": "H100"}, None,
+                        {"data.CIFAR10": "1f2e", "data.extra": "same", "drawn_data.FakeData": "aa"},
+                        {"data.CIFAR10": "9c0d", "data.extra": "same", "drawn_data.FakeData": "bb"})
+    # Data read from disk comes right after the code; data the code draws from the spec, after the spec.
+    assert keys(found) == ["code.entry", "data.CIFAR10", "gpu.name", "seed", "drawn_data.FakeData"]
     assert (found[1].source, found[1].category) == ("data", "data")
     assert diagnose(False, found[1:], {}, {}).startswith(
         "most likely cause: data.CIFAR10 (1f2e | 9c0d): the dataset's content differs")
     # A run that recorded no data (logged before mlrepro recorded it) says nothing about its data.
-    assert keys(differences({}, {}, {}, {}, None, {"CIFAR10": "1f2e"}, {})) == []
+    assert keys(differences({}, {}, {}, {}, None, {"data.CIFAR10": "1f2e"}, {})) == []

@@ -143,8 +143,8 @@ def compare_logged_runs(a: LoggedRun, b: LoggedRun) -> RunComparison:
         if a.fingerprints is not None and b.fingerprints is not None else None
     tensors_differ = tensors is not None and not tensors.identical
     ranked = differences(a.spec_fields, b.spec_fields, a.environment, b.environment, _spec_type(a, b),
-                         {name: dataset.digest for name, dataset in a.datasets.items()},
-                         {name: dataset.digest for name, dataset in b.datasets.items()})
+                         {dataset.fact: dataset.digest for dataset in a.datasets.values()},
+                         {dataset.fact: dataset.digest for dataset in b.datasets.values()})
     unfinished = [(name, run) for name, run in (("A", a), ("B", b)) if run.unfinished]
     if losses.divergent_steps == 0 and not tensors_differ and unfinished and len(a.losses) and len(b.losses):
         verdict = "identical so far"

@@ -46,10 +46,9 @@ def differences(
     fact that records its effect: ``threads`` before ``determinism.intra_op_threads``.
     """
     found = []
-    # A dataset is compared by its digest, under its name: data.<name>. Only where both runs recorded
-    # their data: a run logged before mlrepro recorded it says nothing about its data.
-    data = ({f"data.{name}": digest for name, digest in (data_a or {}).items()},
-            {f"data.{name}": digest for name, digest in (data_b or {}).items()}) if data_a and data_b else ({}, {})
+    # Datasets by their digests, keyed as facts (data.<name>, drawn_data.<name>). Only where both runs
+    # recorded their data: a run logged before mlrepro recorded it says nothing about its data.
+    data = (data_a, data_b) if data_a and data_b else ({}, {})
     for source, a, b in (("spec", spec_a, spec_b), ("environment", environment_a, environment_b), ("data", *data)):
         for key in sorted(set(a) | set(b)):
             if a.get(key) == b.get(key):

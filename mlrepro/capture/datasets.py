@@ -47,6 +47,12 @@ class DatasetRecord(BaseModel):
     context: str = Field("train", min_length=1, max_length=40)  # MLflow's mlflow.data.context tag
 
     @property
+    def fact(self) -> str:
+        """Its key among the differences compare ranks: data read from somewhere is a cause of its own
+        (``data.<name>``); data the job's code draws follows from the code and the spec (``drawn_data.<name>``)."""
+        return f"{'drawn_data' if self.source_type == 'code' else 'data'}.{self.name}"
+
+    @property
     def path(self) -> Path | None:
         """The file or folder on disk, for a dataset read from one (MLflow's local source: {"uri": path})."""
         if self.source_type != "local":

@@ -30,11 +30,14 @@ class Category(IntEnum):
     THREADS = 6
     SEED = 7
     SPEC = 8
+    # Data the job's code draws (FakeData, tensors made in memory) follows from the code and the spec:
+    # a change above is its likely cause, so it is named after them.
+    DRAWN_DATA = 9
     # String hashing changes the numbers only where a job orders strings by their hash (a set of
     # names, say): rarer than any spec field changing them, so never ranked above one.
-    HASHING = 9
-    REPOSITORY = 10
-    OTHER = 11
+    HASHING = 10
+    REPOSITORY = 11
+    OTHER = 12
 
 
 class Source(Enum):
@@ -47,7 +50,7 @@ class Source(Enum):
     CODE = "the code record (mlrepro.capture.code)"
     RUN = "start_run: the device the run resolved"
     DISTRIBUTED = "the process group under torchrun (mlrepro.training.distributed)"
-    DATASET = "the run's datasets (run.log_dataset, in MLflow's dataset tracking)"  # key data.<name>
+    DATASET = "the run's datasets (run.log_dataset, in MLflow's dataset tracking)"  # data.<name>, drawn_data.<name>
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,9 @@ FACTS: tuple[Fact, ...] = (
     Fact("code.entry", K.CODE, C.CODE, "another module or script ran the job: the same spec, other code", drift=True),
     Fact("code.source_digest", K.CODE, C.CODE, "the job's own source files differ", drift=True),
     Fact("data.", K.DATASET, C.DATA, "the dataset's content differs (its digest): other data trains something else"),
+    Fact("drawn_data.", K.DATASET, C.DRAWN_DATA,
+         "the data the job's code draws differs (its digest): it follows from the code and the spec, so a change "
+         "named above is its likely cause; alone, the code drew it otherwise"),
     Fact("run.device", K.RUN, C.DEVICE, "CPU and GPU kernels compute in different orders"),
     Fact("gpu.name", K.COLLECTOR, C.DEVICE, "another GPU model runs other kernels, and cuDNN chooses by model", drift=True),
     Fact("gpu.capability", K.COLLECTOR, C.DEVICE, "another GPU architecture runs other kernels", drift=True),

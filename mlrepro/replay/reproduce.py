@@ -56,7 +56,8 @@ def environment_drift(logged: dict[str, str], current: dict[str, str]) -> list[D
 def data_drift(datasets: dict[str, DatasetRecord]) -> list[Difference]:
     """The datasets read from disk whose content differs now from what the run recorded (or that are gone)."""
     now = digests_now(datasets)
-    return differences({}, {}, {}, {}, None, {key: datasets[key].digest for key in now}, now)
+    return differences({}, {}, {}, {}, None, {datasets[key].fact: datasets[key].digest for key in now},
+                       {datasets[key].fact: digest for key, digest in now.items()})
 
 
 def reproduce_run(
