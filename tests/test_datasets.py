@@ -154,3 +154,23 @@ def test_reproduce_is_told_which_recorded_data_on_disk_changed_or_is_gone(tmp_pa
     data.rename(renamed)
     (gone,) = data_drift(recorded)
     assert gone.value_b == f"(not on disk at {data.resolve()})"
+
+
+def test_check_is_told_when_the_data_differs_from_the_last_run_of_the_same_spec(tmp_path: Path, store: str) -> None:
+    from dataclasses import replace
+
+    from mlrepro.replay.check import _data_changed
+
+    data = folder_of_data(tmp_path / "data")
+    with start_run(LineFitSpec(steps=1)) as run:
+        then = run.log_dataset(data, name="images")
+        run.log_loss(1.0)
+    logged = load_run(run.run_id)
+    client = mlflow.MlflowClient()
+    assert _data_changed(client, logged) == []  # the same data as the run of that spec
+    (data / "labels.txt").write_text("cat\nowl\n")
+    leg = replace(logged, datasets={"images": describe_dataset(data, name="images")})  # what a check's leg reads now
+    assert _data_changed(client, leg) == [
+        f"data.images: {then.digest} in run {run.run_id}, {leg.datasets['images'].digest} now"]
+    other_spec = replace(leg, spec=LineFitSpec(steps=2))
+    assert _data_changed(client, other_spec) == []  # no run of that spec recorded data

@@ -112,6 +112,8 @@ def check(job: str, assignments: tuple[str, ...], steps: int, resume_at: int | N
         result = check_job(job, list(as_assignments(assignments)), steps, resume_at,
                            on_leg=None if as_json else lambda leg: click.echo(f"  running {leg} ...", err=True),
                            record_in=MlflowClient() if record else None)
+    for changed in result.data_changed:
+        click.echo(f"mlrepro: warning: the data on disk is not what the last run of this spec read: {changed}", err=True)
     click.echo(result.model_dump_json(indent=2) if as_json else format_check(result))
     sys.exit(EXIT_OK if result.passed else EXIT_DIFFERENT)
 

@@ -26,7 +26,7 @@ from mlrepro.analysis.compare import RunComparison, compare_logged_runs
 from mlrepro.capture.logged import LoggedRun
 from mlrepro.capture.spec import BaseSpec, carried_out_fields, parse_assignments
 from mlrepro.errors import SpecError
-from mlrepro.store import check_runs, checkpoints, record
+from mlrepro.store import check_runs, checkpoints, datasets, record
 from mlrepro.training.orders import Leg, LegReport, Orders, Scratch, job_command
 
 
@@ -59,6 +59,9 @@ class CheckResult(BaseModel):
     seconds: float  # the whole check
     processes: int  # legs started, each a fresh process
     recorded_run: str | None = None
+    # Datasets whose digest differs from the newest run of the same spec in the user's store:
+    # "data.CIFAR10: 4e369bd19f75e73e in run 66e9d372..., 46ad07f99f5cb173 now".
+    data_changed: list[str] = []
 
     def summary(self) -> str:
         """The verdict in a few words: the tag the MLflow UI shows."""
@@ -96,6 +99,7 @@ def check_job(job: str, words: list[str], steps: int = 20, resume_at: int | None
             return report, record.read_run(client, report.run_id)
 
         report_a, a = leg("fresh run A", leg_words, Orders(stop_after=steps))
+        data_changed = _data_changed(record_in, a) if record_in is not None else []
         _, b = leg("fresh run B", leg_words, Orders(stop_after=steps))
         fresh = compare_logged_runs(a, b)
         legs = [_verdict(f"two fresh runs, {steps} steps", fresh, "identical")]
@@ -110,12 +114,26 @@ def check_job(job: str, words: list[str], steps: int = 20, resume_at: int | None
             first_divergent_step=fresh.first_divergent_step,
             first_tensor=fresh.tensors.tensor if fresh.tensors is not None and not fresh.tensors.identical else None,
             seconds_deterministic=seconds[True], seconds_not_deterministic=seconds[False],
-            seconds=time.perf_counter() - began, processes=scratch.legs_run)
+            seconds=time.perf_counter() - began, processes=scratch.legs_run, data_changed=data_changed)
         if record_in is not None:
             result = result.model_copy(update={"recorded_run": _record(record_in, a, result)})
         return result
     finally:
         scratch.close()
+
+
+def _data_changed(client: MlflowClient, leg: LoggedRun) -> list[str]:
+    """The datasets the check's legs read whose digest differs from the newest run of the same spec in
+    the user's store: the check then proves the job on other data than that run trained on."""
+    if leg.spec is None or not leg.datasets:
+        return []
+    recorded = datasets.newest_recorded_data(client, leg.spec.hash)
+    if recorded is None:
+        return []
+    run_id, then = recorded
+    now = {dataset.fact: dataset.digest for dataset in leg.datasets.values()}
+    return [f"{dataset.fact}: {dataset.digest} in run {run_id}, {now[dataset.fact]} now"
+            for dataset in then.values() if dataset.fact in now and now[dataset.fact] != dataset.digest]
 
 
 def _seconds(value: float) -> str:

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 from mlflow.entities import Dataset, DatasetInput, InputTag
 from mlflow.entities import Run as MlflowRun
+from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 from pydantic import ValidationError
 
 from mlrepro.capture.datasets import DatasetRecord
 from mlrepro.errors import DamagedRecordError, describe_validation_error
+from mlrepro.store import keys
 from mlrepro.store.failures import store_errors
+from mlrepro.store.search import search
 
 
 def log_dataset(client: object, run_id: str, name: str, digest: str, source_type: str, source: str,
@@ -39,3 +42,13 @@ def read_datasets(run: MlflowRun) -> dict[str, DatasetRecord]:
         key = record.name if record.context == "train" else f"{record.name} ({record.context})"
         found.setdefault(key, record)
     return found
+
+
+def newest_recorded_data(client: MlflowClient, spec_hash: str) -> tuple[str, dict[str, DatasetRecord]] | None:
+    """The newest run of a spec (by its hash) that recorded its data, and that data: what a check of the
+    same spec finds on disk now is held against it. None where no run of the spec recorded data."""
+    for run in search(client, {keys.TAG_SPEC_HASH: spec_hash}, {}, None, max_results=20):
+        datasets = read_datasets(run)
+        if datasets:
+            return run.info.run_id, datasets
+    return None
