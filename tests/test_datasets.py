@@ -75,6 +75,15 @@ def test_datasets_in_memory_are_known_by_what_draws_them_or_by_their_tensors() -
     points = TensorDataset(torch.arange(6.0).reshape(3, 2))
     moved = TensorDataset(torch.arange(6.0).reshape(3, 1, 2))
     assert describe_dataset(points).digest != describe_dataset(moved).digest  # same bytes, another shape
+    class HubRows:  # what a Hugging Face datasets.Dataset offers: its own content hash, kept as it is transformed
+        _fingerprint = "b5f0e1c2a3d4e5f6"
+
+        def __len__(self) -> int:
+            return 128
+
+    hub = describe_dataset(HubRows())
+    assert (hub.name, hub.digest, hub.source_type) == ("HubRows", "b5f0e1c2a3d4e5f6", "hf")
+    assert json.loads(hub.source) == {"fingerprint": "b5f0e1c2a3d4e5f6", "rows": 128}
     numpy_dataset = mlflow.data.from_numpy(np.arange(10), name="arr")
     taken = describe_dataset(numpy_dataset)
     assert (taken.name, taken.digest) == ("arr", numpy_dataset.digest)

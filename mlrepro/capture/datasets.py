@@ -90,7 +90,9 @@ def _described(source: Any, name: str | None, digest: str | None, context: str) 
     fingerprint = getattr(inner, "_fingerprint", None)
     if isinstance(fingerprint, str) and fingerprint:  # a Hugging Face datasets.Dataset: its own content hash
         return DatasetRecord(name=name or type(inner).__name__, digest=digest or fingerprint[:36], source_type="hf",
-                             source=json.dumps({"fingerprint": fingerprint, "rows": len(inner)}), context=context)
+                             source=json.dumps({"fingerprint": fingerprint,
+                                                 "rows": len(inner) if hasattr(inner, "__len__") else None}),
+                             context=context)
     if type(inner).__name__ == "FakeData" and all(hasattr(inner, field) for field in _FAKE_DATA_FIELDS):
         drawn = {field: _plain(getattr(inner, field)) for field in _FAKE_DATA_FIELDS}
         return DatasetRecord(name=name or "FakeData", digest=digest or _digest_of_text(json.dumps(drawn, sort_keys=True)),
