@@ -73,6 +73,7 @@ def run_job(spec: BaseSpec, train: TrainFunction) -> None:
         with start_run(spec) as run:
             train(spec, run)
         distributed.leave()  # the job is over on this rank; a user's own script may keep its group
+        distributed.end_follower()  # only mlrepro's own command line ends a process
     except RunInterrupted as interrupted:
         pending = interrupted.pending
         status = interrupted.status

@@ -58,6 +58,18 @@ def leave() -> None:
         dist.destroy_process_group()
 
 
+def end_follower() -> None:
+    """End a rank other than 0 of mlrepro's own job command line, once it has left the group, without
+    the interpreter's teardown. Such a rank holds no run and no spool: nothing of it is left to save.
+    Even after ``leave`` a rank was seen to abort in gloo's teardown ("terminate called without an
+    active exception", once in some thirty CI runs, its run whole); torchrun then held the other
+    node's agent for 300 s at its exit barrier, and reported the job failed."""
+    if launched_by_torchrun() and os.environ.get("RANK", "0") != "0":
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+
 def relaunch_under_torchrun(nproc: int) -> NoReturn:
     """Become ``torchrun --standalone --nproc_per_node=nproc`` running this very command: the same
     module or script and words, one process a rank on this machine. The process is replaced
