@@ -90,12 +90,34 @@ def _own_words(tensor: torch.Tensor, shape: tuple[int, ...]) -> np.ndarray | Non
     return words.reshape(shape) if words.ctypes.data == tensor.data_ptr() else None
 
 
+def _grown_host_weights(count: int) -> np.ndarray:
+    """The host's weights, at least ``count`` of them (grown as ``_weights`` grows them), not copied."""
+    if len(_host_weights) < count:
+        _weights(count, torch.device("cpu"))
+    return _host_weights
+
+
+def _numpy_hash(words: np.ndarray) -> int:
+    """One tensor's words hashed with NumPy: the numbers the kernel and the device compute."""
+    products = np.multiply(words, _grown_host_weights(len(words))[:len(words)])
+    return int(np.add.reduce(products.view(np.uint32), dtype=np.uint32))
+
+
+def _kernel_buffer(tensor: torch.Tensor) -> np.ndarray:
+    """What the compiled kernel reads of a CPU tensor: its own memory where its bytes are whole words
+    (contiguous, no autograd), read as bytes; else NumPy's copy of its words."""
+    if tensor.element_size() % 4 == 0 and tensor.is_contiguous() and not tensor.requires_grad:
+        try:
+            return tensor.numpy()
+        except (RuntimeError, TypeError):  # a dtype NumPy lacks, a tensor not on the CPU
+            pass
+    return _host_words(tensor)
+
+
 def fingerprint_of(tensor: torch.Tensor) -> int:
     """One tensor's fingerprint, at once (on a GPU, a synchronisation): what a replay takes of every
     op's output. Equal to what ``Fingerprinter`` takes of the same tensor."""
-    words = _host_words(tensor.detach().cpu())
-    products = np.multiply(words, _weights(len(words), torch.device("cpu")).numpy())
-    return int(np.add.reduce(products.view(np.uint32), dtype=np.uint32))
+    return _numpy_hash(_host_words(tensor.detach().cpu()))
 
 
 @dataclass
@@ -230,13 +252,8 @@ class Fingerprinter:
                 if view is None or view[0] is not tensor or view[1] != tensor.data_ptr():
                     view = kept[column] = (tensor, tensor.data_ptr(), _own_words(tensor, weights.shape))
                 buffers.append(view[2] if view[2] is not None else _host_words(tensor))
-            elif tensor.element_size() % 4 == 0 and tensor.is_contiguous() and not tensor.requires_grad:
-                try:  # the common case in one call: a gradient's own memory, read as bytes by the kernel
-                    buffers.append(tensor.numpy())
-                except (RuntimeError, TypeError):  # a dtype NumPy lacks, a tensor not on the CPU
-                    buffers.append(_host_words(tensor))
-            else:
-                buffers.append(_host_words(tensor))
+            else:  # the common case in one call: a gradient's own memory, read as bytes by the kernel
+                buffers.append(_kernel_buffer(tensor))
         fingerprints = np.zeros(len(tensors), dtype=np.uint32)
         _wordhash.hash_words(buffers, self._weights_np, fingerprints)
         return fingerprints
@@ -372,29 +389,15 @@ def _fold(hashes: Iterable[int]) -> int:
 
 
 def _host_hashes(tensors: list[torch.Tensor]) -> list[int]:
-    """CPU tensors' fingerprints, in one call of the compiled kernel where it was built: a contiguous
-    tensor of 4- or 8-byte elements is read in its own memory, as the kernel reads a gradient."""
+    """CPU tensors' fingerprints, in one call of the compiled kernel where it was built."""
     if not tensors:
         return []
-    buffers: list[np.ndarray] = []
-    for tensor in tensors:
-        if _wordhash is not None and tensor.element_size() in (4, 8) and tensor.is_contiguous() \
-                and not tensor.requires_grad:
-            try:
-                buffers.append(tensor.numpy())
-                continue
-            except (RuntimeError, TypeError):  # a dtype NumPy lacks
-                pass
-        buffers.append(_host_words(tensor))
-    longest = max(words.nbytes // 4 for words in buffers)
-    if len(_host_weights) < longest:
-        _weights(longest, torch.device("cpu"))  # grows the weights every process shares
-    if _wordhash is not None:
-        out = np.zeros(len(buffers), dtype=np.uint32)
-        _wordhash.hash_words(buffers, _host_weights, out)
-        return out.tolist()
-    return [int(np.add.reduce(np.multiply(words, _host_weights[:len(words)]).view(np.uint32), dtype=np.uint32))
-            for words in buffers]
+    if _wordhash is None:
+        return [_numpy_hash(_host_words(tensor)) for tensor in tensors]
+    buffers = [_kernel_buffer(tensor) for tensor in tensors]
+    out = np.zeros(len(buffers), dtype=np.uint32)
+    _wordhash.hash_words(buffers, _grown_host_weights(max(words.nbytes // 4 for words in buffers)), out)
+    return out.tolist()
 
 
 def _device_words(tensor: torch.Tensor) -> torch.Tensor:
