@@ -143,8 +143,7 @@ def compare_logged_runs(a: LoggedRun, b: LoggedRun) -> RunComparison:
         if a.fingerprints is not None and b.fingerprints is not None else None
     tensors_differ = tensors is not None and not tensors.identical
     ranked = differences(a.spec_fields, b.spec_fields, a.environment, b.environment, _spec_type(a, b),
-                         {dataset.fact: dataset.digest for dataset in a.datasets.values()},
-                         {dataset.fact: dataset.digest for dataset in b.datasets.values()})
+                         a.data_digests, b.data_digests)
     unfinished = [(name, run) for name, run in (("A", a), ("B", b)) if run.unfinished]
     if losses.divergent_steps == 0 and not tensors_differ and unfinished and len(a.losses) and len(b.losses):
         verdict = "identical so far"
@@ -180,7 +179,7 @@ def compare_logged_runs(a: LoggedRun, b: LoggedRun) -> RunComparison:
 def _how_far(name: str, run: LoggedRun) -> str:
     """How far an unfinished run got: a run whose process still lives is running, not stopped."""
     step = int(run.losses.steps[-1])
-    if run.status == "RUNNING" and run.process != "gone":
+    if run.still_running:
         where = "" if run.process == "alive" else " on another host"
         return f"{name} is still running{where} (step {step} so far)"
     return f"{name} stopped at step {step} ({run.state})"
@@ -190,7 +189,7 @@ def _why_no_fingerprints(run: LoggedRun) -> str:
     """Why a run has no fingerprints to compare: not asked for, not written yet, or never written."""
     if run.spec is not None and run.spec.model_dump().get("fingerprint_every") == 0:
         return "took no fingerprints (fingerprint_every=0)"
-    if run.status == "RUNNING" and run.process != "gone":
+    if run.still_running:
         return "has written no fingerprints yet: they reach the store with its exact record, at run.flush() and at its end"
     if run.unfinished:
         return f"left no fingerprints: it ended {run.state} before writing its exact record"

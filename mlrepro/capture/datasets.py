@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -186,10 +186,6 @@ def digests_now(datasets: Mapping[str, DatasetRecord]) -> dict[str, str]:
         except (DatasetError, OSError) as err:
             now[key] = f"(not checked: {type(err).__name__})"
     return now
-
-
-def _hidden(parts: Iterable[str]) -> bool:
-    return any(part.startswith(".") for part in parts)
 
 
 class _DigestCache:

@@ -45,6 +45,16 @@ class LoggedRun:
         return self.status in UNFINISHED
 
     @property
+    def still_running(self) -> bool:
+        """RUNNING, its process alive or on a host this one cannot check: not stopped, only unfinished."""
+        return self.status == "RUNNING" and self.process != "gone"
+
+    @property
+    def data_digests(self) -> dict[str, str]:
+        """Its datasets' digests under the keys compare ranks them by (``data.<name>``, ``drawn_data.<name>``)."""
+        return {dataset.fact: dataset.digest for dataset in self.datasets.values()}
+
+    @property
     def state(self) -> str:
         """How the run ended, in words: ``FINISHED``, ``KILLED``, ``RUNNING, its process gone``."""
         if self.status == "RUNNING" and self.process == "gone":

@@ -131,7 +131,7 @@ def _data_changed(client: MlflowClient, leg: LoggedRun) -> list[str]:
     if recorded is None:
         return []
     run_id, then = recorded
-    now = {dataset.fact: dataset.digest for dataset in leg.datasets.values()}
+    now = leg.data_digests
     return [f"{dataset.fact}: {dataset.digest} in run {run_id}, {now[dataset.fact]} now"
             for dataset in then.values() if dataset.fact in now and now[dataset.fact] != dataset.digest]
 
