@@ -91,18 +91,27 @@ class JobCommand:
     def describe(self) -> str:
         return " ".join(self.argv[1:])
 
+    def python_path(self) -> str:
+        """PYTHONPATH for the job's process: where its module is found, then the caller's own."""
+        return os.pathsep.join(filter(None, [*self.pythonpath, os.environ.get("PYTHONPATH")]))
+
     def check_words(self, words: list[str], as_given: list[str]) -> None:
         """Refuse words that make no spec of this job, said by the job itself, before any leg starts;
         the message quotes the words ``as_given`` by the user."""
         env = dict(os.environ, **{SPEC_ONLY_ENV: "1"})
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [*self.pythonpath, os.environ.get("PYTHONPATH")]))
+        env["PYTHONPATH"] = self.python_path()
         env.pop(ORDERS_ENV, None)
         done = subprocess.run([*self.argv, *words], cwd=self.cwd, env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True, errors="replace", check=False)
         if done.returncode != 0:
-            lines = [line for line in done.stderr.splitlines() if line.strip()]
-            why = one_line(lines[-1]).removeprefix("mlrepro: error: ") if lines else f"exit {done.returncode}"
+            why = _last_line(done.stderr, done.returncode).removeprefix("mlrepro: error: ")
             raise SpecError(f"{' '.join([self.describe(), *as_given])}: {why}")
+
+
+def _last_line(stderr: str, exit_code: int) -> str:
+    """Why a job's process failed: its last line on stderr, else its exit code."""
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    return one_line(lines[-1]) if lines else f"exit {exit_code}"
 
 
 @dataclass(frozen=True)
@@ -143,7 +152,7 @@ class Scratch:
         stem.with_suffix(".orders.json").write_text(orders.model_dump_json())
         env = dict(os.environ, MLFLOW_TRACKING_URI=self.uri, MLREPRO_SPOOL_DIR=str(self.spool),
                    **{ORDERS_ENV: str(stem.with_suffix(".orders.json"))}, **(leg.env or {}))
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [*job.pythonpath, os.environ.get("PYTHONPATH")]))
+        env["PYTHONPATH"] = job.python_path()
         env.setdefault("PYTHONHASHSEED", "0")
         for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
             env.pop(name, None)
@@ -157,8 +166,7 @@ class Scratch:
                                            check=False).returncode
         report = Path(orders.report)  # type: ignore[arg-type]
         if exit_code != 0 or not report.exists():
-            lines = [line for line in stderr.read_text(errors="replace").splitlines() if line.strip()]
-            why = one_line(lines[-1]) if lines else f"exit {exit_code}"
+            why = _last_line(stderr.read_text(errors="replace"), exit_code)
             raise LegFailed(f"{leg.name}: {job.describe()} {' '.join(leg.words)} failed after "
                             f"{time.perf_counter() - started:.1f} s: {why}")
         return LegReport.model_validate_json(report.read_text())
