@@ -114,14 +114,20 @@ def start_linefit(server: MlflowServer, cwd: Path, steps: int, **env: str) -> su
 
 
 def wait_until_training(server: MlflowServer, job: subprocess.Popen[str]) -> str:
-    """The job's run id, once the server holds some of its steps."""
+    """The job's run id, once the server holds some of its steps and the writes made before them.
+
+    A delivery sends the spooled steps before the journal's lines, so steps on the server do not
+    yet mean the dataset the job logged before training is there: wait for both, or what the
+    spool still holds when the server goes would depend on the moment."""
     client = mlflow.MlflowClient(server.uri)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         assert job.poll() is None, job.stderr.read()  # type: ignore[union-attr]
         runs = client.search_runs(["0"])
         if runs and client.get_metric_history(runs[0].info.run_id, "loss"):
-            return runs[0].info.run_id
+            run = client.get_run(runs[0].info.run_id)
+            if run.inputs is not None and run.inputs.dataset_inputs:
+                return run.info.run_id
         time.sleep(0.2)
     raise AssertionError("the job never logged a step")
 
