@@ -291,6 +291,25 @@ def test_a_checkpoint_no_longer_kept_leaves_the_store_and_after_an_outage_is_nev
     assert sent == [keys.checkpoint_file(30), keys.checkpoint_file(30) + keys.CHECKSUM_SUFFIX]  # not step 20's
 
 
+def test_a_file_rewritten_during_an_outage_is_sent_once_as_last_written_and_its_namesake_elsewhere_too(
+        store: str, tmp_path: Path) -> None:
+    client = mlflow.MlflowClient(store)
+    run_id = client.create_run("0").info.run_id
+    spool = Spool.create(run_id, store, "loss", 0)
+    record = tmp_path / "losses.npy"
+    for flush in range(3):  # a run's exact loss record is rewritten at each flush
+        record.write_text(f"flush {flush}")
+        spool.log_artifact(run_id, str(record), artifact_path="mlrepro")
+    record.write_text("another folder's")
+    spool.log_artifact(run_id, str(record), artifact_path="elsewhere")
+    sent: list[str] = []
+    client.log_artifact = lambda run, path, **options: sent.append(Path(path).read_text()) or \
+        mlflow.MlflowClient.log_artifact(client, run, path, **options)
+    Delivery(spool.folder, client).deliver_available()
+    assert sent == ["flush 2", "another folder's"]
+    assert Path(client.download_artifacts(run_id, "mlrepro/losses.npy", str(tmp_path / "back"))).read_text() == "flush 2"
+
+
 # The team's server deletes through its artifact proxy (HTTP DELETE); a SQLite file's folder, on disk.
 @pytest.mark.parametrize("store", ["sqlite", pytest.param("team", marks=[pytest.mark.team, pytest.mark.e2e])],
                          indirect=True)

@@ -126,11 +126,13 @@ class Delivery:
             self._save_state()
             if self.on_progress is not None:
                 self.on_progress(end, total)
+        undelivered = self.writes_delivered - self._lines_start
+        last_touched = _last_touched(self._lines, undelivered, self.folder)
         while self.writes_delivered - self._lines_start < len(self._lines):
             position = self.writes_delivered - self._lines_start
             first = _checked_entry(self._lines[position], self.folder)  # before anything reads its fields
             batch = self._next_writes(position)
-            if not _superseded(first, self._lines[position + 1:], self.folder):
+            if not _superseded(first, position, last_touched):
                 self._call(lambda: self._replay(batch))
             self.writes_delivered += len(batch)
             self._save_state()
@@ -318,27 +320,36 @@ def _checked_entry(entry: Any, folder: Path) -> tuple[str, list[Any], dict[str, 
                          "nothing after it is delivered, and nothing is removed") from err
 
 
-def _superseded(entry: tuple[str, list[Any], dict[str, Any]], later: list[dict[str, Any]], folder: Path) -> bool:
-    """Whether the write ``entry`` (checked) is of a file a later line makes moot, after an outage: an
-    exact loss record that a later one replaces (a run's record is rewritten at each flush), or a
-    checkpoint a later line removes. Only later lines as the spool writes them count; any other is
-    refused when delivery reaches it."""
+def _last_touched(lines: list[dict[str, Any]], start: int, folder: Path) -> dict[tuple[str, str | None], int]:
+    """For each artifact file the journal's lines from ``start`` on write or remove, as (file name,
+    artifact folder), the position of the last line that does. One pass, each line checked once: a
+    spool after a long outage holds thousands of lines, and asking each artifact line of every later
+    one was quadratic. Only lines as the spool writes them count; any other is refused when
+    delivery reaches it."""
+    last: dict[tuple[str, str | None], int] = {}
+    for position in range(start, len(lines)):
+        try:
+            method, args, kwargs = _checked_entry(lines[position], folder)
+        except SpoolError:
+            continue
+        if method == "log_artifact":
+            last[(Path(args[0]).name, kwargs.get("artifact_path"))] = position
+        elif method == "delete_checkpoint":
+            checkpoint = keys.checkpoint_file(args[0])
+            for name in (checkpoint, checkpoint + keys.CHECKSUM_SUFFIX):
+                last[(name, keys.CHECKPOINT_ARTIFACT_DIR)] = position
+    return last
+
+
+def _superseded(entry: tuple[str, list[Any], dict[str, Any]], position: int,
+                last_touched: dict[tuple[str, str | None], int]) -> bool:
+    """Whether the write ``entry`` (checked, at ``position``) is of a file a later line makes moot,
+    after an outage: an exact loss record that a later one replaces (a run's record is rewritten at
+    each flush), or a checkpoint a later line removes."""
     method, args, kwargs = entry
     if method != "log_artifact":
         return False
-    name, artifact_folder = Path(args[0]).name, kwargs.get("artifact_path")
-    for other in later:
-        try:
-            other_method, other_args, other_kwargs = _checked_entry(other, folder)
-        except SpoolError:
-            continue
-        if other_method == "delete_checkpoint" and artifact_folder == keys.CHECKPOINT_ARTIFACT_DIR and \
-                name in (keys.checkpoint_file(other_args[0]), keys.checkpoint_file(other_args[0]) + keys.CHECKSUM_SUFFIX):
-            return True
-        if other_method == "log_artifact" and Path(other_args[0]).name == name and \
-                other_kwargs.get("artifact_path") == artifact_folder:
-            return True
-    return False
+    return last_touched.get((Path(args[0]).name, kwargs.get("artifact_path")), -1) > position
 
 
 def _size(path: Path) -> int:
