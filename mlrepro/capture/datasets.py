@@ -26,7 +26,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from mlrepro.errors import DatasetError, describe_validation_error
 
 CACHE_DIR_ENV = "MLREPRO_CACHE_DIR"
-_READ_BYTES = 1 << 20
 # A folder of more files than this is hashed only with the user's say (digest=): a record names its path.
 MAX_FILES = 1_000_000
 # The fields of torchvision's FakeData that decide its images: it draws image i from random_offset + i.
@@ -216,13 +215,11 @@ class _DigestCache:
         if isinstance(known, list) and len(known) == 3 and known[:2] == [stat.st_size, stat.st_mtime_ns] \
                 and isinstance(known[2], str):
             return known[2]
-        digest = hashlib.sha256()
         with file.open("rb") as data:
-            while chunk := data.read(_READ_BYTES):
-                digest.update(chunk)
-        self.entries[key] = [stat.st_size, stat.st_mtime_ns, digest.hexdigest()]
+            digest = hashlib.file_digest(data, "sha256").hexdigest()
+        self.entries[key] = [stat.st_size, stat.st_mtime_ns, digest]
         self.changed = True
-        return digest.hexdigest()
+        return digest
 
     def save(self) -> None:
         """Written whole and renamed into place; a cache that cannot be written is only slower."""
