@@ -22,10 +22,13 @@ def test_a_module_or_a_script_in_the_zygotes_own_environment_is_forked() -> None
     leg_env = dict(ENV, MLFLOW_TRACKING_URI="sqlite:///x.db", MLREPRO_ORDERS="o.json", MLREPRO_SPOOL_DIR="/s")
     assert servable([sys.executable, "-m", "projects.linefit", "steps=3"], leg_env, ENV)
     assert servable([sys.executable, "train.py", "--batch-size", "8"], leg_env, ENV)
+    # A replay's module: the folder it starts in kept off sys.path (-P), as the zygote's child does too.
+    assert servable([sys.executable, "-P", "-m", "projects.linefit", "--spec", "s.json"], leg_env, ENV)
 
 
 @pytest.mark.parametrize("argv", [["/other/python", "-m", "jobs"], [sys.executable, "-c", "print(1)"],
-                                  [sys.executable, "-m"], [sys.executable, "-X", "dev", "train.py"], [sys.executable]])
+                                  [sys.executable, "-m"], [sys.executable, "-X", "dev", "train.py"], [sys.executable],
+                                  [sys.executable, "-P"], [sys.executable, "-P", "-X", "dev", "train.py"]])
 def test_another_interpreter_or_an_interpreter_option_starts_a_process_of_its_own(argv: list[str]) -> None:
     assert not servable(argv, ENV, ENV)
 

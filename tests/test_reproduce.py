@@ -31,8 +31,16 @@ def test_a_built_in_job_reproduces_and_both_runs_say_so(tmp_path: Path, store: s
     )
     assert job.returncode == 0, job.stderr[-2000:]
     original = only_run_id(store)
+    # Written since into the folder the job started in (the record's working folder, where the repeat
+    # starts): `python -m` would import these before the project's own code.
+    marker = tmp_path / "planted-code-ran"
+    for planted in ("projects/__init__.py", "projects/cifar10/__init__.py", "projects/cifar10/__main__.py",
+                    "torchvision.py"):
+        (tmp_path / planted).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / planted).write_text(f"open({str(marker)!r}, 'a').write({planted!r})\n")
     result = run_here(main, "reproduce", original)  # the run knows its project folder; the repeat is a process
     assert result.exit_code == 0, result.stdout + result.stderr[-2000:]
+    assert not marker.exists()
     repeat = only_run_id(store)
     assert f"repeated run {original} as run {repeat}" in result.stdout and "identical: runs" in result.stdout
 

@@ -103,7 +103,7 @@ def test_reproduce_and_bisect_run_nothing_a_forged_record_names(linefit_store: L
     refused = run_here(main, "reproduce", linefit_store.same_a)
     assert_one_line_error_here(refused, f"run {linefit_store.same_a}'s record does not fit the code on disk: its entry "
                                         "module 'timeit' is not in the project folder", "nothing was run",
-                               f"It would run: {sys.executable} -m timeit -n 1 -s", "--trust-record")
+                               f"It would run: {sys.executable} -P -m timeit -n 1 -s", "--trust-record")
     refused = run_here(main, "bisect", linefit_store.same_a, linefit_store.other_seed)
     assert_one_line_error_here(refused, "record does not fit the code on disk", "It would run:")
     assert not marker.exists()
@@ -116,6 +116,6 @@ def test_trust_record_shows_the_command_then_runs_it(linefit_store: LineFitRuns,
     forge_code(linefit_store.same_a, payload(tmp_path, marker))
     result = run_command([sys.executable, "-m", "mlrepro", "reproduce", "--trust-record", linefit_store.same_a],
                          mlflow.get_tracking_uri(), REPO)
-    assert f"mlrepro: runs {sys.executable} -m timeit -n 1 -s" in result.stderr
+    assert f"mlrepro: runs {sys.executable} -P -m timeit -n 1 -s" in result.stderr
     assert marker.read_text() == "ran"  # what the user was shown and let run
     assert result.returncode == 2  # timeit is no mlrepro job: the repeat logged nothing

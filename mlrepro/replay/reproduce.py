@@ -167,7 +167,10 @@ def _restart_command(
         return command, folder
     words = ["--spec", str(spec_file)] if code.takes_spec_file else list(code.args)
     if code.entry_kind == "module":
-        return [sys.executable, "-m", code.entry, *words], working_dir
+        # -P: `python -m` would put the folder it starts in, which the record names, first on sys.path,
+        # where a planted package could stand in for the checked entry or any module it imports. The
+        # entry is found on PYTHONPATH instead: the project folder, whose code the record fits.
+        return [sys.executable, "-P", "-m", code.entry, *words], working_dir
     if code.entry_kind == "script":
         script = folder / code.entry
         if not script.is_file():

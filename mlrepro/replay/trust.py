@@ -11,6 +11,10 @@ the code on disk:
   ``code.source_digest``: the record's own folder is used only where it still holds that code;
 - an MLproject entry point is one the folder's ``MLproject`` declares.
 
+A module entry starts as ``python -P -m``: the folder it starts in (the record's working folder,
+where the job's relative paths point) is not put on ``sys.path``, so nothing there can stand in for
+the checked code.
+
 A record that does not fit is refused in one line that shows the command it would have run; the
 user may still run it, having seen it, with ``--trust-record``. Nothing a record holds goes to a
 shell or to ``python -c``: the words become the argv of the checked entry.

@@ -79,6 +79,8 @@ def relaunch_under_torchrun(nproc: int) -> NoReturn:
     start = words.index("-m") if "-m" in words else next(i for i, word in enumerate(words) if not word.startswith("-"))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                *words[start:]]
+    if sys.flags.safe_path:  # -P (a replay): torchrun starts each rank without it, so say it to them all
+        os.environ["PYTHONSAFEPATH"] = "1"
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, command)

@@ -3,7 +3,7 @@
 A leg is a fresh run of the user's job in a process of its own; started with ``python``, each
 spends four of its six or seven seconds importing torch and MLflow before its first step.
 This zygote pays that once: it imports them, runs nothing, and for each leg forks a child that
-becomes the job, as ``python -m MODULE`` or ``python SCRIPT`` would start it (``sys.argv``,
+becomes the job, as ``python [-P] -m MODULE`` or ``python SCRIPT`` would start it (``sys.argv``,
 ``sys.path``, ``__main__``, the folder, the environment, its own stderr file), and ends as
 Python ends (non-daemon threads joined, ``atexit`` run).
 
@@ -43,12 +43,21 @@ def servable(argv: Sequence[str], env: Mapping[str, str], zygote_env: Mapping[st
     """Whether a leg ``argv`` (with ``python`` first) in ``env`` can be forked from a zygote started in
     ``zygote_env``: the same interpreter, a module or a script, and no other difference that an
     interpreter or torch reads as it starts."""
-    if len(argv) < 2 or argv[0] != sys.executable or (argv[1] == "-m" and len(argv) < 3):
-        return False
-    if argv[1].startswith("-") and argv[1] != "-m":
+    if len(argv) < 2 or argv[0] != sys.executable or _entry(argv[1:]) is None:
         return False
     keys = (set(env) | set(zygote_env)) - LEG_VARIABLES
     return all(env.get(key) == zygote_env.get(key) for key in keys)
+
+
+def _entry(words: Sequence[str]) -> tuple[bool, list[str]] | None:
+    """Interpreter words a leg may start with, after ``python``: ``[-P] -m MODULE ...`` or ``[-P] SCRIPT
+    ...``. Whether ``-P`` (keep the starting folder off ``sys.path``) is given, and the rest; None for
+    any other option, which only a process of its own starts as asked."""
+    safe_path = bool(words) and words[0] == "-P"
+    rest = list(words[1:] if safe_path else words)
+    if not rest or (rest[0] == "-m" and len(rest) < 2) or (rest[0].startswith("-") and rest[0] != "-m"):
+        return None
+    return safe_path, rest
 
 
 class LegZygote:
@@ -100,7 +109,7 @@ def _become_the_job(request: dict[str, Any]) -> int:
     import threading
     import traceback
 
-    argv: list[str] = request["argv"]
+    safe_path, argv = _entry(request["argv"]) or (False, request["argv"])  # servable() said it is one
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
@@ -109,10 +118,15 @@ def _become_the_job(request: dict[str, Any]) -> int:
     os.dup2(devnull, 0)
     os.dup2(devnull, 1)
     os.dup2(stderr, 2)
-    # As the interpreter builds sys.path: the script's folder (or the current one for -m) first; the
-    # rest (PYTHONPATH, the installation) is the zygote's, which the same environment built.
-    sys.path[0] = os.getcwd() if argv[0] == "-m" else str(Path(argv[0]).resolve().parent)
-    sys.orig_argv = [sys.executable, *argv]
+    # As the interpreter builds sys.path: the script's folder (or the current one for -m) first, or
+    # neither under -P; the rest (PYTHONPATH, the installation) is the zygote's, which the same
+    # environment built. (sys.flags.safe_path stays the zygote's: only a relaunch under torchrun reads
+    # it, and a leg trains in one process.)
+    if safe_path:
+        del sys.path[0]
+    else:
+        sys.path[0] = os.getcwd() if argv[0] == "-m" else str(Path(argv[0]).resolve().parent)
+    sys.orig_argv = [sys.executable, *request["argv"]]
     code: int = 0
     try:
         if argv[0] == "-m":
