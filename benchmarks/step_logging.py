@@ -521,7 +521,7 @@ def main() -> int:
         print(f"  {name:<50} {value:>8.3f}")
     print(f"  mlrepro is {ratio_compare:.0f}x faster")
     print(f"\nmemory: {memory:.2f} bytes a buffered step (peak, training process)")
-    print("\nper-tensor fingerprints, every parameter and gradient, median of alternating blocks")
+    print("\nper-tensor fingerprints, the batch and every parameter and gradient, median of alternating blocks")
     for name, value in fingerprints.items():
         print(f"  {name:<50} {value:>8.1f}")
     print("\na run's fixed cost, median of 3, after a warm-up run (s)")
