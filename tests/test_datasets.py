@@ -7,6 +7,7 @@ import json
 import secrets
 from pathlib import Path
 
+import datasets
 import mlflow
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ import torch
 import torchvision
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
+import mlrepro.capture.datasets
 from mlrepro import load_run, start_run
 from mlrepro.analysis.compare import compare_logged_runs
 from mlrepro.capture.datasets import CACHE_DIR_ENV, describe_dataset
@@ -65,6 +67,33 @@ def test_a_files_content_is_read_once_until_its_size_or_modification_time_change
     assert describe_dataset(data).digest == digest
 
 
+def test_a_hugging_face_dataset_is_known_by_its_rows_and_order_even_where_its_fingerprint_is_random(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    rows = datasets.Dataset.from_dict({"x": list(range(50)), "label": [i % 3 for i in range(50)]})
+    unpicklable = (i for i in range(1))
+
+    def plus_one(row: dict) -> dict:  # closes over a generator: the library cannot hash it, and warns
+        _ = unpicklable
+        return {"y": row["x"] + 1}
+
+    once, again = rows.map(plus_one), rows.map(plus_one)
+    assert once._fingerprint != again._fingerprint  # the library's own name for the same rows: random
+    record = describe_dataset(once)
+    assert (record.name, record.source_type) == ("Dataset", "hf") and describe_dataset(again).digest == record.digest
+    assert json.loads(record.source) == {"fingerprint": once._fingerprint, "digest_of": "rows", "rows": 50}
+    # Another row, another order (a shuffle keeps its indices), another class-name list: other data.
+    changed = datasets.Dataset.from_dict({"x": [*range(49), 99], "label": [i % 3 for i in range(50)]})
+    named = rows.cast_column("label", datasets.ClassLabel(names=["cat", "dog", "fox"]))
+    digests = {describe_dataset(each).digest for each in
+               (rows, changed, rows.shuffle(seed=1), rows.shuffle(seed=2), named)}
+    assert len(digests) == 5
+    assert describe_dataset(rows.shuffle(seed=1)).digest == describe_dataset(rows.shuffle(seed=1)).digest
+    # Above the bound its rows are not read: the library's fingerprint names it, and the record says so.
+    monkeypatch.setattr(mlrepro.capture.datasets, "HF_ROWS_BYTES", 0)
+    large = describe_dataset(once)
+    assert large.digest == once._fingerprint and json.loads(large.source)["digest_of"] == "fingerprint"
+
+
 def test_datasets_in_memory_are_known_by_what_draws_them_or_by_their_tensors() -> None:
     fake = torchvision.datasets.FakeData(size=100, image_size=(3, 8, 8), num_classes=10, random_offset=7)
     record = describe_dataset(Subset(fake, range(10)))  # the data a Subset picks from
@@ -75,15 +104,6 @@ def test_datasets_in_memory_are_known_by_what_draws_them_or_by_their_tensors() -
     points = TensorDataset(torch.arange(6.0).reshape(3, 2))
     moved = TensorDataset(torch.arange(6.0).reshape(3, 1, 2))
     assert describe_dataset(points).digest != describe_dataset(moved).digest  # same bytes, another shape
-    class HubRows:  # what a Hugging Face datasets.Dataset offers: its own content hash, kept as it is transformed
-        _fingerprint = "b5f0e1c2a3d4e5f6"
-
-        def __len__(self) -> int:
-            return 128
-
-    hub = describe_dataset(HubRows())
-    assert (hub.name, hub.digest, hub.source_type) == ("HubRows", "b5f0e1c2a3d4e5f6", "hf")
-    assert json.loads(hub.source) == {"fingerprint": "b5f0e1c2a3d4e5f6", "rows": 128}
     numpy_dataset = mlflow.data.from_numpy(np.arange(10), name="arr")
     taken = describe_dataset(numpy_dataset)
     assert (taken.name, taken.digest) == ("arr", numpy_dataset.digest)

@@ -28,6 +28,9 @@ from mlrepro.errors import DatasetError, describe_validation_error
 CACHE_DIR_ENV = "MLREPRO_CACHE_DIR"
 # A folder of more files than this is hashed only with the user's say (digest=): a record names its path.
 MAX_FILES = 1_000_000
+# A Hugging Face dataset up to this size is named by its rows, read as the run starts; a larger one by
+# the library's fingerprint, which is random where a transform cannot be pickled (pass digest= then).
+HF_ROWS_BYTES = 1 << 30
 # The fields of torchvision's FakeData that decide its images: it draws image i from random_offset + i.
 _FAKE_DATA_FIELDS = ("size", "image_size", "num_classes", "random_offset")
 # The attribute a torchvision dataset's files lie under, relative to its root (CIFAR-10, CIFAR-100).
@@ -87,10 +90,13 @@ def _described(source: Any, name: str | None, digest: str | None, context: str) 
         return DatasetRecord(name=name or inner.name, digest=digest or inner.digest, source_type=inner.source._get_source_type(),
                              source=inner.source.to_json(), context=context)
     fingerprint = getattr(inner, "_fingerprint", None)
-    if isinstance(fingerprint, str) and fingerprint:  # a Hugging Face datasets.Dataset: its own content hash
-        return DatasetRecord(name=name or type(inner).__name__, digest=digest or fingerprint[:36], source_type="hf",
-                             source=json.dumps({"fingerprint": fingerprint,
-                                                 "rows": len(inner) if hasattr(inner, "__len__") else None}),
+    if isinstance(fingerprint, str) and fingerprint:  # a Hugging Face datasets.Dataset
+        of_rows = _hugging_face_rows_digest(inner) if digest is None else None
+        return DatasetRecord(name=name or type(inner).__name__, digest=digest or of_rows or fingerprint[:36],
+                             source_type="hf",
+                             source=json.dumps({"fingerprint": fingerprint, "digest_of": "rows" if of_rows else
+                                                "the user" if digest else "fingerprint",
+                                                "rows": len(inner) if hasattr(inner, "__len__") else None}),
                              context=context)
     if type(inner).__name__ == "FakeData" and all(hasattr(inner, field) for field in _FAKE_DATA_FIELDS):
         drawn = {field: _plain(getattr(inner, field)) for field in _FAKE_DATA_FIELDS}
@@ -112,6 +118,50 @@ def _described(source: Any, name: str | None, digest: str | None, context: str) 
                              source=json.dumps({"class": type(source).__qualname__}), context=context)
     raise DatasetError(f"log_dataset: mlrepro cannot read a {type(source).__qualname__}'s content; pass the "
                        "folder or file it reads (run.log_dataset(path)), or digest=, a digest you have of it")
+
+
+def _hugging_face_rows_digest(dataset: Any) -> str | None:
+    """A digest of the rows a Hugging Face ``datasets.Dataset`` holds, as Arrow writes them, and of the
+    indices a ``select`` or ``shuffle`` keeps; None for one over ``HF_ROWS_BYTES`` (named by its
+    fingerprint then) or one that is not laid out as the library's own.
+
+    Its ``_fingerprint`` names the transforms that made it, not the rows, and it is random where a
+    transform cannot be pickled (the library warns "a random hash was used instead"): two runs of the
+    same code would record other data, and compare would name the data as the cause of a difference
+    it did not make. The rows are read once, batch by batch as Arrow keeps them (the same code lays
+    them out the same)."""
+    try:
+        tables = [dataset.data.table] + ([dataset._indices.table] if dataset._indices is not None else [])
+        if sum(table.nbytes for table in tables) > HF_ROWS_BYTES:
+            return None
+    except AttributeError:
+        return None
+    # pyarrow only where a Hugging Face dataset is recorded, which brought it
+    import pyarrow as pa
+
+    digest = hashlib.sha256()
+    for table in tables:
+        metadata = _without_fingerprint(table.schema.metadata)
+        for batch in table.to_batches():
+            batch = batch.replace_schema_metadata(metadata)
+            sink = pa.BufferOutputStream()
+            with pa.ipc.new_stream(sink, batch.schema) as writer:
+                writer.write_batch(batch)
+            digest.update(sink.getvalue())
+    return digest.hexdigest()[:16]
+
+
+def _without_fingerprint(metadata: dict[bytes, bytes] | None) -> dict[bytes, bytes]:
+    """A table's schema metadata less the fingerprint the library writes into it: its features (a
+    ``ClassLabel``'s names, say) are part of the data; the fingerprint, random or not, is not."""
+    kept = dict(metadata or {})
+    try:
+        info = json.loads(kept[b"huggingface"])
+        info.pop("fingerprint", None)
+        kept[b"huggingface"] = json.dumps(info, sort_keys=True).encode()
+    except (KeyError, ValueError, AttributeError):
+        pass
+    return kept
 
 
 def _unwrapped(source: Any) -> Any:

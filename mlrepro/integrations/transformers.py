@@ -114,7 +114,7 @@ class MlreproCallback(TrainerCallback):
             self.run.watch(model, getattr(optimizer, "optimizer", optimizer))
         dataset = getattr(kwargs.get("train_dataloader"), "dataset", None)
         if dataset is not None:
-            # A Hugging Face Dataset by its own fingerprint; what mlrepro cannot read, the job records itself.
+            # A Hugging Face Dataset by its rows; what mlrepro cannot read, the job records itself.
             with contextlib.suppress(DatasetError):
                 self.run.log_dataset(dataset)
         if state.global_step != self.run.first_step:
