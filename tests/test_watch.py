@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from mlrepro.capture.fingerprints import DATA, GRADIENT, PARAMETER
 from mlrepro.training import word_hash
 from mlrepro.training.watch import Watch
-from mlrepro.training.word_hash import BatchHash, Fingerprinter, fingerprint_of
+from mlrepro.training.word_hash import BatchHash, Fingerprinter, _fold, fingerprint_of
 
 CPU = torch.device("cpu")
 NOT_BUILT = "mlrepro.training._wordhash was not built (no C compiler at install)"
@@ -253,10 +253,12 @@ def test_the_batch_is_fingerprinted_before_the_forward_in_order_and_only_in_trai
 def test_a_batch_hashed_on_a_device_equals_the_host_hash() -> None:
     """The GPU's way (torch ops, left on the device) and the CPU's (the kernel or NumPy) give the same
     numbers: here both run on the CPU, for float, integer and boolean batches."""
-    for tensor in (torch.randn(4, 3, 8, 8), torch.arange(100, dtype=torch.int64), torch.rand(33) > 0.5,
-                   torch.randn(6, 5).t()):
-        on_device = BatchHash(("batch.inputs",))._device_hash(tensor)
-        assert int(on_device) == fingerprint_of(tensor)
+    batch = (torch.randn(4, 3, 8, 8), torch.arange(100, dtype=torch.int64), torch.rand(33) > 0.5, torch.randn(6, 5).t())
+    hashes = BatchHash(("batch.inputs",))
+    for tensor in batch:
+        assert int(hashes._device_hash(tensor)) == fingerprint_of(tensor)
+    # A step's fold of them, kept on the device (int64 products that wrap) or on the host, is the same.
+    assert int(_fold(hashes._device_hash(tensor) for tensor in batch)) == _fold(fingerprint_of(t) for t in batch)
 
 
 def test_watching_again_replaces_the_old_watch_and_a_model_converted_after_watch_is_followed() -> None:
